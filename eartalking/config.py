@@ -1,0 +1,258 @@
+"""Model configuration: one dataclass per component, and named presets.
+
+Every dimension that export, the runtime, Triton and the gRPC API need comes from here
+(and, downstream of export, from the ONNX ``metadata_props`` written from here).
+
+Shapes used throughout (B = sessions in a batch):
+  image             [B, 3, S, S] float32 in [0, 1]          S = ``tokenizer.image_size``
+  frame tokens      [B, N] int64, N = ``tokenizer.tokens_per_frame`` = (S / downsample)^2
+  ref features      list of [B, C_i, S/2^(i+1), S/2^(i+1)] for i in 0..len(ref_channels)-1
+  pcm               [B, samples] float32, PCM16 value / 32768, 16 kHz mono
+  audio tokens      [B, frames, A, D_a]   A = ``audio.tokens_per_frame``, D_a = ``audio.dim``
+  controls          [B, C] float32 and control mask [B, C] float32 (1 = given, 0 = absent)
+  frame block       C control tokens | A audio tokens | N slot tokens  (``decoder.block_len``)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+#: FCIC control signals, in this order everywhere (graph inputs, JSON, proto, labels).
+CONTROL_NAMES: tuple[str, ...] = ("yaw", "pitch", "roll", "blink", "expression")
+#: Valid range of each control value (degrees for pose, 0..1 for blink/expression).
+CONTROL_RANGES: dict[str, tuple[float, float]] = {
+    "yaw": (-30.0, 30.0),
+    "pitch": (-20.0, 20.0),
+    "roll": (-20.0, 20.0),
+    "blink": (0.0, 1.0),
+    "expression": (0.0, 1.0),
+}
+#: Divisors that bring each control to roughly unit scale before it is embedded.
+CONTROL_SCALES: dict[str, float] = {"yaw": 30.0, "pitch": 20.0, "roll": 20.0, "blink": 1.0, "expression": 1.0}
+
+
+@dataclass
+class TokenizerConfig:
+    """Portrait-conditioned VQ autoencoder (tokenizer_encoder / tokenizer_decoder)."""
+
+    image_size: int = 128
+    downsample: int = 16  # 128 / 16 = 8 -> 8x8 tokens per frame
+    codebook_size: int = 512
+    code_dim: int = 64
+    enc_channels: tuple[int, ...] = (32, 64, 128, 256)  # one stride-2 stage each
+    ref_channels: tuple[int, ...] = (32, 64, 128, 256)  # reference features at S/2, S/4, S/8, S/16
+    dec_channels: tuple[int, ...] = (256, 128, 64, 32)  # decoder stages, coarse to fine
+    attn_at: int = 16  # cross-attention to the reference at this resolution (0 = none)
+    commitment: float = 0.25
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.downsample
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def ref_shapes(self) -> list[tuple[int, int, int]]:
+        """(C, H, W) of each reference feature map, finest first."""
+        return [(c, self.image_size >> (i + 1), self.image_size >> (i + 1)) for i, c in enumerate(self.ref_channels)]
+
+
+@dataclass
+class AudioConfig:
+    """Streaming audio encoder: raw 16 kHz PCM -> A audio tokens per video frame."""
+
+    sample_rate: int = 16000
+    fps: int = 25
+    n_fft: int = 512
+    hop: int = 160  # 10 ms; samples_per_frame / hop = tokens_per_frame
+    n_mels: int = 80
+    channels: int = 192
+    dilations: tuple[int, ...] = (1, 2, 4, 8)  # valid (unpadded) causal convs, kernel 3
+    dim: int = 128  # D_a, width of one audio token
+    lookahead_frames: int = 2  # video frames of future audio each frame may hear (sets first-frame latency)
+
+    @property
+    def samples_per_frame(self) -> int:
+        return self.sample_rate // self.fps  # 640
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.samples_per_frame // self.hop  # A = 4
+
+    @property
+    def receptive_hops(self) -> int:
+        return 1 + 2 * sum(self.dilations)
+
+    @property
+    def context_samples(self) -> int:
+        """Samples one audio token looks at: STFT window plus the conv stack's reach."""
+        return self.n_fft + (self.receptive_hops - 1) * self.hop
+
+    @property
+    def left_context(self) -> int:
+        """Extra samples before a chunk's first whole frame that the encoder needs.
+
+        ``audio_encoder`` maps ``left_context + n * samples_per_frame`` samples to n frames of tokens.
+        """
+        return self.context_samples - self.hop
+
+
+@dataclass
+class DecoderConfig:
+    """GPT-style step decoder with SFA (sink + window) attention and FCIC control tokens."""
+
+    dim: int = 256
+    layers: int = 4
+    heads: int = 4
+    mlp_ratio: int = 4
+    window: int = 4  # W: frame blocks kept besides the sink
+    n_controls: int = len(CONTROL_NAMES)
+    rope_base: float = 10000.0
+    dropout: float = 0.0
+    top_k: int = 32  # used only when sampling (temperature > 0)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+    # ---- derived dimensions (the ones export writes into ONNX metadata) ----
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.tokenizer.tokens_per_frame
+
+    @property
+    def block_len(self) -> int:
+        """Tokens in one frame block: controls | audio tokens | slots (prev-frame tokens + queries)."""
+        return self.decoder.n_controls + self.audio.tokens_per_frame + self.tokens_per_frame
+
+    @property
+    def sink_len(self) -> int:
+        return self.tokens_per_frame
+
+    @property
+    def window_len(self) -> int:
+        return self.decoder.window * self.block_len
+
+    def dims(self) -> dict[str, int | float | str]:
+        """Flat dictionary of every dimension a deployment stage may need (ONNX metadata, manifest)."""
+        t, a, d = self.tokenizer, self.audio, self.decoder
+        return {
+            "model_name": self.name,
+            "image_size": t.image_size,
+            "grid": t.grid,
+            "tokens_per_frame": t.tokens_per_frame,
+            "codebook_size": t.codebook_size,
+            "ref_shapes": json.dumps(t.ref_shapes),
+            "sample_rate": a.sample_rate,
+            "fps": a.fps,
+            "samples_per_frame": a.samples_per_frame,
+            "audio_tokens_per_frame": a.tokens_per_frame,
+            "audio_dim": a.dim,
+            "audio_left_context": a.left_context,
+            "lookahead_frames": a.lookahead_frames,
+            "n_controls": d.n_controls,
+            "control_names": ",".join(CONTROL_NAMES),
+            "layers": d.layers,
+            "heads": d.heads,
+            "head_dim": d.head_dim,
+            "dim": d.dim,
+            "window": d.window,
+            "block_len": self.block_len,
+            "sink_len": self.sink_len,
+            "window_len": self.window_len,
+            "top_k": d.top_k,
+        }
+
+    # ---- (de)serialisation ----
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return _from_dict(cls, d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _from_dict(cls, d: dict):
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            v = _from_dict(type(default), v)
+        elif isinstance(default, tuple):
+            v = tuple(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+def tiny() -> ModelConfig:
+    """The shipped CPU model: 128 px, 8x8 tokens, 4 layers of width 256, window 4."""
+    return ModelConfig(name="tiny")
+
+
+def base() -> ModelConfig:
+    """A larger preset for GPU users who train on real data: 256 px, 16x16 tokens, 12 layers."""
+    return ModelConfig(
+        name="base",
+        tokenizer=TokenizerConfig(
+            image_size=256,
+            downsample=16,
+            codebook_size=2048,
+            code_dim=128,
+            enc_channels=(64, 128, 256, 512),
+            ref_channels=(64, 128, 256, 512),
+            dec_channels=(512, 256, 128, 64),
+            attn_at=32,
+        ),
+        audio=AudioConfig(channels=384, dim=256),
+        decoder=DecoderConfig(dim=768, layers=12, heads=12, window=8),
+    )
+
+
+def test_small() -> ModelConfig:
+    """A very small random-weight model for fast tests (same topology as tiny)."""
+    return ModelConfig(
+        name="test_small",
+        tokenizer=TokenizerConfig(
+            image_size=64,
+            downsample=16,
+            codebook_size=64,
+            code_dim=16,
+            enc_channels=(8, 16, 16, 32),
+            ref_channels=(8, 16, 16, 32),
+            dec_channels=(32, 16, 16, 8),
+            attn_at=8,
+        ),
+        audio=AudioConfig(channels=32, dim=32, dilations=(1, 2)),
+        decoder=DecoderConfig(dim=64, layers=2, heads=2, window=3, top_k=8),
+    )
+
+
+PRESETS = {"tiny": tiny, "base": base, "test_small": test_small}
+
+
+def preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
