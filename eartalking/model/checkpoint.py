@@ -1,0 +1,62 @@
+"""Checkpoints: a directory with ``config.json`` (ModelConfig) and ``model.safetensors`` (state dict).
+
+Usage (python): ``save(dir, model, cfg)``; ``model, cfg = load(dir)``; ``random_model("test_small", seed=0)``
+for tests (random weights, eval mode, reproducible for a seed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from eartalking.config import ModelConfig, preset
+from eartalking.model.model import EARTalking
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def save(directory: str | Path, model: EARTalking, cfg: ModelConfig | None = None,
+         metadata: dict[str, str] | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` into ``directory`` (created if needed); returns it."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg if cfg is None else cfg
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = d / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"model_name": cfg.name, **(metadata or {})})
+    tmp.replace(d / WEIGHTS_FILE)  # never leave a half-written checkpoint behind
+    cfg.save(d / CONFIG_FILE)
+    return d
+
+
+def load(directory: str | Path, device: str | torch.device = "cpu") -> tuple[EARTalking, ModelConfig]:
+    """Read a checkpoint directory -> (model in eval mode, cfg). Clear UserError if files are missing."""
+    from eartalking.cli import UserError
+
+    d = Path(directory)
+    missing = [n for n in (CONFIG_FILE, WEIGHTS_FILE) if not (d / n).is_file()]
+    if missing:
+        raise UserError(f"checkpoint {d} is missing {', '.join(missing)} (expected {CONFIG_FILE} + {WEIGHTS_FILE})")
+    cfg = ModelConfig.load(d / CONFIG_FILE)
+    model = EARTalking(cfg)
+    state = load_file(str(d / WEIGHTS_FILE), device=str(device))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise UserError(f"checkpoint {d} does not match its config: missing {result.missing_keys[:5]}, "
+                        f"unexpected {result.unexpected_keys[:5]}")
+    return model.to(device).eval(), cfg
+
+
+def random_model(cfg: str | ModelConfig = "test_small", seed: int = 0) -> EARTalking:
+    """A random-weight model (eval mode) for tests; the same ``seed`` gives the same weights."""
+    cfg = preset(cfg) if isinstance(cfg, str) else cfg
+    g = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = EARTalking(cfg)
+    finally:
+        torch.random.set_rng_state(g)
+    return model.eval()

@@ -1,0 +1,248 @@
+"""GPT-style step decoder with SFA (sink frame window attention) and FCIC control tokens (``step_decoder``).
+
+One frame block (BL = C + A + N tokens): ``[C control tokens | A audio tokens | N slot tokens]``.
+  control c: ``null_embedding[c]`` if absent, else ``(value / CONTROL_SCALES[c]) * control_weight[c] +
+             type_embedding[c]`` (values in the raw units of CONTROL_RANGES)
+  audio i:   ``Linear(D_a -> D)(audio_token_i) + audio_pos[i]``
+  slot i:    ``token_embedding[prev_token_i] + slot_query[i]``; the head on the N slots gives logits [N, K]
+The sink block is the portrait's N tokens (``token_embedding + sink_pos``) run through the layers once;
+its per-layer K/V is the sink cache.
+
+Attention (every layer): a block sees the sink, the previous W blocks that exist, and itself (full,
+bidirectional inside the block); nothing else. Rotary positions are block-relative and never grow: the
+current block sits at W+1, a window block of age a (1 = previous frame) at W+1-a, the sink at 0; the
+intra-block position is the learned embeddings above. Keys are cached *before* rotary, so a cached key
+is rotated by the position of its buffer slot at every step and frame 1,000,000 computes exactly what
+frame 10 does. With L layers, information still flows further back through stacked windows (receptive
+field L*W blocks, as in any sliding-window transformer); per-frame cost and state stay constant.
+
+State (B sessions): sink_k/v [B,L,H,N,dh]; window_k/v [B,L,H,W*BL,dh] ordered oldest -> newest (slot
+block b has age W-b); frame int [B,1] = frames already produced. ``step`` appends the current block's
+K/V and drops the oldest by concat + slice (static shapes); window slots that do not exist yet
+(age > frame) are masked arithmetically from ``frame``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eartalking.config import CONTROL_NAMES, CONTROL_SCALES, ModelConfig
+
+NEG = -1e9  # additive mask value (finite: every query always sees the sink and its own block)
+
+
+def rotary_table(positions: torch.Tensor, dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [P, dim] for integer ``positions`` [P] (half-split layout), computed in float64."""
+    inv = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    ang = positions.to(torch.float64)[:, None] * inv[None]
+    ang = torch.cat([ang, ang], dim=-1)
+    return ang.cos().float(), ang.sin().float()
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [..., P, dh] by tables [P, dh] (broadcast over leading dims)."""
+    h = x.shape[-1] // 2
+    rot = torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+    return x * cos + rot * sin
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(dh) + bias) v for q [..., Q, dh], k/v [..., K, dh] -> [..., Q, dh]."""
+    s = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    if bias is not None:
+        s = s + bias
+    return torch.matmul(torch.softmax(s, dim=-1), v)
+
+
+class Layer(nn.Module):
+    """Pre-LN GPT block, split so the attention part can be done by the caller (cache or training)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(mlp_ratio * dim, dim))
+
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [..., P, D] -> q, k, v each [..., H, P, dh]."""
+        qkv = self.qkv(self.ln1(x)).unflatten(-1, (3, self.heads, -1))  # [..., P, 3, H, dh]
+        q, k, v = qkv.movedim(-4, -2).unbind(-4)  # [..., 3, H, P, dh] -> three [..., H, P, dh]
+        return q, k, v
+
+    def finish(self, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        """Residual update from attention output att [..., H, P, dh] and the MLP: -> [..., P, D]."""
+        x = x + self.proj(att.movedim(-3, -2).flatten(-2))
+        return x + self.mlp(self.ln2(x))
+
+
+class StepDecoder(nn.Module):
+    """See module docstring. Dimensions from ``cfg`` (a ModelConfig)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.decoder
+        if d.dim % d.heads or (d.dim // d.heads) % 2:
+            raise ValueError(f"decoder dim {d.dim} must split into {d.heads} heads of even size")
+        if d.n_controls != len(CONTROL_NAMES):
+            raise ValueError(f"n_controls {d.n_controls} must equal len(CONTROL_NAMES) = {len(CONTROL_NAMES)}")
+        self.C, self.A, self.N = d.n_controls, cfg.audio.tokens_per_frame, cfg.tokens_per_frame
+        self.BL, self.W, self.L, self.H, self.dh = cfg.block_len, d.window, d.layers, d.heads, d.head_dim
+        self.K, self.top_k, self.rope_base, D = cfg.tokenizer.codebook_size, d.top_k, d.rope_base, d.dim
+        std = 0.02
+        self.null_embedding = nn.Parameter(torch.randn(self.C, D) * std)
+        self.control_weight = nn.Parameter(torch.randn(self.C, D) * std)
+        self.type_embedding = nn.Parameter(torch.randn(self.C, D) * std)
+        self.register_buffer("control_scales", torch.tensor([CONTROL_SCALES[n] for n in CONTROL_NAMES]),
+                             persistent=False)
+        self.audio_proj = nn.Linear(cfg.audio.dim, D)
+        self.audio_pos = nn.Parameter(torch.randn(self.A, D) * std)
+        self.token_embedding = nn.Embedding(self.K, D)
+        nn.init.normal_(self.token_embedding.weight, std=std)
+        self.slot_query = nn.Parameter(torch.randn(self.N, D) * std)
+        self.sink_pos = nn.Parameter(torch.randn(self.N, D) * std)
+        self.layers = nn.ModuleList([Layer(D, d.heads, d.mlp_ratio) for _ in range(d.layers)])
+        self.ln_f = nn.LayerNorm(D)
+        self.head = nn.Linear(D, self.K)
+        # rotary tables: positions 0..W+1 (sink 0, window block b at b+1, current block at W+1)
+        cos, sin = rotary_table(torch.arange(self.W + 2), self.dh, d.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        slot_pos = torch.arange(self.W).repeat_interleave(self.BL) + 1  # [W*BL]
+        self.register_buffer("win_cos", cos[slot_pos], persistent=False)
+        self.register_buffer("win_sin", sin[slot_pos], persistent=False)
+        self.register_buffer("win_age", (self.W + 1 - slot_pos).float(), persistent=False)  # age of each slot
+
+    # ---- block embedding ----
+    def embed_block(self, audio: torch.Tensor, controls: torch.Tensor, mask: torch.Tensor,
+                    prev_tokens: torch.Tensor) -> torch.Tensor:
+        """audio [...,A,D_a], controls/mask [...,C], prev_tokens [...,N] -> block [..., BL, D]."""
+        ctrl = (controls / self.control_scales)[..., None] * self.control_weight + self.type_embedding
+        m = mask[..., None].to(ctrl.dtype)
+        ctrl = m * ctrl + (1.0 - m) * self.null_embedding
+        aud = self.audio_proj(audio) + self.audio_pos
+        slots = self.token_embedding(prev_tokens.long()) + self.slot_query
+        return torch.cat([ctrl, aud, slots], dim=-2)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """final hidden block [..., BL, D] -> logits of the N slots [..., N, K]."""
+        return self.head(self.ln_f(x[..., self.C + self.A:, :]))
+
+    # ---- sink ----
+    def sink(self, ref_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Portrait tokens [B,N] -> (sink_k, sink_v) each [B,L,H,N,dh] (position 0: no rotation)."""
+        x = self.token_embedding(ref_tokens.long()) + self.sink_pos
+        ks, vs = [], []
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.qkv_heads(x)
+            ks.append(k)
+            vs.append(v)
+            if i < self.L - 1:  # the last layer's output is never used
+                x = layer.finish(x, attend(q, k, v))
+        return torch.stack(ks, 1), torch.stack(vs, 1)
+
+    # ---- one streaming step ----
+    def window_bias(self, frame: torch.Tensor) -> torch.Tensor:
+        """frame int [B,1] -> additive bias [B,1,1,N + W*BL + BL]: window slots older than ``frame`` masked."""
+        missing = (self.win_age[None, :] > frame.to(self.win_age.dtype)).to(self.win_age.dtype)  # [B, W*BL]
+        return F.pad(missing * NEG, (self.N, self.BL))[:, None, None, :]
+
+    def step(self, audio_tokens: torch.Tensor, controls: torch.Tensor, control_mask: torch.Tensor,
+             sink_k: torch.Tensor, sink_v: torch.Tensor, window_k: torch.Tensor, window_v: torch.Tensor,
+             prev_tokens: torch.Tensor, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One frame. audio [B,A,D_a], controls/mask [B,C], sink [B,L,H,N,dh], window [B,L,H,W*BL,dh],
+        prev_tokens [B,N], frame int [B,1] -> (logits [B,N,K], new_window_k, new_window_v)."""
+        x = self.embed_block(audio_tokens, controls, control_mask, prev_tokens)  # [B, BL, D]
+        bias = self.window_bias(frame)
+        cos_c, sin_c = self.rope_cos[self.W + 1], self.rope_sin[self.W + 1]
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.qkv_heads(x)  # [B, H, BL, dh]
+            wk, wv = window_k[:, i], window_v[:, i]
+            keys = torch.cat([sink_k[:, i], rope(wk, self.win_cos, self.win_sin), rope(k, cos_c, sin_c)], dim=2)
+            vals = torch.cat([sink_v[:, i], wv, v], dim=2)
+            x = layer.finish(x, attend(rope(q, cos_c, sin_c), keys, vals, bias))
+            new_k.append(torch.cat([wk, k], dim=2)[:, :, self.BL:])  # drop the oldest block
+            new_v.append(torch.cat([wv, v], dim=2)[:, :, self.BL:])
+        return self.logits(x), torch.stack(new_k, 1), torch.stack(new_v, 1)
+
+    def empty_window(self, batch: int, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero window buffers [B,L,H,W*BL,dh] (contents are masked until filled)."""
+        shape = (batch, self.L, self.H, self.W * self.BL, self.dh)
+        return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+
+    # ---- training (all T blocks at once) ----
+    def sfa_mask(self, T: int) -> torch.Tensor:
+        """Boolean mask [T*BL, N + T*BL] (True = may attend): queries of block t see the sink (first N
+        columns) and blocks s with 0 <= t - s <= W; nothing else."""
+        t = torch.arange(T)
+        blocks = (t[:, None] - t[None, :] >= 0) & (t[:, None] - t[None, :] <= self.W)  # [T, T]
+        tok = blocks.repeat_interleave(self.BL, 0).repeat_interleave(self.BL, 1)
+        return torch.cat([torch.ones(T * self.BL, self.N, dtype=torch.bool), tok], dim=1)
+
+    def forward_train(self, ref_tokens: torch.Tensor, audio: torch.Tensor, controls: torch.Tensor,
+                      mask: torch.Tensor, prev_tokens: torch.Tensor, dense: bool = False) -> torch.Tensor:
+        """Teacher-forced logits for T frames at once: ref_tokens [B,N], audio [B,T,A,D_a], controls/mask
+        [B,T,C], prev_tokens [B,T,N] (frame 0's = the portrait tokens) -> logits [B,T,N,K].
+
+        Exactly what ``step`` computes frame by frame. Default: one small attention per age 0..W (memory
+        grows with T*W). ``dense=True`` is an independent check: one [T*BL, N+T*BL] attention with
+        ``sfa_mask(T)`` and absolute block positions (rotary depends only on position differences).
+        """
+        B, T = audio.shape[:2]
+        sink_k, sink_v = self.sink(ref_tokens)
+        x = self.embed_block(audio, controls, mask, prev_tokens)  # [B, T, BL, D]
+        attn = self._attend_dense if dense else self._attend_ages
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.qkv_heads(x)  # [B, T, H, BL, dh]
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, BL, dh]
+            att = attn(q, k, v, sink_k[:, i], sink_v[:, i])  # [B, H, T, BL, dh]
+            x = layer.finish(x, att.transpose(1, 2))
+        return self.logits(x)
+
+    def _attend_ages(self, q, k, v, sk, sv):
+        """q/k/v [B,H,T,BL,dh], sink [B,H,N,dh] -> [B,H,T,BL,dh]; keys grouped by age a = t - s."""
+        T = q.shape[2]
+        qr = rope(q, self.rope_cos[self.W + 1], self.rope_sin[self.W + 1])
+        scores, values = [torch.matmul(qr, sk[:, :, None].transpose(-1, -2))], [sv[:, :, None]]  # sink
+        for a in range(min(self.W, T - 1) + 1):
+            ka = F.pad(k, (0, 0, 0, 0, a, 0))[:, :, :T]  # block t-a at index t (zeros where t < a)
+            va = F.pad(v, (0, 0, 0, 0, a, 0))[:, :, :T]
+            kr = rope(ka, self.rope_cos[self.W + 1 - a], self.rope_sin[self.W + 1 - a])  # age a -> position W+1-a
+            s = torch.matmul(qr, kr.transpose(-1, -2))
+            missing = (torch.arange(T, device=q.device) < a).to(q.dtype) * NEG  # [T]
+            scores.append(s + missing[:, None, None])
+            values.append(va)
+        p = torch.softmax(torch.cat(scores, -1) * (self.dh ** -0.5), dim=-1)
+        out = torch.matmul(p[..., :self.N], values[0])
+        for j, va in enumerate(values[1:]):
+            out = out + torch.matmul(p[..., self.N + j * self.BL:self.N + (j + 1) * self.BL], va)
+        return out
+
+    def _attend_dense(self, q, k, v, sk, sv):
+        """Same as _attend_ages with one masked attention over sink + all T blocks (for checking)."""
+        B, H, T, BL, dh = q.shape
+        cos_t, sin_t = rotary_table(torch.arange(T).repeat_interleave(BL), dh, self.rope_base)
+        q, k, v = (t.reshape(B, H, T * BL, dh) for t in (q, k, v))
+        sink_scores = torch.matmul(rope(q, self.rope_cos[self.W + 1], self.rope_sin[self.W + 1]), sk.transpose(-1, -2))
+        blk_scores = torch.matmul(rope(q, cos_t, sin_t), rope(k, cos_t, sin_t).transpose(-1, -2))
+        s = torch.cat([sink_scores, blk_scores], -1) * dh ** -0.5
+        s = s.masked_fill(~self.sfa_mask(T).to(q.device), float("-inf"))
+        out = torch.matmul(torch.softmax(s, -1), torch.cat([sv, v], dim=2))
+        return out.reshape(B, H, T, BL, dh)
+
+
+def select(logits: torch.Tensor, temperature: torch.Tensor, gumbel: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Pick tokens from logits [B,N,K]: greedy argmax where temperature [B,1] == 0, else
+    argmax over the top_k logits of (logit / temperature + gumbel) with gumbel [B,N,K] from
+    ``eartalking.sampling.gumbel_noise``. No data-dependent control flow; TopK sorted. -> int64 [B,N]."""
+    greedy = logits.argmax(-1)
+    vals, idx = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1, largest=True, sorted=True)
+    t = temperature[..., None].to(logits.dtype)  # [B,1,1]
+    z = vals / torch.where(t > 0, t, torch.ones_like(t)) + torch.gather(gumbel, -1, idx)
+    sampled = torch.gather(idx, -1, z.argmax(-1, keepdim=True)).squeeze(-1)
+    return torch.where(temperature > 0, sampled, greedy)

@@ -1,0 +1,205 @@
+"""Portrait-conditioned VQ tokenizer (the ``tokenizer_encoder`` / ``tokenizer_decoder`` graphs).
+
+- encoder: image [B,3,S,S] in 0..1 -> stride-2 conv stages (GroupNorm+SiLU resblocks) -> [B, code_dim, g, g]
+  with g = S / downsample (8 for tiny) -> nearest codebook entry -> tokens int64 [B, N = g*g].
+- reference encoder (run once per session on the portrait): its own conv stack, features at
+  S/2, S/4, S/8, S/16 with ``cfg.ref_channels`` channels (finest first, ``cfg.ref_shapes``).
+- decoder: codebook vectors at g x g -> stages coarse to fine (S/16 .. S/2); at each scale the reference
+  feature of that scale is concatenated and fused by a 3x3 conv; one cross-attention from the decoder map
+  to the reference map at ``cfg.attn_at`` px; -> nearest x2 -> RGB via sigmoid.
+Tokens carry what changes (mouth, eyes, pose); the portrait carries identity.
+
+Export-friendly: Conv, GroupNorm, nearest Upsample by 2, MatMul, Softmax, Gather, ArgMin; no shape
+depends on data. Training: straight-through VQ with codebook + commitment losses, a usage EMA buffer,
+``restart_dead_codes`` and ``codebook_usage`` helpers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eartalking.config import TokenizerConfig
+
+
+def _gn(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(8, ch), ch)
+
+
+class ResBlock(nn.Module):
+    """GN-SiLU-conv3x3 twice, plus identity: [B,C,H,W] -> [B,C,H,W]."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.n1, self.c1 = _gn(ch), nn.Conv2d(ch, ch, 3, padding=1)
+        self.n2, self.c2 = _gn(ch), nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c1(F.silu(self.n1(x)))
+        return x + self.c2(F.silu(self.n2(h)))
+
+
+class DownStack(nn.Module):
+    """Stride-2 stages, one per channel entry: [B,3,S,S] -> list of [B, C_i, S/2^(i+1), S/2^(i+1)]."""
+
+    def __init__(self, channels: tuple[int, ...]):
+        super().__init__()
+        stages, c_in = [], 3
+        for c in channels:
+            stages.append(nn.Sequential(nn.Conv2d(c_in, c, 4, stride=2, padding=1), ResBlock(c)))
+            c_in = c
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for s in self.stages:
+            x = s(x)
+            feats.append(x)
+        return feats
+
+
+class CrossAttention(nn.Module):
+    """Single-head attention from a decoder map [B,C,H,W] to a reference map [B,R,H',W'] (residual)."""
+
+    def __init__(self, ch: int, ref_ch: int):
+        super().__init__()
+        self.norm = _gn(ch)
+        self.q = nn.Conv2d(ch, ch, 1)
+        self.kv = nn.Conv2d(ref_ch, 2 * ch, 1)
+        self.out = nn.Conv2d(ch, ch, 1)
+        self.scale = ch ** -0.5
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q = self.q(self.norm(x)).flatten(2).transpose(1, 2)  # [B, HW, C]
+        k, v = self.kv(ref).flatten(2).chunk(2, dim=1)  # [B, C, H'W'] each
+        att = torch.softmax(torch.matmul(q, k) * self.scale, dim=-1)  # [B, HW, H'W']
+        y = torch.matmul(att, v.transpose(1, 2)).transpose(1, 2).reshape(b, c, h, w)
+        return x + self.out(y)
+
+
+class Tokenizer(nn.Module):
+    """See module docstring. ``N = cfg.tokens_per_frame``, ``K = cfg.codebook_size``."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        n_stages = int(round(math.log2(cfg.downsample)))
+        if 2 ** n_stages != cfg.downsample or cfg.image_size % cfg.downsample:
+            raise ValueError(f"downsample {cfg.downsample} must be a power of 2 dividing image_size {cfg.image_size}")
+        for name in ("enc_channels", "ref_channels", "dec_channels"):
+            if len(getattr(cfg, name)) != n_stages:
+                raise ValueError(f"{name} needs {n_stages} entries for downsample {cfg.downsample}")
+        self.cfg = cfg
+        self.encoder = DownStack(cfg.enc_channels)
+        c_top = cfg.enc_channels[-1]
+        self.to_code = nn.Sequential(_gn(c_top), nn.SiLU(), nn.Conv2d(c_top, cfg.code_dim, 1))
+        self.codebook = nn.Parameter(torch.randn(cfg.codebook_size, cfg.code_dim) * cfg.code_dim ** -0.5)
+        self.register_buffer("code_usage", torch.full((cfg.codebook_size,), 1.0 / cfg.codebook_size))
+        self.ref_encoder = DownStack(cfg.ref_channels)
+        # decoder stages coarse -> fine; stage i works at S/downsample * 2^i and fuses ref index n-1-i
+        dec, ref = cfg.dec_channels, cfg.ref_channels[::-1]
+        self.from_code = nn.Conv2d(cfg.code_dim, dec[0], 3, padding=1)
+        self.ups = nn.ModuleList([nn.Conv2d(dec[i - 1], dec[i], 3, padding=1) if i else nn.Identity()
+                                  for i in range(n_stages)])
+        self.fuse = nn.ModuleList([nn.Conv2d(dec[i] + ref[i], dec[i], 3, padding=1) for i in range(n_stages)])
+        self.blocks = nn.ModuleList([ResBlock(dec[i]) for i in range(n_stages)])
+        res = [cfg.grid * 2 ** i for i in range(n_stages)]
+        if cfg.attn_at and cfg.attn_at not in res:
+            raise ValueError(f"attn_at {cfg.attn_at} must be one of the decoder resolutions {res} (or 0)")
+        self.attn_stage = res.index(cfg.attn_at) if cfg.attn_at else -1
+        self.attn = CrossAttention(dec[self.attn_stage], ref[self.attn_stage]) if cfg.attn_at else None
+        self.head = nn.Sequential(_gn(dec[-1]), nn.SiLU(), nn.Conv2d(dec[-1], 3, 3, padding=1))
+
+    # ---- encoder side ----
+    def encode_latent(self, image: torch.Tensor) -> torch.Tensor:
+        """image [B,3,S,S] -> continuous latent [B, code_dim, g, g]."""
+        return self.to_code(self.encoder(image * 2.0 - 1.0)[-1])
+
+    def quantize_indices(self, z: torch.Tensor) -> torch.Tensor:
+        """latent [B, code_dim, g, g] -> nearest codebook index, int64 [B, g*g] (row-major)."""
+        flat = z.flatten(2).transpose(1, 2)  # [B, N, code_dim]
+        dist = (self.codebook ** 2).sum(-1) - 2.0 * torch.matmul(flat, self.codebook.t())  # ||z||^2 omitted
+        return dist.argmin(-1)
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """image [B,3,S,S] in 0..1 -> tokens int64 [B, N]."""
+        return self.quantize_indices(self.encode_latent(image))
+
+    def reference(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """portrait [B,3,S,S] in 0..1 -> features, finest first, shapes ``cfg.ref_shapes``."""
+        return self.ref_encoder(image * 2.0 - 1.0)
+
+    # ---- decoder side ----
+    def decode_codes(self, codes: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        """code vectors [B, code_dim, g, g] + refs -> image [B,3,S,S] in 0..1."""
+        x = self.from_code(codes)
+        refs = refs[::-1]  # coarse first
+        for i, (up, fuse, block) in enumerate(zip(self.ups, self.fuse, self.blocks, strict=True)):
+            if i:
+                x = up(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+            x = block(fuse(torch.cat([x, refs[i]], dim=1)))
+            if i == self.attn_stage:
+                x = self.attn(x, refs[i])
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return torch.sigmoid(self.head(x))
+
+    def decode(self, tokens: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        """tokens int [B, N] + refs -> image [B,3,S,S] in 0..1."""
+        g = self.cfg.grid
+        codes = F.embedding(tokens.long(), self.codebook)  # [B, N, code_dim]
+        return self.decode_codes(codes.transpose(1, 2).reshape(tokens.shape[0], -1, g, g), refs)
+
+    # ---- training ----
+    def forward(self, image: torch.Tensor, ref_image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Straight-through VQ autoencoding of ``image`` conditioned on ``ref_image`` (both [B,3,S,S]).
+
+        Returns (recon [B,3,S,S], losses) with losses: ``vq`` (codebook), ``commit`` (raw commitment MSE),
+        ``vq_total`` = vq + commitment * commit, ``l1`` (recon), ``perplexity``, ``usage`` (fraction of
+        codes used in the batch) and ``indices`` int64 [B, N]. In training mode also updates ``code_usage``.
+        """
+        z = self.encode_latent(image)
+        idx = self.quantize_indices(z)
+        q = F.embedding(idx, self.codebook).transpose(1, 2).reshape(z.shape)
+        vq = F.mse_loss(q, z.detach())
+        commit = F.mse_loss(z, q.detach())
+        z_q = z + (q - z).detach()
+        recon = self.decode_codes(z_q, self.reference(ref_image))
+        counts = torch.bincount(idx.flatten(), minlength=self.cfg.codebook_size).float()
+        probs = counts / counts.sum()
+        if self.training:
+            with torch.no_grad():
+                self.code_usage.mul_(0.99).add_(probs, alpha=0.01)
+        losses = {
+            "vq": vq,
+            "commit": commit,
+            "vq_total": vq + self.cfg.commitment * commit,
+            "l1": (recon - image).abs().mean(),
+            "perplexity": torch.exp(-(probs * torch.log(probs + 1e-10)).sum()),
+            "usage": (counts > 0).float().mean(),
+            "indices": idx,
+        }
+        return recon, losses
+
+    def codebook_usage(self, threshold: float | None = None) -> float:
+        """Fraction of codes whose usage EMA is above ``threshold`` (default: 1% of uniform)."""
+        thr = 0.01 / self.cfg.codebook_size if threshold is None else threshold
+        return float((self.code_usage > thr).float().mean())
+
+    @torch.no_grad()
+    def restart_dead_codes(self, image: torch.Tensor, threshold: float | None = None) -> int:
+        """Re-seed codes whose usage EMA fell below ``threshold`` with encoder latents of ``image``.
+
+        Returns how many codes were restarted. Call every few hundred steps during tokenizer training.
+        """
+        thr = 0.01 / self.cfg.codebook_size if threshold is None else threshold
+        dead = torch.nonzero(self.code_usage < thr).flatten()
+        if dead.numel() == 0:
+            return 0
+        flat = self.encode_latent(image).flatten(2).transpose(1, 2).reshape(-1, self.cfg.code_dim)
+        pick = torch.randint(0, flat.shape[0], (dead.numel(),), device=flat.device)
+        self.codebook.data[dead] = flat[pick] + 0.01 * flat.std() * torch.randn_like(flat[pick])
+        self.code_usage[dead] = 1.0 / self.cfg.codebook_size
+        return int(dead.numel())

@@ -1,0 +1,318 @@
+"""Reference PyTorch model: SFA scope, streaming == no-cache reference, teacher-forcing parity, audio
+chunking, FCIC causality, portrait conditioning, checkpoint round trip, position invariance.
+
+All on the ``test_small`` preset with random weights and fresh random inputs (fast, CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from eartalking import config
+from eartalking.model import checkpoint
+from eartalking.model.decoder import select
+from eartalking.model.generate import StreamingGenerator, reference_generate
+from eartalking.sampling import gumbel_noise
+
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+LOGIT_ATOL = 1e-4  # fp32 reordering of the same sums (measured ~1e-6)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return checkpoint.random_model("test_small", seed=0)
+
+
+def _inputs(model, T: int, seed: int, B: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    d, cfg = model.decoder, model.cfg
+    S = cfg.tokenizer.image_size
+    portrait = torch.rand(B, 3, S, S, generator=g)
+    audio = torch.randn(B, T, d.A, cfg.audio.dim, generator=g)
+    controls = torch.randn(B, T, d.C, generator=g) * 10.0
+    mask = (torch.rand(B, T, d.C, generator=g) > 0.4).float()
+    return portrait, audio, controls, mask
+
+
+def _stream(model, portrait, audio, controls, mask, temperature=0.0, seed=0):
+    gen = StreamingGenerator(model, portrait, temperature=temperature, seed=seed)
+    toks, logs = [], []
+    for t in range(audio.shape[1]):
+        toks.append(gen.step(audio[:, t], controls[:, t], mask[:, t]))
+        logs.append(gen.last_logits)
+    return gen, torch.stack(toks, 1), torch.stack(logs, 1)
+
+
+# ---------------------------------------------------------------- SFA scope
+def test_sfa_mask_is_sink_window_and_self(model):
+    d = model.decoder
+    T = 2 * d.W + 3
+    m = d.sfa_mask(T)
+    assert m.shape == (T * d.BL, d.N + T * d.BL)
+    assert m[:, : d.N].all()  # every query sees the sink
+    for t in range(T):
+        for s in range(T):
+            block = m[t * d.BL:(t + 1) * d.BL, d.N + s * d.BL:d.N + (s + 1) * d.BL]
+            allowed = 0 <= t - s <= d.W
+            assert bool(block.all()) == allowed and bool(block.any()) == allowed, (t, s)
+
+
+def test_dense_mask_path_equals_age_path(model):
+    """forward_train's per-age attention == one attention with sfa_mask (independent implementation)."""
+    d = model.decoder
+    portrait, audio, controls, mask = _inputs(model, T=2 * d.W + 3, seed=1, B=2)
+    ref = model.tokenizer.encode(portrait)
+    prev = torch.randint(0, d.K, (2, audio.shape[1], d.N), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a = d.forward_train(ref, audio, controls, mask, prev)
+        b = d.forward_train(ref, audio, controls, mask, prev, dense=True)
+    assert a.shape == (2, audio.shape[1], d.N, d.K)
+    torch.testing.assert_close(a, b, atol=LOGIT_ATOL, rtol=0)
+
+
+def test_perturbation_outside_window_has_no_effect():
+    """One layer: block t sees only sink + blocks t-W..t. L layers: reach is exactly L*W blocks back."""
+    for layers in (1, 2):
+        cfg = config.test_small()
+        cfg.decoder.layers = layers
+        m = checkpoint.random_model(cfg, seed=3)
+        d = m.decoder
+        reach = layers * d.W
+        T = reach + 3
+        portrait, audio, controls, mask = _inputs(m, T=T, seed=4)
+        ref = m.tokenizer.encode(portrait)
+        prev = torch.randint(0, d.K, (1, T, d.N), generator=torch.Generator().manual_seed(5))
+        t = T - 1
+        with torch.no_grad():
+            base = d.forward_train(ref, audio, controls, mask, prev)[:, t]
+            for s, expect_change in ((t - reach - 1, False), (t - reach, True)):
+                a2, c2, p2 = audio.clone(), controls.clone(), prev.clone()
+                a2[:, s] = torch.randn_like(a2[:, s])
+                c2[:, s] += 5.0
+                p2[:, s] = (p2[:, s] + 1) % d.K
+                out = d.forward_train(ref, a2, c2, mask, p2)[:, t]
+                changed = (out - base).abs().max().item()
+                if expect_change:
+                    assert changed > 1e-5, f"layers={layers}: block {s} should reach block {t}"
+                else:
+                    assert changed == 0.0, f"layers={layers}: block {s} leaked into block {t} ({changed})"
+
+
+# ---------------------------------------------------------------- streaming == reference
+@pytest.mark.parametrize("temperature,seed", [(0.0, 0), (1.0, 7)])
+def test_streaming_equals_full_recompute(model, temperature, seed):
+    d = model.decoder
+    T = 3 * d.W + 5  # the window wraps several times
+    portrait, audio, controls, mask = _inputs(model, T=T, seed=10 + seed)
+    _, toks, logs = _stream(model, portrait, audio, controls, mask, temperature, seed)
+    ref_toks, ref_logs = reference_generate(model, portrait, audio, controls, mask, temperature, seed)
+    torch.testing.assert_close(logs, ref_logs, atol=LOGIT_ATOL, rtol=0)
+    assert torch.equal(toks, ref_toks)
+    assert len(torch.unique(toks)) > 1
+
+
+def test_teacher_forcing_parity(model):
+    """forward_train on given previous tokens == step by step with the same previous tokens."""
+    d = model.decoder
+    T = 2 * d.W + 2
+    portrait, audio, controls, mask = _inputs(model, T=T, seed=20, B=2)
+    ref = model.tokenizer.encode(portrait)
+    prev = torch.randint(0, d.K, (2, T, d.N), generator=torch.Generator().manual_seed(21))
+    prev[:, 0] = ref
+    with torch.no_grad():
+        full = d.forward_train(ref, audio, controls, mask, prev)
+        sk, sv = d.sink(ref)
+        wk, wv = d.empty_window(2)
+        for t in range(T):
+            frame = torch.full((2, 1), t, dtype=torch.int32)
+            logits, wk, wv = d.step(audio[:, t], controls[:, t], mask[:, t], sk, sv, wk, wv, prev[:, t], frame)
+            torch.testing.assert_close(logits, full[:, t], atol=LOGIT_ATOL, rtol=0)
+
+
+def test_position_invariance(model):
+    """Same window content at frame 10 and frame 10**6 -> bit-identical step outputs."""
+    d = model.decoder
+    portrait, audio, controls, mask = _inputs(model, T=11, seed=30)
+    gen, _, _ = _stream(model, portrait, audio[:, :10], controls[:, :10], mask[:, :10])
+    outs = []
+    for frame in (10, 10**6):
+        with torch.no_grad():
+            outs.append(d.step(audio[:, 10], controls[:, 10], mask[:, 10], gen.sink_k, gen.sink_v, gen.window_k,
+                               gen.window_v, gen.prev_tokens, torch.tensor([[frame]], dtype=torch.int32)))
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_window_masking_before_it_fills(model):
+    """At frame f < W the empty window slots are masked: garbage in them changes nothing."""
+    d = model.decoder
+    portrait, audio, controls, mask = _inputs(model, T=1, seed=31)
+    ref = model.tokenizer.encode(portrait)
+    with torch.no_grad():
+        sk, sv = d.sink(ref)
+        wk, wv = d.empty_window(1)
+        f0 = torch.zeros(1, 1, dtype=torch.int32)
+        out0 = d.step(audio[:, 0], controls[:, 0], mask[:, 0], sk, sv, wk, wv, ref, f0)
+        junk_k, junk_v = torch.randn_like(wk), torch.randn_like(wv)
+        out1 = d.step(audio[:, 0], controls[:, 0], mask[:, 0], sk, sv, junk_k, junk_v, ref, f0)
+    torch.testing.assert_close(out0[0], out1[0], atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------- FCIC controls
+def test_control_at_frame_k_changes_no_earlier_frame(model):
+    d = model.decoder
+    T, k = 2 * d.W + 2, d.W + 1
+    portrait, audio, controls, mask = _inputs(model, T=T, seed=40)
+    _, toks, logs = _stream(model, portrait, audio, controls, mask)
+    c2, m2 = controls.clone(), mask.clone()
+    c2[:, k, 0], m2[:, k, 0] = 25.0, 1.0  # set yaw at frame k
+    c2[:, k, 3], m2[:, k, 3] = 1.0, 1.0  # and a blink
+    _, toks2, logs2 = _stream(model, portrait, audio, c2, m2)
+    assert torch.equal(logs[:, :k], logs2[:, :k]) and torch.equal(toks[:, :k], toks2[:, :k])
+    assert (logs[:, k] - logs2[:, k]).abs().max() > 1e-5
+
+
+def test_masked_control_uses_null_embedding(model):
+    """A masked control's value is ignored; the same value unmasked is not."""
+    d = model.decoder
+    _, audio, controls, mask = _inputs(model, T=1, seed=41)
+    prev = torch.randint(0, d.K, (1, d.N))
+    zero = torch.zeros(1, d.C)
+    x0 = d.embed_block(audio[:, 0], controls[:, 0], zero, prev)
+    x1 = d.embed_block(audio[:, 0], controls[:, 0] + 3.0, zero, prev)
+    x2 = d.embed_block(audio[:, 0], controls[:, 0], torch.ones(1, d.C), prev)
+    assert torch.equal(x0, x1) and not torch.allclose(x0, x2)
+
+
+# ---------------------------------------------------------------- sampling
+def test_select_greedy_and_seeded(model):
+    g = torch.Generator().manual_seed(50)
+    logits = torch.randn(2, 16, 64, generator=g)
+    noise = torch.from_numpy(np.stack([gumbel_noise(3, 9, (16, 64))] * 2))
+    temp = torch.tensor([[0.0], [1.0]])
+    out = select(logits, temp, noise, top_k=8)
+    assert torch.equal(out[0], logits[0].argmax(-1))
+    top = logits[1].topk(8, -1).indices
+    assert all(int(out[1, i]) in top[i].tolist() for i in range(16))
+    assert torch.equal(out, select(logits, temp, noise, top_k=8))
+    assert not torch.equal(out[1], logits[1].argmax(-1))  # noise of std 1.28 moves some picks
+    a, b = gumbel_noise(3, 9, (4, 5)), gumbel_noise(3, 10, (4, 5))
+    assert a.dtype == np.float32 and np.array_equal(a, gumbel_noise(3, 9, (4, 5))) and not np.array_equal(a, b)
+
+
+# ---------------------------------------------------------------- audio encoder
+def test_audio_chunked_equals_whole(model):
+    enc, c = model.audio, model.cfg.audio
+    n = 9
+    pcm = torch.randn(2, c.left_context + n * c.samples_per_frame, generator=torch.Generator().manual_seed(60)) * 0.3
+    with torch.no_grad():
+        whole = enc(pcm)
+        assert whole.shape == (2, n, c.tokens_per_frame, c.dim)
+        for cuts in ([0, 1, 2, 9], [0, 4, 5, 9], [0, 3, 6, 9]):
+            parts = [enc(pcm[:, a * c.samples_per_frame: c.left_context + b * c.samples_per_frame])
+                     for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+            torch.testing.assert_close(torch.cat(parts, 1), whole, atol=1e-5, rtol=0)
+
+
+def test_audio_causal_and_length_errors(model):
+    enc, c = model.audio, model.cfg.audio
+    n = 6
+    pcm = torch.randn(1, c.left_context + n * c.samples_per_frame, generator=torch.Generator().manual_seed(61))
+    with torch.no_grad():
+        base = enc(pcm)
+        p2 = pcm.clone()
+        p2[:, c.left_context + 4 * c.samples_per_frame:] += 0.5  # change frames >= 4 only
+        out = enc(p2)
+    assert torch.equal(out[:, :4], base[:, :4]) and not torch.allclose(out[:, 4], base[:, 4])
+    with pytest.raises(ValueError, match="left_context"):
+        enc(pcm[:, :-1])
+    with pytest.raises(ValueError, match="left_context"):
+        enc(pcm[:, : c.left_context])
+
+
+# ---------------------------------------------------------------- tokenizer
+def test_tokenizer_shapes_and_reference_conditioning(model):
+    tok, tc = model.tokenizer, model.cfg.tokenizer
+    g = torch.Generator().manual_seed(70)
+    S = tc.image_size
+    img, ref_a, ref_b = (torch.rand(2, 3, S, S, generator=g) for _ in range(3))
+    with torch.no_grad():
+        tokens = tok.encode(img)
+        refs_a, refs_b = tok.reference(ref_a), tok.reference(ref_b)
+        assert tokens.shape == (2, tc.tokens_per_frame) and tokens.dtype == torch.int64
+        assert [tuple(r.shape[1:]) for r in refs_a] == [tuple(s) for s in tc.ref_shapes]
+        out_a = tok.decode(tokens, refs_a)
+        out_b = tok.decode(tokens, refs_b)
+        out_t = tok.decode(torch.randint(0, tc.codebook_size, tokens.shape, generator=g), refs_a)
+    assert out_a.shape == (2, 3, S, S) and 0.0 <= out_a.min() and out_a.max() <= 1.0
+    assert (out_a - out_b).abs().mean() > 1e-4  # the portrait matters
+    assert (out_a - out_t).abs().mean() > 1e-4  # and so do the tokens
+
+
+def test_tokenizer_forward_losses_and_gradients(model):
+    tok = checkpoint.random_model("test_small", seed=1).tokenizer.train()
+    S = tok.cfg.image_size
+    g = torch.Generator().manual_seed(71)
+    img, ref = torch.rand(2, 3, S, S, generator=g), torch.rand(2, 3, S, S, generator=g)
+    recon, losses = tok(img, ref)
+    assert recon.shape == img.shape
+    assert {"vq", "commit", "vq_total", "l1", "perplexity", "usage", "indices"} <= set(losses)
+    (losses["l1"] + losses["vq_total"]).backward()
+    assert tok.encoder.stages[0][0].weight.grad.abs().sum() > 0  # straight-through reaches the encoder
+    assert tok.codebook.grad.abs().sum() > 0
+    tok.code_usage.zero_()
+    assert tok.restart_dead_codes(img) == tok.cfg.codebook_size and tok.codebook_usage() == 1.0
+
+
+# ---------------------------------------------------------------- checkpoint
+def test_checkpoint_round_trip_is_bitwise(tmp_path, model):
+    checkpoint.save(tmp_path / "ck", model)
+    again, cfg = checkpoint.load(tmp_path / "ck")
+    assert cfg == model.cfg
+    a, b = model.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    from eartalking.cli import UserError
+
+    with pytest.raises(UserError, match="missing"):
+        checkpoint.load(tmp_path / "nowhere")
+
+
+def test_random_model_is_reproducible():
+    a, b = checkpoint.random_model("test_small", 4), checkpoint.random_model("test_small", 4)
+    c = checkpoint.random_model("test_small", 5)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["decoder.head.weight"], sc["decoder.head.weight"])
+
+
+def test_model_package_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, eartalking.model, eartalking.sampling; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------- information (printed, not asserted)
+def test_print_tiny_sizes_and_step_time(capsys):
+    m = checkpoint.random_model("tiny", seed=0)
+    d = m.decoder
+    portrait = torch.rand(1, 3, m.cfg.tokenizer.image_size, m.cfg.tokenizer.image_size)
+    gen = StreamingGenerator(m, portrait)
+    audio = torch.randn(1, d.A, m.cfg.audio.dim)
+    for _ in range(3):
+        gen.step(audio)
+    t0 = time.perf_counter()
+    n = 10
+    for _ in range(n):
+        gen.step(audio)
+    ms = (time.perf_counter() - t0) / n * 1e3
+    with capsys.disabled():
+        print(f"\n[tiny] params {m.param_counts()}  step_decoder eager {ms:.1f} ms/frame "
+              f"({torch.get_num_threads()} threads)")
