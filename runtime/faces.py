@@ -24,7 +24,7 @@ _DETECTOR = None
 _PREDICTOR = None
 
 
-def _models():
+def loadload_models():
     global _DETECTOR, _PREDICTOR
     if _DETECTOR is None:
         try:
@@ -42,7 +42,7 @@ def detect_largest(photo: np.ndarray, max_side: int = DETECT_MAX_SIDE) -> tuple[
     """Largest face box (left, top, right, bottom) in full-resolution pixels, found on a downscaled copy."""
     from PIL import Image
 
-    detector, _ = _models()
+    detector, _ = load_models()
     h, w = photo.shape[:2]
     scale = min(1.0, max_side / max(h, w))
     small = photo if scale == 1.0 else np.asarray(
@@ -61,7 +61,7 @@ def landmarks68(photo: np.ndarray, box: tuple[float, float, float, float]) -> np
     """dlib's 68 landmarks, float32 [68, 2] (x, y) at full resolution."""
     import dlib
 
-    _, predictor = _models()
+    _, predictor = load_models()
     rect = dlib.rectangle(*(int(round(v)) for v in box))
     shape = predictor(np.ascontiguousarray(photo), rect)
     return np.array([(p.x, p.y) for p in shape.parts()], np.float32)

@@ -36,6 +36,8 @@ from eartalking.config import CONTROL_NAMES, CONTROL_RANGES
 from eartalking.runtime.backends import Backend, load_backend
 from eartalking.runtime.media import to_float_pcm
 
+#: Most audio frames per ``audio_encoder`` call (export/specs.py AUDIO_FRAMES_PROFILE max).
+MAX_AUDIO_FRAMES = 64
 STATE_NAMES: tuple[str, ...] = ("sink_k", "sink_v", "window_k", "window_v", "prev_tokens", "frame")
 
 
@@ -65,7 +67,7 @@ class Engine:
     """
 
     def __init__(self, source: str | Path | Backend, device: str = "cpu", kind: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, load_faces: bool = True) -> None:
         self.backend = source if isinstance(source, Backend) else load_backend(source, device, kind, threads)
         meta: dict = {}
         for g in ("tokenizer_encoder", "audio_encoder", "step_decoder"):
@@ -85,6 +87,10 @@ class Engine:
         if set(self.control_names) != set(CONTROL_NAMES):
             raise UserError(f"model controls {self.control_names} differ from this package's {CONTROL_NAMES}")
         L, H, dh = int(meta["layers"]), int(meta["heads"]), int(meta["head_dim"])
+        if load_faces:  # dlib's models take ~1.5 s to load: pay it at engine start, not at a session's first frame
+            from eartalking.runtime import faces
+
+            faces.load_models()
         self.state_shapes = {
             "sink_k": (L, H, int(meta["sink_len"]), dh), "sink_v": (L, H, int(meta["sink_len"]), dh),
             "window_k": (L, H, int(meta["window_len"]), dh), "window_v": (L, H, int(meta["window_len"]), dh),
@@ -99,8 +105,18 @@ class Engine:
         return out["tokens"].astype(np.int32), refs
 
     def encode_audio(self, pcm: np.ndarray) -> np.ndarray:
-        """pcm float32 [B, left + n*hop] -> audio tokens float32 [B, n, A, D_a]."""
-        return self.backend.run("audio_encoder", {"pcm": np.ascontiguousarray(pcm, dtype=np.float32)})["audio_tokens"]
+        """pcm float32 [B, left + n*hop] -> audio tokens float32 [B, n, A, D_a].
+
+        Long inputs run in calls of at most ``MAX_AUDIO_FRAMES`` frames (the TensorRT profile's maximum),
+        each with its left context, which gives the same tokens (valid convolutions only).
+        """
+        n = (pcm.shape[1] - self.left) // self.hop
+        outs = []
+        for a in range(0, n, MAX_AUDIO_FRAMES):
+            b = min(n, a + MAX_AUDIO_FRAMES)
+            chunk = np.ascontiguousarray(pcm[:, a * self.hop : self.left + b * self.hop], dtype=np.float32)
+            outs.append(self.backend.run("audio_encoder", {"pcm": chunk})["audio_tokens"])
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
 
     def decode(self, tokens: np.ndarray, refs: list[np.ndarray]) -> np.ndarray:
         """tokens int32 [B, N] + refs -> uint8 [B, S, S, 3]."""

@@ -1,0 +1,392 @@
+"""The TalkingHead gRPC servicer: a thin, validating adapter from the stream protocol to runtime sessions.
+
+One StreamSession RPC = one session object from the backend (``runtime/session.py`` for the embedded
+backend, or the Triton adapter). A reader thread moves incoming requests into a bounded queue (so
+gRPC flow control pushes back on a client that sends faster than frames are made, and so an idle stream
+can be timed out); the handler applies them in arrival order: audio chunks are cut into pieces of at most
+one frame of samples so each frame is sent the moment it exists; control events go to
+``session.set_controls`` before the audio that follows them.
+
+Every bad input ends the RPC with a precise status code and a message naming the problem and the limit
+(see ``Limits``); the session is closed and its slot freed on every exit path (end, error, cancel,
+idle timeout, shutdown).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+import numpy as np
+
+from eartalking.client._stubs import NAME_BY_SIGNAL, SIGNAL_BY_NAME, pb2, pb2_grpc
+from eartalking.config import CONTROL_RANGES
+
+from .metrics import Metrics
+
+log = logging.getLogger("eartalking.serve")
+
+_EOF = object()
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+@dataclass
+class Limits:
+    """Per-server limits; each violation has its own status code and message."""
+
+    max_sessions: int = 8  # more live streams -> RESOURCE_EXHAUSTED
+    max_portrait_bytes: int = 10 * 1024 * 1024  # SessionConfig.portrait -> INVALID_ARGUMENT
+    max_portrait_pixels: int = 4096 * 4096  # decoded width * height -> INVALID_ARGUMENT
+    max_message_bytes: int = 1024 * 1024  # any other request (64 KiB = 2 s of audio is plenty) -> INVALID_ARGUMENT
+    idle_timeout_s: float = 30.0  # no request for this long -> DEADLINE_EXCEEDED
+    queue_messages: int = 64  # requests buffered per stream before flow control holds the client back
+
+    @property
+    def transport_max_bytes(self) -> int:
+        """gRPC's own receive limit, above ours, so over-limit messages still get our INVALID_ARGUMENT."""
+        return max(self.max_portrait_bytes, self.max_message_bytes) + 1024 * 1024
+
+
+class SessionLike(Protocol):
+    header: Any
+
+    def push_audio(self, pcm: np.ndarray) -> list: ...
+    def set_controls(self, frame: int | str = "next", **values: float) -> None: ...
+    def end(self) -> list: ...
+    def close(self) -> None: ...
+
+
+class SessionBackend(Protocol):
+    """Where sessions run: ``info()`` (model_id, image_size, fps, sample_rate, lookahead_frames) and ``open``."""
+
+    name: str
+
+    def info(self) -> dict[str, Any]: ...
+    def open(self, portrait_rgb: np.ndarray, *, crop_only: bool, temperature: float, seed: int) -> SessionLike: ...
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def decode_portrait(data: bytes, limits: Limits) -> np.ndarray:
+    """Image file bytes -> uint8 RGB [H, W, 3], enforcing the byte and pixel limits before decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise _Abort(_INVALID, "SessionConfig.portrait is empty: send an image file (PNG, JPEG, ...)")
+    if len(data) > limits.max_portrait_bytes:
+        raise _Abort(_INVALID, f"portrait is {len(data)} bytes; the limit is {limits.max_portrait_bytes} bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > limits.max_portrait_pixels:
+                raise _Abort(_INVALID, f"portrait is {w}x{h} = {w * h} pixels; the limit is "
+                             f"{limits.max_portrait_pixels} pixels")
+            rgb = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
+        raise _Abort(_INVALID, f"portrait is not a readable image ({type(e).__name__}: {e})") from e
+    return rgb
+
+
+def check_control(signal: int, value: float) -> str:
+    """The control name for a valid (signal, value); _Abort(INVALID_ARGUMENT) otherwise."""
+    name = NAME_BY_SIGNAL.get(signal)
+    if name is None:
+        known = ", ".join(f"{n}={v}" for n, v in SIGNAL_BY_NAME.items())
+        raise _Abort(_INVALID, f"unknown control signal {signal}; known signals: {known}")
+    lo, hi = CONTROL_RANGES[name]
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise _Abort(_INVALID, f"{name}={value:g} is out of range [{lo:g}, {hi:g}]")
+    return name
+
+
+def encode_image(img: np.ndarray, encoding: int, quality: int) -> bytes:
+    if encoding in (pb2.IMAGE_ENCODING_RAW_RGB, pb2.IMAGE_ENCODING_UNSPECIFIED):
+        return np.ascontiguousarray(img, dtype=np.uint8).tobytes()
+    from PIL import Image
+
+    buf = io.BytesIO()
+    if encoding == pb2.IMAGE_ENCODING_PNG:
+        Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+    else:
+        Image.fromarray(img).save(buf, format="JPEG", quality=quality or 90)
+    return buf.getvalue()
+
+
+class _Reader:
+    """Moves requests from gRPC's iterator into a bounded queue of (arrival time, request)."""
+
+    def __init__(self, request_iterator, maxsize: int) -> None:
+        self.q: queue.Queue = queue.Queue(maxsize=maxsize)
+        self.stop = threading.Event()
+        self._it = request_iterator
+        threading.Thread(target=self._run, name="eartalking-reader", daemon=True).start()
+
+    def _run(self) -> None:
+        item: Any = _EOF
+        try:
+            for req in self._it:
+                if not self._put((time.monotonic(), req)):
+                    return
+        except Exception:  # the RPC ended (cancelled, deadline, shutdown)
+            item = _Cancelled()
+        self._put((time.monotonic(), item))
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
+class TalkingHeadServicer(pb2_grpc.TalkingHeadServicer):
+    def __init__(self, backend: SessionBackend, limits: Limits, metrics: Metrics, version: str = "") -> None:
+        self.backend = backend
+        self.limits = limits
+        self.metrics = metrics
+        self.version = version
+        self.info = dict(backend.info())
+        self._slots = threading.BoundedSemaphore(limits.max_sessions)
+        self._live = 0
+        self._lock = threading.Lock()
+        self.shutting_down = threading.Event()
+
+    @property
+    def live_sessions(self) -> int:
+        return self._live
+
+    # ------------------------------------------------------------------ unary
+    def GetModelInfo(self, request, context):
+        i, lim = self.info, self.limits
+        ranges = [pb2.ControlRange(signal=SIGNAL_BY_NAME[n], min=lo, max=hi) for n, (lo, hi) in CONTROL_RANGES.items()]
+        return pb2.ModelInfo(
+            model_id=str(i.get("model_id", "")), image_size=int(i.get("image_size", 0)), fps=float(i.get("fps", 25)),
+            sample_rate=int(i.get("sample_rate", 16000)), lookahead_frames=int(i.get("lookahead_frames", 0)),
+            control_ranges=ranges, backend=self.backend.name, max_sessions=lim.max_sessions,
+            live_sessions=self._live, max_portrait_bytes=lim.max_portrait_bytes,
+            max_portrait_pixels=lim.max_portrait_pixels, max_message_bytes=lim.max_message_bytes,
+            idle_timeout_s=lim.idle_timeout_s, server_version=self.version,
+        )
+
+    # ------------------------------------------------------------------ streaming
+    def StreamSession(self, request_iterator, context):
+        if self.shutting_down.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another server")
+        if not self._slots.acquire(blocking=False):
+            self.metrics.sessions.labels(code="RESOURCE_EXHAUSTED").inc()
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"server is at its limit of {self.limits.max_sessions} live sessions; retry later")
+        with self._lock:
+            self._live += 1
+        self.metrics.live.inc()
+        reader = _Reader(request_iterator, self.limits.queue_messages)
+        sid = uuid.uuid4().hex[:16]
+        session = None
+        code, frames = "OK", 0
+        try:
+            st = _StreamState(self, context, reader, sid)
+            yield from st.run()
+            session, frames = st.session, st.frames
+        except _Abort as e:
+            code = e.code.name
+            log.info("session %s: %s: %s", sid, code, e.message)
+            context.abort(e.code, e.message)
+        except _Cancelled:
+            code = "CANCELLED"
+            log.info("session %s: cancelled by the client or the server shutting down", sid)
+        except GeneratorExit:
+            code = "CANCELLED"
+            raise
+        except Exception as e:  # a bug or a backend failure: say so, keep serving
+            code = "INTERNAL"
+            log.exception("session %s failed", sid)
+            context.abort(grpc.StatusCode.INTERNAL, f"session failed: {type(e).__name__}: {e}")
+        finally:
+            reader.stop.set()
+            self.metrics.sessions.labels(code=code).inc()
+            with self._lock:
+                self._live -= 1
+            self.metrics.live.dec()
+            self._slots.release()
+            log.debug("session %s closed (%s, %d frames)", sid, code, frames)
+
+
+class _StreamState:
+    """One stream's protocol state machine (config, then audio/controls, then end)."""
+
+    def __init__(self, svc: TalkingHeadServicer, context, reader: _Reader, sid: str) -> None:
+        self.svc, self.context, self.reader, self.sid = svc, context, reader, sid
+        self.limits = svc.limits
+        self.session: SessionLike | None = None
+        self.frames = 0  # frames generated and sent = index of the next frame
+        self.encoding = pb2.IMAGE_ENCODING_RAW_RGB
+        self.quality = 90
+        self.fps = float(svc.info.get("fps", 25))
+        self.spf = int(round(int(svc.info.get("sample_rate", 16000)) / self.fps))
+
+    def _next(self):
+        deadline = time.monotonic() + self.limits.idle_timeout_s
+        while True:
+            try:
+                t, req = self.reader.q.get(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                if not self.context.is_active():
+                    raise _Cancelled() from None
+                if time.monotonic() >= deadline:
+                    raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                 f"no request for {self.limits.idle_timeout_s:g} s (idle timeout); session freed")
+                continue
+            if isinstance(req, _Cancelled):
+                raise req
+            return t, req
+
+    def run(self):
+        try:
+            _, req = self._next()
+            if req is _EOF:
+                raise _Abort(_INVALID, "stream closed before a SessionConfig was sent")
+            kind = req.WhichOneof("request")
+            if kind != "config":
+                raise _Abort(_INVALID, f"the first request must be a SessionConfig, got {kind or 'an empty request'}")
+            yield self._open(req.config)
+            while True:
+                t, req = self._next()
+                if req is _EOF:  # half-close without EndOfAudio counts as the end of the audio
+                    kind = "end"
+                else:
+                    self._check_size(req)
+                    kind = req.WhichOneof("request")
+                if kind == "audio":
+                    yield from self._audio(req.audio.pcm, t)
+                elif kind == "control":
+                    self._control(req.control)
+                elif kind == "end":
+                    yield from self._send(self.session.end(), t)
+                    yield pb2.SessionResponse(status=pb2.SessionStatus(frames=self.frames, code=0, message="OK"))
+                    return
+                elif kind == "config":
+                    raise _Abort(_INVALID, "SessionConfig sent twice: one stream is one session")
+                else:
+                    raise _Abort(_INVALID, "empty SessionRequest (set one of config, audio, control, end)")
+        finally:
+            if self.session is not None:
+                self.session.close()
+
+    def _check_size(self, req) -> None:
+        n = req.ByteSize()
+        if n > self.limits.max_message_bytes:
+            raise _Abort(_INVALID, f"request is {n} bytes; the limit is {self.limits.max_message_bytes} bytes "
+                         "(send audio in smaller chunks)")
+
+    def _open(self, cfg):
+        lim, info = self.limits, self.svc.info
+        rate = int(info.get("sample_rate", 16000))
+        if cfg.sample_rate not in (0, rate):
+            raise _Abort(_INVALID, f"sample_rate {cfg.sample_rate} Hz is not supported: send {rate} Hz PCM16 mono "
+                         "(resample on the client)")
+        if cfg.audio_encoding not in (pb2.AUDIO_ENCODING_UNSPECIFIED, pb2.AUDIO_ENCODING_PCM16):
+            raise _Abort(_INVALID, f"audio_encoding {cfg.audio_encoding} is not supported: PCM16 mono only")
+        if cfg.image_encoding not in pb2.ImageEncoding.values():
+            raise _Abort(_INVALID, f"unknown image_encoding {cfg.image_encoding}")
+        if cfg.jpeg_quality > 100:
+            raise _Abort(_INVALID, f"jpeg_quality {cfg.jpeg_quality} is out of range [1, 100] (0 = 90)")
+        if not (math.isfinite(cfg.temperature) and 0.0 <= cfg.temperature <= 10.0):
+            raise _Abort(_INVALID, f"temperature {cfg.temperature:g} is out of range [0, 10]")
+        init = {check_control(c.signal, c.value): float(c.value) for c in cfg.initial_controls}
+        rgb = decode_portrait(cfg.portrait, lim)
+        t0 = time.monotonic()
+        try:
+            self.session = self.svc.backend.open(rgb, crop_only=cfg.crop_only, temperature=float(cfg.temperature),
+                                                 seed=int(cfg.seed))
+        except (ValueError, LookupError) as e:  # no face found, unusable portrait (UserError is a ValueError too)
+            raise _Abort(_INVALID, f"portrait rejected: {e}") from e
+        except Exception as e:
+            if type(e).__name__ == "UserError":
+                raise _Abort(_INVALID, f"portrait rejected: {e}") from e
+            raise
+        self.svc.metrics.open_latency.observe(time.monotonic() - t0)
+        if init:
+            self.session.set_controls(frame=0, **init)
+        self.encoding = cfg.image_encoding or pb2.IMAGE_ENCODING_RAW_RGB
+        self.quality = cfg.jpeg_quality or 90
+        hdr = self.session.header
+        size = int(info.get("image_size", 0))
+        width = _get(hdr, "width") or (size if cfg.crop_only else rgb.shape[1])
+        height = _get(hdr, "height") or (size if cfg.crop_only else rgb.shape[0])
+        log.info("session %s opened: portrait %dx%d, output %dx%d, crop_only=%s", self.sid, rgb.shape[1],
+                 rgb.shape[0], width, height, cfg.crop_only)
+        return pb2.SessionResponse(header=pb2.SessionHeader(
+            width=int(width), height=int(height), fps=self.fps, model_id=str(info.get("model_id", "")),
+            lookahead_frames=int(info.get("lookahead_frames", 0)), sample_rate=rate, session_id=self.sid,
+            image_encoding=self.encoding))
+
+    def _audio(self, data: bytes, t_arrival: float):
+        if len(data) % 2:
+            raise _Abort(_INVALID, f"audio chunk has {len(data)} bytes: PCM16 needs an even number of bytes")
+        pcm = np.frombuffer(data, dtype="<i2")
+        for i in range(0, len(pcm), self.spf):  # at most one frame's samples per call: frames leave as made
+            if not self.context.is_active():
+                raise _Cancelled()
+            yield from self._send(self.session.push_audio(pcm[i : i + self.spf]), t_arrival)
+
+    def _control(self, ev) -> None:
+        name = check_control(ev.signal, ev.value)
+        which = ev.WhichOneof("target")
+        if which == "frame":
+            frame: int | str = int(ev.frame)
+        elif which == "time_s":
+            if not (math.isfinite(ev.time_s) and ev.time_s >= 0):
+                raise _Abort(_INVALID, f"control time_s {ev.time_s} must be a finite time >= 0")
+            frame = int(math.floor(ev.time_s * self.fps + 1e-6))
+        elif which == "next":
+            frame = "next"
+        else:
+            raise _Abort(_INVALID, "ControlEvent needs a target: frame, time_s or next")
+        if frame != "next" and frame < self.frames:
+            raise _Abort(_INVALID, f"control {name} for frame {frame} arrived after frames 0..{self.frames - 1} "
+                         f"were generated; the next frame is {self.frames} (or use next)")
+        try:
+            self.session.set_controls(frame=frame, **{name: float(ev.value)})
+        except ValueError as e:  # the session's own checks (same rules) speak for themselves
+            raise _Abort(_INVALID, f"control rejected: {e}") from e
+
+    def _send(self, frames: list, t_arrival: float):
+        m = self.svc.metrics
+        for f in frames:
+            img = np.asarray(f.image)
+            controls = [pb2.ControlValue(signal=SIGNAL_BY_NAME[k], value=float(v))
+                        for k, v in (f.controls or {}).items() if v is not None and k in SIGNAL_BY_NAME]
+            msg = pb2.VideoFrame(index=int(f.index), time_s=float(f.time_s),
+                                 image=encode_image(img, self.encoding, self.quality), encoding=self.encoding,
+                                 width=img.shape[1], height=img.shape[0], controls=controls)
+            lat = time.monotonic() - t_arrival
+            if self.frames == 0:
+                m.first_frame_latency.observe(lat)
+            m.frame_latency.observe(lat)
+            m.frames.inc()
+            self.frames = int(f.index) + 1
+            yield pb2.SessionResponse(frame=msg)
