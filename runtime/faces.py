@@ -24,7 +24,7 @@ _DETECTOR = None
 _PREDICTOR = None
 
 
-def loadload_models():
+def load_models():
     global _DETECTOR, _PREDICTOR
     if _DETECTOR is None:
         try:
