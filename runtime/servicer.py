@@ -205,12 +205,10 @@ class TalkingHeadServicer(pb2_grpc.TalkingHeadServicer):
         self.metrics.live.inc()
         reader = _Reader(request_iterator, self.limits.queue_messages)
         sid = uuid.uuid4().hex[:16]
-        session = None
-        code, frames = "OK", 0
+        code = "OK"
+        st = _StreamState(self, context, reader, sid)
         try:
-            st = _StreamState(self, context, reader, sid)
             yield from st.run()
-            session, frames = st.session, st.frames
         except _Abort as e:
             code = e.code.name
             log.info("session %s: %s: %s", sid, code, e.message)
@@ -232,7 +230,7 @@ class TalkingHeadServicer(pb2_grpc.TalkingHeadServicer):
                 self._live -= 1
             self.metrics.live.dec()
             self._slots.release()
-            log.debug("session %s closed (%s, %d frames)", sid, code, frames)
+            log.debug("session %s closed (%s, %d frames)", sid, code, st.frames)
 
 
 class _StreamState:
@@ -258,7 +256,8 @@ class _StreamState:
                     raise _Cancelled() from None
                 if time.monotonic() >= deadline:
                     raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                 f"no request for {self.limits.idle_timeout_s:g} s (idle timeout); session freed")
+                                 f"no request for {self.limits.idle_timeout_s:g} s (idle timeout); session freed"
+                                 ) from None
                 continue
             if isinstance(req, _Cancelled):
                 raise req
