@@ -71,12 +71,15 @@ class Layer(nn.Module):
     def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [..., P, D] -> q, k, v each [..., H, P, dh]."""
         qkv = self.qkv(self.ln1(x)).unflatten(-1, (3, self.heads, -1))  # [..., P, 3, H, dh]
-        q, k, v = qkv.movedim(-4, -2).unbind(-4)  # [..., 3, H, P, dh] -> three [..., H, P, dh]
+        n = qkv.dim()  # explicit non-negative permutation: exports cleanly whatever the leading dims
+        qkv = qkv.permute(*range(n - 4), n - 3, n - 2, n - 4, n - 1)  # [..., 3, H, P, dh]
+        q, k, v = qkv.unbind(n - 4)
         return q, k, v
 
     def finish(self, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
         """Residual update from attention output att [..., H, P, dh] and the MLP: -> [..., P, D]."""
-        x = x + self.proj(att.movedim(-3, -2).flatten(-2))
+        n = att.dim()
+        x = x + self.proj(att.permute(*range(n - 3), n - 2, n - 3, n - 1).flatten(-2))  # [..., P, H*dh]
         return x + self.mlp(self.ln2(x))
 
 
