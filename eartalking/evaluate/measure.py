@@ -1,6 +1,6 @@
 """Measure any talking-head video with models nobody here trained (dlib HOG + 68 landmarks + 128-D embedding).
 
-Usage: eartalking measure VIDEO.mp4 [--portrait P.png] --json OUT.json [--plot OUT.png] [--labels LABELS.json] [--every N]
+Usage: eartalking measure VIDEO.mp4 --json OUT.json [--portrait P.png] [--plot OUT.png] [--labels L.json] [--every N]
 
 Per frame: the largest face (HOG; upsampled when small), 68 landmarks -> mouth openness, eye openness,
 head yaw/pitch/roll (conventions in eartalking/evaluate/signals.py: positive yaw = the face's own left
@@ -16,111 +16,23 @@ frame up to 250 frames and on 250 evenly spaced frames beyond (or every N frames
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import time
-import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
 from eartalking.cli import UserError
-from eartalking.evaluate import signals
+from eartalking.evaluate import dlibface, signals
 
 SAME_PERSON = 0.6
 DENSE_IDENTITY_FRAMES = 250
 MAX_LAG = 3
-DETECT_MAX_SIDE = 640  # first detection runs on a copy at most this big (HOG cost grows with pixels)
-TARGET_FACE_PX = 160  # later frames are scaled so the last face is about this wide
+portrait_embedding = dlibface.portrait_embedding  # re-exported: compute a reference once, reuse it
 LABEL_SIGNALS = ("openness", "blink", "yaw", "pitch", "roll")
-
-
-@functools.lru_cache(maxsize=1)
-def _models() -> tuple[Any, Any, Any]:
-    """(HOG detector, 68-point predictor, ResNet embedder), loaded once per process."""
-    import dlib
-
-    with warnings.catch_warnings():  # face_recognition_models imports the deprecated pkg_resources
-        warnings.simplefilter("ignore")
-        import face_recognition_models as frm
-    return (
-        dlib.get_frontal_face_detector(),
-        dlib.shape_predictor(frm.pose_predictor_model_location()),
-        dlib.face_recognition_model_v1(frm.face_recognition_model_location()),
-    )
-
-
-class FaceFinder:
-    """Largest-face HOG detection that adapts its scale to the face size seen in the previous frame.
-
-    First try: the frame scaled to at most DETECT_MAX_SIDE px, no upsampling; then with upsampling, then at
-    full resolution. After a hit, the next frame is scaled so the face is ~TARGET_FACE_PX wide (never
-    enlarged: small faces use dlib's 2x upsampling instead). Boxes are returned in full-frame pixels.
-    """
-
-    def __init__(self) -> None:
-        self.scale: float | None = None
-        self.upsample = 0
-
-    def find(self, img: np.ndarray) -> Any | None:
-        import dlib
-
-        det = _models()[0]
-        h, w = img.shape[:2]
-        s0 = self.scale if self.scale is not None else min(1.0, DETECT_MAX_SIDE / max(h, w))
-        tries = [(s0, self.upsample), (s0, 1), (1.0, 0)] + ([(1.0, 1)] if h * w <= 1_500_000 else [])
-        seen = set()
-        for s, up in tries:
-            if (s, up) in seen:
-                continue
-            seen.add((s, up))
-            boxes = det(_resize(img, s), up)
-            if len(boxes):
-                b = max(boxes, key=lambda r: r.area())
-                rect = dlib.rectangle(int(b.left() / s), int(b.top() / s), int(b.right() / s), int(b.bottom() / s))
-                new_scale = min(1.0, TARGET_FACE_PX / max(rect.width(), 1))
-                # keep what worked at this scale; a smaller scale brings the face to ~TARGET_FACE_PX: no upsampling
-                self.upsample = up if abs(new_scale - s) < 1e-3 else 0
-                self.scale = new_scale
-                return rect
-        self.scale, self.upsample = None, 0
-        return None
-
-
-def _resize(img: np.ndarray, s: float) -> np.ndarray:
-    if s >= 0.999:
-        return img
-    from PIL import Image
-
-    h, w = img.shape[:2]
-    return np.asarray(Image.fromarray(img).resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR))
-
-
-def _landmarks(img: np.ndarray, rect: Any) -> tuple[Any, np.ndarray]:
-    shape = _models()[1](img, rect)
-    return shape, np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], np.float64)
-
-
-def _embed(img: np.ndarray, shape: Any) -> np.ndarray:
-    return np.asarray(_models()[2].compute_face_descriptor(img, shape), np.float64)
-
-
-def portrait_embedding(portrait: str | Path | np.ndarray) -> np.ndarray:
-    """128-D embedding of the largest face in a portrait (path or uint8 [H,W,3]); UserError if none."""
-    if not isinstance(portrait, np.ndarray):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            portrait = np.asarray(Image.open(portrait).convert("RGB"))
-        except (OSError, UnidentifiedImageError) as e:
-            raise UserError(f"cannot read portrait {portrait}: {e}") from None
-    img = np.ascontiguousarray(portrait[..., :3], dtype=np.uint8)
-    rect = FaceFinder().find(img)
-    if rect is None:
-        raise UserError(f"no face found in the portrait ({img.shape[1]}x{img.shape[0]} px)")
-    return _embed(img, _landmarks(img, rect)[0])
 
 
 def identity_stride(n_frames: int | None, every: int | None) -> int:
@@ -136,11 +48,13 @@ class _Accumulator:
     """Per-frame measurements, appended frame by frame so a video is never held in memory."""
 
     def __init__(self, ref_embedding: np.ndarray | None, stride: int) -> None:
-        self.finder = FaceFinder()
+        self.finder = dlibface.FaceFinder()
         self.ref = ref_embedding
         self.ref_kind = "portrait" if ref_embedding is not None else "first_face_frame"
         self.stride = stride
-        self.curves: dict[str, list[float]] = {k: [] for k in ("mouth_openness", "eye_openness", "yaw", "pitch", "roll", "identity_distance")}
+        self.curves: dict[str, list[float]] = {
+            k: [] for k in ("mouth_openness", "eye_openness", "yaw", "pitch", "roll", "identity_distance")
+        }
         self.boxes: list[list[int] | None] = []
         self.sampled: list[int] = []
         self.t_face = self.t_embed = 0.0
@@ -159,17 +73,22 @@ class _Accumulator:
                 v.append(nan)
             self.t_face += time.perf_counter() - t0
             return
-        shape, p = _landmarks(img, rect)
+        shape, p = dlibface.landmarks(img, rect)
         yaw, pitch, roll = signals.head_pose(p)
-        for k, v in (("mouth_openness", signals.mouth_openness(p)), ("eye_openness", signals.eye_openness(p)),
-                     ("yaw", yaw), ("pitch", pitch), ("roll", roll)):
+        for k, v in (
+            ("mouth_openness", signals.mouth_openness(p)),
+            ("eye_openness", signals.eye_openness(p)),
+            ("yaw", yaw),
+            ("pitch", pitch),
+            ("roll", roll),
+        ):
             self.curves[k].append(v)
         self.boxes.append([rect.left(), rect.top(), rect.right(), rect.bottom()])
         t1 = time.perf_counter()
         self.t_face += t1 - t0
         dist = nan
         if t % self.stride == 0 or (self.ref is None and not self.sampled):
-            emb = _embed(img, shape)
+            emb = dlibface.embed(img, shape)
             if self.ref is None:
                 self.ref = emb
             dist = float(np.linalg.norm(emb - self.ref))
@@ -178,8 +97,15 @@ class _Accumulator:
         self.curves["identity_distance"].append(dist)
 
 
-def _finish(acc: _Accumulator, pcm: np.ndarray | None, sr: int, fps: float, labels: dict | None,
-            source: dict[str, Any], t_start: float) -> dict[str, Any]:
+def _finish(
+    acc: _Accumulator,
+    pcm: np.ndarray | None,
+    sr: int,
+    fps: float,
+    labels: dict | None,
+    source: dict[str, Any],
+    t_start: float,
+) -> dict[str, Any]:
     """Summaries, lip-sync, blinks and label correlations from the per-frame curves -> the JSON dict."""
     T = len(acc.boxes)
     c = {k: np.asarray(v, np.float64) for k, v in acc.curves.items()}
@@ -190,11 +116,16 @@ def _finish(acc: _Accumulator, pcm: np.ndarray | None, sr: int, fps: float, labe
     blinks = signals.detect_blinks(c["eye_openness"], fps)
     ident = c["identity_distance"][np.isfinite(c["identity_distance"])]
     summary: dict[str, Any] = {
-        "frames": T, "face_frames": T - len(no_face), "no_face_frames": len(no_face),
-        "lipsync_r": r, "lipsync_lag_frames": lag,
+        "frames": T,
+        "face_frames": T - len(no_face),
+        "no_face_frames": len(no_face),
+        "lipsync_r": r,
+        "lipsync_lag_frames": lag,
         "lipsync_r_by_lag": {str(k): v for k, v in by_lag.items()},
-        "blink_count": len(blinks), "blink_frames": blinks,
-        "identity_distance_mean": _stat(ident, np.mean), "identity_distance_median": _stat(ident, np.median),
+        "blink_count": len(blinks),
+        "blink_frames": blinks,
+        "identity_distance_mean": _stat(ident, np.mean),
+        "identity_distance_median": _stat(ident, np.median),
         "identity_distance_max": _stat(ident, np.max),
         "identity_same_person_frac": float(np.mean(ident < SAME_PERSON)) if ident.size else None,
     }
@@ -203,14 +134,25 @@ def _finish(acc: _Accumulator, pcm: np.ndarray | None, sr: int, fps: float, labe
         summary[f"{k}_mean"], summary[f"{k}_std"] = _stat(v, np.mean), _stat(v, np.std)
     elapsed = time.perf_counter() - t_start
     out: dict[str, Any] = {
-        "source": source, "fps": fps, "frames": T,
-        "width": acc.size[0] if acc.size else None, "height": acc.size[1] if acc.size else None,
-        "audio": {"present": bool(has_audio), "sample_rate": sr if has_audio else None,
-                  "seconds": len(pcm) / sr if has_audio else 0.0},
-        "no_face_frames": len(no_face), "no_face_indices": no_face,
+        "source": source,
+        "fps": fps,
+        "frames": T,
+        "width": acc.size[0] if acc.size else None,
+        "height": acc.size[1] if acc.size else None,
+        "audio": {
+            "present": bool(has_audio),
+            "sample_rate": sr if has_audio else None,
+            "seconds": len(pcm) / sr if has_audio else 0.0,
+        },
+        "no_face_frames": len(no_face),
+        "no_face_indices": no_face,
         "summary": summary,
-        "identity": {"reference": acc.ref_kind if acc.sampled else None, "same_person_below": SAME_PERSON,
-                     "every": acc.stride, "sampled_frames": acc.sampled},
+        "identity": {
+            "reference": acc.ref_kind if acc.sampled else None,
+            "same_person_below": SAME_PERSON,
+            "every": acc.stride,
+            "sampled_frames": acc.sampled,
+        },
         "labels": _label_correlations(c, labels, T) if labels is not None else None,
         "conventions": {
             "mouth_openness": "inner-lip gap |p62-p66| / mouth width |p60-p64| (dlib 68 points, 0-based)",
@@ -222,9 +164,12 @@ def _finish(acc: _Accumulator, pcm: np.ndarray | None, sr: int, fps: float, labe
             "envelope": "audio RMS over each video frame's interval, 16 kHz mono",
             "null": "no face in that frame (or identity not sampled there)",
         },
-        "timing": {"seconds": elapsed, "ms_per_frame": 1000 * elapsed / max(T, 1),
-                   "ms_face_per_frame": 1000 * acc.t_face / max(T, 1),
-                   "ms_per_embedding": 1000 * acc.t_embed / max(len(acc.sampled), 1)},
+        "timing": {
+            "seconds": elapsed,
+            "ms_per_frame": 1000 * elapsed / max(T, 1),
+            "ms_face_per_frame": 1000 * acc.t_face / max(T, 1),
+            "ms_per_embedding": 1000 * acc.t_embed / max(len(acc.sampled), 1),
+        },
         "curves": {**{k: _jsonable(v) for k, v in c.items()}, "audio_envelope": _jsonable(env), "face_box": acc.boxes},
     }
     return out
@@ -236,9 +181,19 @@ def _label_correlations(c: dict[str, np.ndarray], labels: dict, T: int) -> dict[
         raise UserError('labels JSON has no "frames" list (expected {"frames":[{"openness":..,"blink":..},..]})')
     n = min(T, len(frames))
     gt = {k: np.array([_num(f.get(k)) if isinstance(f, dict) else np.nan for f in frames[:n]]) for k in LABEL_SIGNALS}
-    measured = {"openness": c["mouth_openness"], "blink": -c["eye_openness"], "yaw": c["yaw"], "pitch": c["pitch"], "roll": c["roll"]}
-    out: dict[str, Any] = {"frames_compared": n, "label_frames": len(frames), "video_frames": T,
-                           "blink_note": "r of -eye_openness vs the blink label"}
+    measured = {
+        "openness": c["mouth_openness"],
+        "blink": -c["eye_openness"],
+        "yaw": c["yaw"],
+        "pitch": c["pitch"],
+        "roll": c["roll"],
+    }
+    out: dict[str, Any] = {
+        "frames_compared": n,
+        "label_frames": len(frames),
+        "video_frames": T,
+        "blink_note": "r of -eye_openness vs the blink label",
+    }
     for k in LABEL_SIGNALS:
         out[f"{k}_r"] = signals.pearson(measured[k][:n], gt[k])
     out["curves"] = {k: _jsonable(v) for k, v in gt.items()}
@@ -257,21 +212,36 @@ def _jsonable(v: np.ndarray) -> list[float | None]:
     return [round(float(x), 5) if math.isfinite(x) else None for x in v]
 
 
-def measure_frames(frames: np.ndarray | Iterable[np.ndarray], pcm: np.ndarray | None = None, sr: int = 16000,
-                   fps: float = 25, portrait: str | Path | np.ndarray | None = None, labels: dict | None = None,
-                   every: int | None = None) -> dict[str, Any]:
+def measure_frames(
+    frames: np.ndarray | Iterable[np.ndarray],
+    pcm: np.ndarray | None = None,
+    sr: int = 16000,
+    fps: float = 25,
+    portrait: str | Path | np.ndarray | None = None,
+    labels: dict | None = None,
+    every: int | None = None,
+) -> dict[str, Any]:
     """Measure frames uint8 [T,H,W,3] (or an iterable of [H,W,3]) with optional mono ``pcm`` float [samples]."""
-    _models()  # one-time load (~1 s) kept out of the per-frame timing
+    dlibface.models()  # one-time load (~1 s) kept out of the per-frame timing
     t0 = time.perf_counter()
     n = len(frames) if hasattr(frames, "__len__") else None
     if pcm is not None:
         raw = np.asarray(pcm).reshape(-1)
         pcm = raw.astype(np.float32) / (32768.0 if raw.dtype.kind == "i" else 1.0)
         pcm = _resample(pcm, sr, 16000)
-    acc = _Accumulator(portrait_embedding(portrait) if portrait is not None else None, identity_stride(n, every))
+    acc = _Accumulator(_reference(portrait), identity_stride(n, every))
     for f in frames:
         acc.add(f)
     return _finish(acc, pcm, 16000, float(fps), labels, {"kind": "frames"}, t0)
+
+
+def _reference(portrait: str | Path | np.ndarray | None) -> np.ndarray | None:
+    """Portrait path / image uint8 [H,W,3] -> its embedding; a float [128] array is taken as the embedding."""
+    if portrait is None:
+        return None
+    if isinstance(portrait, np.ndarray) and portrait.ndim == 1 and portrait.size == 128:
+        return portrait.astype(np.float64)
+    return dlibface.portrait_embedding(portrait)
 
 
 def _resample(pcm: np.ndarray, sr: int, target: int) -> np.ndarray:
@@ -283,12 +253,17 @@ def _resample(pcm: np.ndarray, sr: int, target: int) -> np.ndarray:
     return resample_poly(pcm, target // g, int(sr) // g).astype(np.float32)
 
 
-def measure_video(path: str | Path, portrait: str | Path | np.ndarray | None = None, labels: dict | str | Path | None = None,
-                  every: int | None = None, max_frames: int | None = None) -> dict[str, Any]:
+def measure_video(
+    path: str | Path,
+    portrait: str | Path | np.ndarray | None = None,
+    labels: dict | str | Path | None = None,
+    every: int | None = None,
+    max_frames: int | None = None,
+) -> dict[str, Any]:
     """Measure an MP4 (or anything PyAV reads) -> the JSON dict (see the module docstring)."""
     import av
 
-    _models()
+    dlibface.models()
     t0 = time.perf_counter()
     path = Path(path)
     if not path.is_file():
@@ -298,7 +273,7 @@ def measure_video(path: str | Path, portrait: str | Path | np.ndarray | None = N
             labels = json.loads(Path(labels).read_text())
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read labels {labels}: {e}") from None
-    ref = portrait_embedding(portrait) if portrait is not None else None
+    ref = _reference(portrait)
     pcm = _read_audio(path)
     try:
         with av.open(str(path)) as box:
@@ -319,7 +294,11 @@ def measure_video(path: str | Path, portrait: str | Path | np.ndarray | None = N
         raise UserError(f"cannot read video {path}: {e}") from None
     if not acc.boxes:
         raise UserError(f"{path}: no decodable video frames")
-    source = {"kind": "video", "path": str(path), "portrait": str(portrait) if isinstance(portrait, (str, Path)) else None}
+    source = {
+        "kind": "video",
+        "path": str(path),
+        "portrait": str(portrait) if isinstance(portrait, (str, Path)) else None,
+    }
     return _finish(acc, pcm, 16000, fps, labels, source, t0)
 
 
@@ -352,16 +331,20 @@ def _read_audio(path: Path) -> np.ndarray | None:
     if not chunks:
         return None
     pcm = np.concatenate(chunks).astype(np.float32)
-    return pcm[int(round(-offset * 16000)):] if offset < 0 else pcm
+    return pcm[int(round(-offset * 16000)) :] if offset < 0 else pcm
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video", help="talking-head video (MP4 or anything PyAV reads; audio optional)")
-    parser.add_argument("--portrait", help="reference portrait for the identity distance (default: first measured face)")
+    parser.add_argument(
+        "--portrait", help="reference portrait for the identity distance (default: first measured face)"
+    )
     parser.add_argument("--json", required=True, help="write the measurements here")
     parser.add_argument("--plot", help="also write a PNG of the curves over time")
     parser.add_argument("--labels", help="ground-truth labels JSON (corpus format) to correlate with")
-    parser.add_argument("--every", type=int, help="compute identity every N frames (default: all up to 250 frames, 250 samples beyond)")
+    parser.add_argument(
+        "--every", type=int, help="compute identity every N frames (default: all up to 250 frames, 250 samples beyond)"
+    )
     parser.add_argument("--max-frames", type=int, help="measure at most this many frames")
 
 
@@ -370,7 +353,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--every must be >= 1 (got {args.every})")
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError(f"--max-frames must be >= 1 (got {args.max_frames})")
-    res = measure_video(args.video, portrait=args.portrait, labels=args.labels, every=args.every, max_frames=args.max_frames)
+    res = measure_video(
+        args.video, portrait=args.portrait, labels=args.labels, every=args.every, max_frames=args.max_frames
+    )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1))
     if args.plot:
@@ -378,10 +363,12 @@ def run(args: argparse.Namespace) -> int:
 
         plot_measurements(res, args.plot)
     s = res["summary"]
-    print(f"{res['frames']} frames @ {res['fps']:.2f} fps, no face in {s['no_face_frames']}; "
-          f"lip-sync r={_fmt(s['lipsync_r'])} (lag {s['lipsync_lag_frames']}); blinks {s['blink_count']}; "
-          f"identity {_fmt(s['identity_distance_mean'])} ({res['identity']['reference']}); "
-          f"{res['timing']['ms_per_frame']:.1f} ms/frame -> {args.json}")
+    print(
+        f"{res['frames']} frames @ {res['fps']:.2f} fps, no face in {s['no_face_frames']}; "
+        f"lip-sync r={_fmt(s['lipsync_r'])} (lag {s['lipsync_lag_frames']}); blinks {s['blink_count']}; "
+        f"identity {_fmt(s['identity_distance_mean'])} ({res['identity']['reference']}); "
+        f"{res['timing']['ms_per_frame']:.1f} ms/frame -> {args.json}"
+    )
     return 0
 
 

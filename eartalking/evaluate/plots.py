@@ -46,8 +46,13 @@ def plot_measurements(result: dict[str, Any], path: str | Path) -> Path:
     if result["audio"]["present"]:
         ax[0].plot(t, _scaled(_arr(c["audio_envelope"], n), mouth), label="audio RMS (rescaled)", color="C1", alpha=0.7)
     if "openness" in labels:
-        ax[0].plot(t[: len(labels["openness"])], _scaled(_arr(labels["openness"], len(labels["openness"])), mouth),
-                   "--", label="label openness (rescaled)", color="C2")
+        ax[0].plot(
+            t[: len(labels["openness"])],
+            _scaled(_arr(labels["openness"], len(labels["openness"])), mouth),
+            "--",
+            label="label openness (rescaled)",
+            color="C2",
+        )
     r = s.get("lipsync_r")
     why = "no audio" if not result["audio"]["present"] else "undefined (a constant signal or too few faces)"
     ax[0].set_title(f"lip-sync r = {r:.3f} at lag {s['lipsync_lag_frames']}" if r is not None else f"lip-sync: {why}")
@@ -59,7 +64,9 @@ def plot_measurements(result: dict[str, Any], path: str | Path) -> Path:
     for i, k in enumerate(("yaw", "pitch", "roll")):
         ax[2].plot(t, _arr(c[k], n), label=k, color=f"C{i}")
         if k in labels:
-            ax[2].plot(t[: len(labels[k])], _arr(labels[k], len(labels[k])), "--", color=f"C{i}", alpha=0.6, label=f"{k} label")
+            ax[2].plot(
+                t[: len(labels[k])], _arr(labels[k], len(labels[k])), "--", color=f"C{i}", alpha=0.6, label=f"{k} label"
+            )
     ax[2].set_ylabel("degrees")
     ident = _arr(c["identity_distance"], n)
     ok = np.isfinite(ident)

@@ -41,7 +41,9 @@ def eye_openness(p: np.ndarray) -> float:
     ears = []
     for s in (36, 42):
         e = p[s : s + 6]
-        ears.append((np.linalg.norm(e[1] - e[5]) + np.linalg.norm(e[2] - e[4])) / (2 * max(np.linalg.norm(e[0] - e[3]), 1e-6)))
+        ears.append(
+            (np.linalg.norm(e[1] - e[5]) + np.linalg.norm(e[2] - e[4])) / (2 * max(np.linalg.norm(e[0] - e[3]), 1e-6))
+        )
     return float(np.mean(ears))
 
 
@@ -87,7 +89,9 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     return None if den < 1e-12 else float((a * b).sum() / den)
 
 
-def lagged_pearson(x: np.ndarray, y: np.ndarray, max_lag: int = 3) -> tuple[float | None, int | None, dict[int, float | None]]:
+def lagged_pearson(
+    x: np.ndarray, y: np.ndarray, max_lag: int = 3
+) -> tuple[float | None, int | None, dict[int, float | None]]:
     """Best r between ``x[t]`` and ``y[t + lag]`` for lag in [-max_lag, max_lag].
 
     Positive lag = ``x`` leads ``y`` (e.g. the mouth opens ``lag`` frames before the sound gets loud).

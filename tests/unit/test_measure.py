@@ -16,7 +16,7 @@ from skimage import data
 from skimage.transform import PiecewiseAffineTransform, ProjectiveTransform, warp
 
 from eartalking import cli
-from eartalking.evaluate import measure, signals
+from eartalking.evaluate import dlibface, measure, signals
 
 FPS, SR = 25, 16000
 CROP = (slice(0, 256), slice(96, 352))  # 256x256 around the astronaut's face
@@ -28,9 +28,9 @@ def _astronaut() -> np.ndarray:
 
 
 def _landmarks(img: np.ndarray) -> np.ndarray:
-    rect = measure.FaceFinder().find(img)
+    rect = dlibface.FaceFinder().find(img)
     assert rect is not None
-    return measure._landmarks(img, rect)[1]
+    return dlibface.landmarks(img, rect)[1]
 
 
 def _fit(cls, src: np.ndarray, dst: np.ndarray):
@@ -60,8 +60,14 @@ def _warp_face(img: np.ndarray, pts: np.ndarray, openness: float, close: float) 
     x0, x1 = int(pts[:, 0].min()) - 25, int(pts[:, 0].max()) + 25
     patch = img[y0:y1, x0:x1]
     h, wd = patch.shape[:2]
-    border = np.array([[x, y] for x in np.linspace(0, wd - 1, 6) for y in np.linspace(0, h - 1, 6)
-                       if x in (0, wd - 1) or y in (0, h - 1)])
+    border = np.array(
+        [
+            [x, y]
+            for x in np.linspace(0, wd - 1, 6)
+            for y in np.linspace(0, h - 1, 6)
+            if x in (0, wd - 1) or y in (0, h - 1)
+        ]
+    )
     off = np.array([x0, y0])
     src_all, dst_all = np.vstack([pts - off, border]), np.vstack([dst - off, border])
     tform = _fit(PiecewiseAffineTransform, dst_all, src_all)  # output -> input coordinates, as warp() wants
@@ -124,15 +130,34 @@ def talking(tmp_path_factory):
     d = tmp_path_factory.mktemp("talk")
     _write_mp4(d / "talk.mp4", frames, pcm)
     blink = [1.0 if t in BLINK_FRAMES else 0.0 for t in range(T)]
-    labels = {"fps": FPS, "frames": [{"openness": float(o), "blink": b, "yaw": 0.0, "pitch": 0.0, "roll": 0.0,
-                                      "expression": 0.0} for o, b in zip(requested, blink)]}
+    labels = {
+        "fps": FPS,
+        "frames": [
+            {"openness": float(o), "blink": b, "yaw": 0.0, "pitch": 0.0, "roll": 0.0, "expression": 0.0}
+            for o, b in zip(requested, blink, strict=True)
+        ],
+    }
     (d / "talk.json").write_text(json.dumps(labels))
     portrait = d / "portrait.png"
     from PIL import Image
 
     Image.fromarray(data.astronaut()).save(portrait)
-    rc = cli.main(["measure", str(d / "talk.mp4"), "--portrait", str(portrait), "--json", str(d / "m.json"),
-                   "--plot", str(d / "m.png"), "--labels", str(d / "talk.json"), "--every", "4"])
+    rc = cli.main(
+        [
+            "measure",
+            str(d / "talk.mp4"),
+            "--portrait",
+            str(portrait),
+            "--json",
+            str(d / "m.json"),
+            "--plot",
+            str(d / "m.png"),
+            "--labels",
+            str(d / "talk.json"),
+            "--every",
+            "4",
+        ]
+    )
     assert rc == 0
     return {"res": json.loads((d / "m.json").read_text()), "requested": requested, "dir": d}
 
@@ -184,8 +209,9 @@ def test_yaw_sign():
 def test_video_without_a_face(tmp_path):
     rng = np.random.default_rng()
     yy, xx = np.mgrid[0:96, 0:128]
-    frames = np.stack([np.stack([(xx * a + yy * b + c) % 256 for a, b, c in rng.uniform(0, 3, (3, 3))], -1)
-                       for _ in range(10)]).astype(np.uint8)
+    frames = np.stack(
+        [np.stack([(xx * a + yy * b + c) % 256 for a, b, c in rng.uniform(0, 3, (3, 3))], -1) for _ in range(10)]
+    ).astype(np.uint8)
     _write_mp4(tmp_path / "none.mp4", frames, None)
     res = measure.measure_video(tmp_path / "none.mp4")
     assert res["frames"] == 10 and res["no_face_frames"] == 10 and res["no_face_indices"] == list(range(10))
@@ -215,3 +241,17 @@ def test_lagged_pearson_and_blinks_on_random_signals():
     eye[[20, 21, 60]] = 0.05
     eye[40] = np.nan
     assert signals.detect_blinks(eye, 25) == [20 + int(eye[21] < eye[20]), 60]
+
+
+def test_tracking_follows_a_moving_face():
+    """The face jumps around between frames (and vanishes once): every face frame is found, in the right place."""
+    img = data.astronaut()
+    rng = np.random.default_rng()
+    shifts = [(0, 0)] + [tuple(int(v) for v in rng.integers(-60, 61, 2)) for _ in range(5)]
+    frames = [np.roll(img, s, axis=(0, 1)) for s in shifts]
+    frames.insert(3, np.full_like(img, 127))
+    res = measure.measure_frames(frames, every=100)
+    assert res["no_face_indices"] == [3]
+    boxes = [b for b in res["curves"]["face_box"] if b is not None]
+    for (dy, dx), b in zip(shifts, boxes, strict=True):
+        assert abs(b[0] - boxes[0][0] - dx) <= 6 and abs(b[1] - boxes[0][1] - dy) <= 6, (dy, dx, b, boxes[0])

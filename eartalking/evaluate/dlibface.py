@@ -1,0 +1,135 @@
+"""dlib face analysis for ``eartalking measure``: largest-face HOG detection, 68 landmarks, 128-D embedding.
+
+The models ship in pip ``dlib-bin`` + ``face-recognition-models`` (offline) and were trained by nobody here,
+so they can judge our generated frames independently. Loaded once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eartalking.cli import UserError
+
+DETECT_MAX_SIDE = 640  # first detection runs on a copy at most this big (HOG cost grows with pixels)
+TARGET_FACE_PX = 120  # later frames: the region around the last face is scaled so it is about this wide
+MAX_ROI_SCALE = 2.0  # small faces are enlarged up to this factor (cheaper than dlib's 2x upsampling)
+
+
+@functools.lru_cache(maxsize=1)
+def models() -> tuple[Any, Any, Any]:
+    """(HOG detector, 68-point predictor, ResNet embedder), loaded once per process."""
+    import dlib
+
+    with warnings.catch_warnings():  # face_recognition_models imports the deprecated pkg_resources
+        warnings.simplefilter("ignore")
+        import face_recognition_models as frm
+    return (
+        dlib.get_frontal_face_detector(),
+        dlib.shape_predictor(frm.pose_predictor_model_location()),
+        dlib.face_recognition_model_v1(frm.face_recognition_model_location()),
+    )
+
+
+class FaceFinder:
+    """Largest-face HOG detection that tracks the face found in the previous frame.
+
+    With a previous face: search a region 3x its size around it (moved only when the face has moved, so a
+    still face gets the same box), scaled so the face is ~TARGET_FACE_PX wide (HOG finds faces from ~80
+    px; small faces are enlarged up to MAX_ROI_SCALE). Otherwise, or when that misses: the whole
+    frame scaled to at most DETECT_MAX_SIDE px, then with upsampling, then at full resolution (with
+    upsampling only up to 1.5 Mpx). Boxes are returned in full-frame pixels.
+    """
+
+    def __init__(self) -> None:
+        self.prev: tuple[int, int, int, int] | None = None  # last face box (left, top, right, bottom)
+        self.anchor: tuple[float, float, float] | None = None  # (centre x, centre y, size) of the search region
+        self.scale = 1.0
+
+    def find(self, img: np.ndarray) -> Any | None:
+        h, w = img.shape[:2]
+        if self.prev is not None:
+            hit = self._track(img)
+            if hit is not None:
+                return hit
+        s0 = min(1.0, DETECT_MAX_SIDE / max(h, w))
+        tries = [(s0, 0), (s0, 1), (1.0, 0)] + ([(1.0, 1)] if h * w <= 1_500_000 else [])
+        hit = self._detect(img, tries, (0, 0))
+        if hit is None:
+            self.prev, self.anchor, self.scale = None, None, 1.0
+            return None
+        self.anchor = None  # found anew: box it the way the next frames will be boxed
+        return self._track(img) or hit
+
+    def _track(self, img: np.ndarray) -> Any | None:
+        """Search the region around the previous face."""
+        h, w = img.shape[:2]
+        left, top, right, bottom = self.prev
+        m, cx, cy = max(right - left, bottom - top), (left + right) / 2, (top + bottom) / 2
+        a = self.anchor
+        if a is None or abs(cx - a[0]) > a[2] / 6 or abs(cy - a[1]) > a[2] / 6 or abs(m / a[2] - 1) > 0.2:
+            self.anchor, self.scale = (cx, cy, m), min(MAX_ROI_SCALE, TARGET_FACE_PX / max(m, 1))
+        cx, cy, m = self.anchor  # the search region moves only when the face has moved: steady boxes
+        g = max(1, round(8 / self.scale))  # and sits on the HOG cell grid
+        x0, y0 = max(0, int(cx - 1.5 * m) // g * g), max(0, int(cy - 1.5 * m) // g * g)
+        x1, y1 = min(w, int(cx + 1.5 * m)), min(h, int(cy + 1.5 * m))
+        return self._detect(img[y0:y1, x0:x1], [(self.scale, 0), (self.scale, 1)], (x0, y0))
+
+    def _detect(self, img: np.ndarray, tries: list[tuple[float, int]], offset: tuple[int, int]) -> Any | None:
+        """Largest face in ``img`` trying (scale, upsample) pairs in order; box shifted by ``offset``."""
+        import dlib
+
+        det = models()[0]
+        seen = set()
+        for s, up in tries:
+            if (s, up) in seen or min(img.shape[:2]) < 8:
+                continue
+            seen.add((s, up))
+            boxes = det(_resize(img, s), up)
+            if len(boxes):
+                b = max(boxes, key=lambda r: r.area())
+                ox, oy = offset
+                rect = dlib.rectangle(
+                    int(b.left() / s) + ox, int(b.top() / s) + oy, int(b.right() / s) + ox, int(b.bottom() / s) + oy
+                )
+                self.prev = (rect.left(), rect.top(), rect.right(), rect.bottom())
+                return rect
+        return None
+
+
+def _resize(img: np.ndarray, s: float) -> np.ndarray:
+    if abs(s - 1.0) < 1e-3:
+        return img
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    return np.asarray(Image.fromarray(img).resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR))
+
+
+def landmarks(img: np.ndarray, rect: Any) -> tuple[Any, np.ndarray]:
+    shape = models()[1](img, rect)
+    return shape, np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], np.float64)
+
+
+def embed(img: np.ndarray, shape: Any) -> np.ndarray:
+    return np.asarray(models()[2].compute_face_descriptor(img, shape), np.float64)
+
+
+def portrait_embedding(portrait: str | Path | np.ndarray) -> np.ndarray:
+    """128-D embedding of the largest face in a portrait (path or uint8 [H,W,3]); UserError if none."""
+    if not isinstance(portrait, np.ndarray):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            portrait = np.asarray(Image.open(portrait).convert("RGB"))
+        except (OSError, UnidentifiedImageError) as e:
+            raise UserError(f"cannot read portrait {portrait}: {e}") from None
+    img = np.ascontiguousarray(portrait[..., :3], dtype=np.uint8)
+    rect = FaceFinder().find(img)
+    if rect is None:
+        raise UserError(f"no face found in the portrait ({img.shape[1]}x{img.shape[0]} px)")
+    return embed(img, landmarks(img, rect)[0])
