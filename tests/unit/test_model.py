@@ -163,6 +163,26 @@ def test_window_masking_before_it_fills(model):
     torch.testing.assert_close(out0[0], out1[0], atol=1e-6, rtol=0)
 
 
+def test_batched_sessions_at_different_frames_equal_single_runs(model):
+    """Two sessions in one step call (different portraits, frames and windows) == each run alone."""
+    d = model.decoder
+    gens, feeds = [], []
+    for i, T in enumerate((2, d.W + 3)):  # one inside its first W frames, one past the wrap
+        portrait, audio, controls, mask = _inputs(model, T=T + 1, seed=80 + i)
+        gen, _, _ = _stream(model, portrait, audio[:, :T], controls[:, :T], mask[:, :T])
+        gens.append(gen)
+        feeds.append((audio[:, T], controls[:, T], mask[:, T]))
+    with torch.no_grad():
+        singles = [d.step(*f, g.sink_k, g.sink_v, g.window_k, g.window_v, g.prev_tokens, g.frame)
+                   for f, g in zip(feeds, gens, strict=True)]
+        cat = [torch.cat(x) for x in zip(*feeds, strict=True)]
+        state = [torch.cat([getattr(g, n) for g in gens]) for n in
+                 ("sink_k", "sink_v", "window_k", "window_v", "prev_tokens", "frame")]
+        batched = d.step(*cat, *state)
+    for j in range(3):
+        torch.testing.assert_close(batched[j], torch.cat([s[j] for s in singles]), atol=1e-5, rtol=0)
+
+
 # ---------------------------------------------------------------- FCIC controls
 def test_control_at_frame_k_changes_no_earlier_frame(model):
     d = model.decoder
@@ -233,6 +253,24 @@ def test_audio_causal_and_length_errors(model):
         enc(pcm[:, :-1])
     with pytest.raises(ValueError, match="left_context"):
         enc(pcm[:, : c.left_context])
+
+
+def test_encode_utterance_matches_streaming_with_lookahead(model):
+    """Video frame t = encoder frame t + lookahead of the zero-prefixed stream; it hears PCM up to
+    (t + 1 + lookahead) * 640 and nothing later."""
+    enc, c = model.audio, model.cfg.audio
+    spf, la, n = c.samples_per_frame, c.lookahead_frames, 5
+    pcm = torch.randn(1, n * spf - 100, generator=torch.Generator().manual_seed(62)) * 0.3  # partial last frame
+    with torch.no_grad():
+        utt = enc.encode_utterance(pcm)
+        assert utt.shape == (1, n, c.tokens_per_frame, c.dim)
+        stream = torch.nn.functional.pad(pcm, (c.left_context, (n + la) * spf - pcm.shape[1]))
+        torch.testing.assert_close(utt, enc(stream)[:, la:la + n], atol=1e-5, rtol=0)
+        t = 1
+        p2 = pcm.clone()
+        p2[:, (t + 1 + la) * spf:] += 0.5
+        out = enc.encode_utterance(p2)
+    assert torch.equal(out[:, : t + 1], utt[:, : t + 1]) and not torch.allclose(out[:, t + 1], utt[:, t + 1])
 
 
 # ---------------------------------------------------------------- tokenizer
