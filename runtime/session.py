@@ -49,6 +49,10 @@ class Frame:
     time_s: float
     image: np.ndarray
     controls: dict[str, float] = field(default_factory=dict)
+    tokens: np.ndarray | None = None  # int32 [N], the frame's visual tokens
+
+
+_GRAPH_KEYS = {"graph", "inputs", "outputs", "trt_profiles", "axes", "state", "weights_sha256", "precision", "doc"}
 
 
 def _parse(v: str):
@@ -70,8 +74,8 @@ class Engine:
                  threads: int | None = None, load_faces: bool = True) -> None:
         self.backend = source if isinstance(source, Backend) else load_backend(source, device, kind, threads)
         meta: dict = {}
-        for g in ("tokenizer_encoder", "audio_encoder", "step_decoder"):
-            meta.update({k: _parse(v) for k, v in self.backend.metadata(g).items()})
+        for g in ("tokenizer_encoder", "audio_encoder", "step_decoder"):  # graph-specific facts are left out
+            meta.update({k: _parse(v) for k, v in self.backend.metadata(g).items() if k not in _GRAPH_KEYS})
         need = ("image_size", "tokens_per_frame", "codebook_size", "ref_shapes", "sample_rate", "fps",
                 "samples_per_frame", "audio_tokens_per_frame", "audio_dim", "audio_left_context",
                 "lookahead_frames", "control_names", "layers", "heads", "head_dim", "window_len", "sink_len")
@@ -330,5 +334,5 @@ def step_many(sessions: Sequence[Session]) -> list[list[Frame]]:
         for j, (i, s) in enumerate(zip(idx, batch, strict=True)):
             t = s.next_frame
             image = crops[j] if s.crop_only else s.face.paste(crops[j])
-            out[i].append(Frame(t, t / engine.fps, image, given[j]))
+            out[i].append(Frame(t, t / engine.fps, image, given[j], tokens[j]))
             s.next_frame += 1
