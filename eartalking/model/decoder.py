@@ -30,7 +30,9 @@ from torch import nn
 
 from eartalking.config import CONTROL_NAMES, CONTROL_SCALES, ModelConfig
 
-NEG = -1e9  # additive mask value (finite: every query always sees the sink and its own block)
+#: additive mask value: finite and within fp16 range (an fp16 engine turning -1e9 into -inf would make
+#: 0 * -inf = NaN); exp(-3e4) is 0 in any precision, and every query always sees the sink and its own block
+NEG = -3.0e4
 
 
 def rotary_table(positions: torch.Tensor, dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,8 +127,7 @@ class StepDecoder(nn.Module):
                     prev_tokens: torch.Tensor) -> torch.Tensor:
         """audio [...,A,D_a], controls/mask [...,C], prev_tokens [...,N] -> block [..., BL, D]."""
         ctrl = (controls / self.control_scales)[..., None] * self.control_weight + self.type_embedding
-        m = mask[..., None].to(ctrl.dtype)
-        ctrl = m * ctrl + (1.0 - m) * self.null_embedding
+        ctrl = torch.where(mask[..., None] > 0.5, ctrl, self.null_embedding)  # absent: value ignored (even NaN)
         aud = self.audio_proj(audio) + self.audio_pos
         slots = self.token_embedding(prev_tokens.long()) + self.slot_query
         return torch.cat([ctrl, aud, slots], dim=-2)

@@ -198,13 +198,13 @@ def test_control_at_frame_k_changes_no_earlier_frame(model):
 
 
 def test_masked_control_uses_null_embedding(model):
-    """A masked control's value is ignored; the same value unmasked is not."""
+    """A masked control's value is ignored (even NaN); the same value unmasked is not."""
     d = model.decoder
     _, audio, controls, mask = _inputs(model, T=1, seed=41)
     prev = torch.randint(0, d.K, (1, d.N))
     zero = torch.zeros(1, d.C)
     x0 = d.embed_block(audio[:, 0], controls[:, 0], zero, prev)
-    x1 = d.embed_block(audio[:, 0], controls[:, 0] + 3.0, zero, prev)
+    x1 = d.embed_block(audio[:, 0], torch.full_like(controls[:, 0], float("nan")), zero, prev)  # even NaN
     x2 = d.embed_block(audio[:, 0], controls[:, 0], torch.ones(1, d.C), prev)
     assert torch.equal(x0, x1) and not torch.allclose(x0, x2)
 
