@@ -86,7 +86,8 @@ class OrtBackend(Backend):
                                 "(install onnxruntime-gpu) ")
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         self.device, self.threads = device, opts.intra_op_num_threads
-        self.sessions = {g: ort.InferenceSession(str(self.dir / f"{g}.onnx"), opts, providers=providers) for g in GRAPHS}
+        self.sessions = {g: ort.InferenceSession(str(self.dir / f"{g}.onnx"), opts, providers=providers)
+                         for g in GRAPHS}
         self._outputs = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
         self._inputs = {g: {i.name for i in s.get_inputs()} for g, s in self.sessions.items()}
 

@@ -136,7 +136,8 @@ def write_wav(path: str | Path, pcm: np.ndarray, rate: int = SAMPLE_RATE) -> Non
     if pcm.dtype != np.int16:
         pcm = np.round(np.clip(pcm, -1.0, 1.0) * 32767.0).astype("<i2")
     body = pcm.astype("<i2").tobytes()
-    hdr = b"RIFF" + struct.pack("<I", 36 + len(body)) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+    hdr = b"RIFF" + struct.pack("<I", 36 + len(body)) + b"WAVEfmt " + fmt
     Path(path).write_bytes(hdr + b"data" + struct.pack("<I", len(body)) + body)
 
 

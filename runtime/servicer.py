@@ -277,8 +277,10 @@ class _StreamState:
                 if req is _EOF:  # half-close without EndOfAudio counts as the end of the audio
                     kind = "end"
                 else:
-                    self._check_size(req)
                     kind = req.WhichOneof("request")
+                    if kind == "config":
+                        raise _Abort(_INVALID, "SessionConfig sent twice: one stream is one session")
+                    self._check_size(req)
                 if kind == "audio":
                     yield from self._audio(req.audio.pcm, t)
                 elif kind == "control":
@@ -287,8 +289,6 @@ class _StreamState:
                     yield from self._send(self.session.end(), t)
                     yield pb2.SessionResponse(status=pb2.SessionStatus(frames=self.frames, code=0, message="OK"))
                     return
-                elif kind == "config":
-                    raise _Abort(_INVALID, "SessionConfig sent twice: one stream is one session")
                 else:
                     raise _Abort(_INVALID, "empty SessionRequest (set one of config, audio, control, end)")
         finally:
