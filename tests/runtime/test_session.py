@@ -132,13 +132,18 @@ def test_interleaved_sessions_equal_separate(engine, face):
 def test_step_many_equals_one_by_one(engine, face):
     pcms = [speechlike(s, seed=40 + i) for i, s in enumerate((0.6, 1.0, 0.84))]
     temps = (0.0, 0.9, 0.0)
-    refs = [run_chunks(engine, face, p, len(p), temperature=t, seed=i) for i, (p, t) in enumerate(zip(pcms, temps, strict=True))]
-    sessions = [Session(engine, face.photo, face=face, temperature=t, seed=i) for i, t in enumerate(temps)]
-    sessions[1].set_controls(frame=5, yaw=-20.0)
-    refs[1] = None  # recomputed below with the same control
-    s1 = Session(engine, face.photo, face=face, temperature=0.9, seed=1)
-    s1.set_controls(frame=5, yaw=-20.0)
-    refs[1] = s1.push_audio(pcms[1]) + s1.end()
+
+    def make(i):
+        s = Session(engine, face.photo, face=face, temperature=temps[i], seed=i)
+        if i == 1:
+            s.set_controls(frame=5, yaw=-20.0)
+        return s
+
+    refs = []
+    for i, p in enumerate(pcms):  # one by one
+        s = make(i)
+        refs.append(s.push_audio(p) + s.end())
+    sessions = [make(i) for i in range(3)]
     calls = []
     orig = engine.backend.run
 
