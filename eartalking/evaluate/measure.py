@@ -73,7 +73,8 @@ class _Accumulator:
                 v.append(nan)
             self.t_face += time.perf_counter() - t0
             return
-        shape, p = dlibface.landmarks(img, rect)
+        face = dlibface.landmarks(img, rect)
+        p = face.points
         yaw, pitch, roll = signals.head_pose(p)
         for k, v in (
             ("mouth_openness", signals.mouth_openness(p)),
@@ -88,7 +89,7 @@ class _Accumulator:
         self.t_face += t1 - t0
         dist = nan
         if t % self.stride == 0 or (self.ref is None and not self.sampled):
-            emb = dlibface.embed(img, shape)
+            emb = dlibface.embed(face)
             if self.ref is None:
                 self.ref = emb
             dist = float(np.linalg.norm(emb - self.ref))

@@ -30,7 +30,7 @@ def _astronaut() -> np.ndarray:
 def _landmarks(img: np.ndarray) -> np.ndarray:
     rect = dlibface.FaceFinder().find(img)
     assert rect is not None
-    return dlibface.landmarks(img, rect)[1]
+    return dlibface.landmarks(img, rect).points
 
 
 def _fit(cls, src: np.ndarray, dst: np.ndarray):
