@@ -230,7 +230,7 @@ class StepDecoder(nn.Module):
     def _attend_dense(self, q, k, v, sk, sv):
         """Same as _attend_ages with one masked attention over sink + all T blocks (for checking)."""
         B, H, T, BL, dh = q.shape
-        cos_t, sin_t = rotary_table(torch.arange(T).repeat_interleave(BL), dh, self.rope_base)
+        cos_t, sin_t = (t.to(q.device) for t in rotary_table(torch.arange(T).repeat_interleave(BL), dh, self.rope_base))
         q, k, v = (t.reshape(B, H, T * BL, dh) for t in (q, k, v))
         sink_scores = torch.matmul(rope(q, self.rope_cos[self.W + 1], self.rope_sin[self.W + 1]), sk.transpose(-1, -2))
         blk_scores = torch.matmul(rope(q, cos_t, sin_t), rope(k, cos_t, sin_t).transpose(-1, -2))

@@ -19,9 +19,9 @@ from eartalking.model.model import EARTalking
 from eartalking.sampling import gumbel_noise
 
 
-def frame_noise(seed: int, frame: int, n: int, k: int, batch: int = 1) -> torch.Tensor:
+def frame_noise(seed: int, frame: int, n: int, k: int, batch: int = 1, device=None) -> torch.Tensor:
     """Gumbel noise for one frame, [batch, n, k] (every row of the batch gets the same (seed, frame) noise)."""
-    g = torch.from_numpy(gumbel_noise(seed, frame, (n, k)))
+    g = torch.from_numpy(gumbel_noise(seed, frame, (n, k))).to(device)
     return g[None].expand(batch, n, k).contiguous()
 
 
@@ -45,18 +45,18 @@ class StreamingGenerator:
     def step(self, audio_tokens: torch.Tensor, controls: torch.Tensor | None = None,
              control_mask: torch.Tensor | None = None) -> torch.Tensor:
         """audio_tokens [B,A,D_a], controls/control_mask [B,C] (None = all absent) -> tokens int64 [B,N]."""
-        B = audio_tokens.shape[0]
+        B, dev = audio_tokens.shape[0], audio_tokens.device
         if controls is None:
-            controls = torch.zeros(B, self.dec.C)
-            control_mask = torch.zeros(B, self.dec.C)
+            controls = torch.zeros(B, self.dec.C, device=dev)
+            control_mask = torch.zeros(B, self.dec.C, device=dev)
         elif control_mask is None:
             control_mask = torch.ones_like(controls)
         logits, self.window_k, self.window_v = self.dec.step(
             audio_tokens, controls, control_mask, self.sink_k, self.sink_v, self.window_k, self.window_v,
             self.prev_tokens, self.frame)
         frame = int(self.frame[0, 0])
-        gumbel = frame_noise(self.seed, frame, self.dec.N, self.dec.K, B)
-        temp = torch.full((B, 1), self.temperature)
+        gumbel = frame_noise(self.seed, frame, self.dec.N, self.dec.K, B, dev)
+        temp = torch.full((B, 1), self.temperature, device=dev)
         tokens = select(logits, temp, gumbel, self.dec.top_k)
         self.prev_tokens, self.frame, self.last_logits = tokens, self.frame + 1, logits
         return tokens
@@ -75,19 +75,20 @@ def reference_generate(model: EARTalking, portrait: torch.Tensor, audio_tokens: 
     -> (tokens int64 [B,T,N], logits [B,T,N,K]). Recomputes every frame's context from block inputs."""
     dec = model.decoder
     B, T = audio_tokens.shape[:2]
+    dev = audio_tokens.device
     if controls is None:
-        controls, control_mask = torch.zeros(B, T, dec.C), torch.zeros(B, T, dec.C)
+        controls, control_mask = torch.zeros(B, T, dec.C, device=dev), torch.zeros(B, T, dec.C, device=dev)
     elif control_mask is None:
         control_mask = torch.ones_like(controls)
     ref_tokens = model.tokenizer.encode(portrait)
     reach = dec.L * dec.W  # blocks further back cannot change this frame's logits
     prevs, toks, logs = [ref_tokens], [], []
-    temp = torch.full((B, 1), float(temperature))
+    temp = torch.full((B, 1), float(temperature), device=dev)
     for t in range(T):
         lo = max(0, t - reach)
         logits = dec.forward_train(ref_tokens, audio_tokens[:, lo:t + 1], controls[:, lo:t + 1],
                                    control_mask[:, lo:t + 1], torch.stack(prevs[lo:t + 1], 1))[:, -1]
-        tokens = select(logits, temp, frame_noise(seed, t, dec.N, dec.K, B), dec.top_k)
+        tokens = select(logits, temp, frame_noise(seed, t, dec.N, dec.K, B, dev), dec.top_k)
         prevs.append(tokens)
         toks.append(tokens)
         logs.append(logits)
