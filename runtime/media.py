@@ -134,7 +134,7 @@ def read_wav(src: str | Path | bytes, rate: int = SAMPLE_RATE) -> tuple[np.ndarr
 def write_wav(path: str | Path, pcm: np.ndarray, rate: int = SAMPLE_RATE) -> None:
     """Write float32 [-1, 1] (or int16) mono PCM as a 16-bit WAV file."""
     if pcm.dtype != np.int16:
-        pcm = np.round(np.clip(pcm, -1.0, 1.0) * 32767.0).astype("<i2")
+        pcm = np.clip(np.round(pcm * 32768.0), -32768, 32767).astype("<i2")  # inverse of read's /32768
     body = pcm.astype("<i2").tobytes()
     fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
     hdr = b"RIFF" + struct.pack("<I", 36 + len(body)) + b"WAVEfmt " + fmt

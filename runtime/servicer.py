@@ -135,32 +135,40 @@ def encode_image(img: np.ndarray, encoding: int, quality: int) -> bytes:
 
 
 class _Reader:
-    """Moves requests from gRPC's iterator into a bounded queue of (arrival time, request)."""
+    """Moves requests from gRPC's iterator into the stream's inbox as ("req", arrival time, request).
 
-    def __init__(self, request_iterator, maxsize: int) -> None:
-        self.q: queue.Queue = queue.Queue(maxsize=maxsize)
+    At most ``credits`` requests wait unprocessed, and no more are read while the runner has more than
+    ``max_backlog`` samples queued, so gRPC flow control holds back a client that outpaces the model. The
+    inbox itself is unbounded: the scheduler thread puts frames there and must never block.
+    """
+
+    def __init__(self, request_iterator, credits: int, max_backlog: int) -> None:
+        self.inbox: queue.Queue = queue.Queue()
+        self.credits = threading.Semaphore(credits)
         self.stop = threading.Event()
+        self.backlog = lambda: 0
+        self.max_backlog = max_backlog
         self._it = request_iterator
         threading.Thread(target=self._run, name="eartalking-reader", daemon=True).start()
 
     def _run(self) -> None:
         item: Any = _EOF
         try:
-            for req in self._it:
-                if not self._put((time.monotonic(), req)):
-                    return
+            while True:
+                while not self.credits.acquire(timeout=0.2):
+                    if self.stop.is_set():
+                        return
+                while self.backlog() > self.max_backlog:
+                    if self.stop.is_set():
+                        return
+                    time.sleep(0.005)
+                req = next(self._it, _EOF)
+                if req is _EOF:
+                    break
+                self.inbox.put(("req", time.monotonic(), req))
         except Exception:  # the RPC ended (cancelled, deadline, shutdown)
             item = _Cancelled()
-        self._put((time.monotonic(), item))
-
-    def _put(self, item) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.q.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+        self.inbox.put(("req", time.monotonic(), item))
 
 
 class TalkingHeadServicer(pb2_grpc.TalkingHeadServicer):
