@@ -240,6 +240,12 @@ class StepDecoder(nn.Module):
         return out.reshape(B, H, T, BL, dh)
 
 
+def teacher_prev_tokens(ref_tokens: torch.Tensor, frame_tokens: torch.Tensor) -> torch.Tensor:
+    """Teacher-forcing inputs: ref_tokens [B,N] + ground-truth frame tokens [B,T,N] -> prev_tokens [B,T,N]
+    (frame 0 sees the portrait's tokens, frame t the tokens of frame t-1), as at inference."""
+    return torch.cat([ref_tokens[:, None], frame_tokens[:, :-1]], dim=1)
+
+
 def select(logits: torch.Tensor, temperature: torch.Tensor, gumbel: torch.Tensor, top_k: int) -> torch.Tensor:
     """Pick tokens from logits [B,N,K]: greedy argmax where temperature [B,1] == 0, else
     argmax over the top_k logits of (logit / temperature + gumbel) with gumbel [B,N,K] from

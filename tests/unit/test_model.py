@@ -15,7 +15,7 @@ import torch
 
 from eartalking import config
 from eartalking.model import checkpoint
-from eartalking.model.decoder import select
+from eartalking.model.decoder import select, teacher_prev_tokens
 from eartalking.model.generate import StreamingGenerator, reference_generate
 from eartalking.sampling import gumbel_noise
 
@@ -122,8 +122,9 @@ def test_teacher_forcing_parity(model):
     T = 2 * d.W + 2
     portrait, audio, controls, mask = _inputs(model, T=T, seed=20, B=2)
     ref = model.tokenizer.encode(portrait)
-    prev = torch.randint(0, d.K, (2, T, d.N), generator=torch.Generator().manual_seed(21))
-    prev[:, 0] = ref
+    target = torch.randint(0, d.K, (2, T, d.N), generator=torch.Generator().manual_seed(21))
+    prev = teacher_prev_tokens(ref, target)
+    assert torch.equal(prev[:, 0], ref) and torch.equal(prev[:, 1:], target[:, :-1])
     with torch.no_grad():
         full = d.forward_train(ref, audio, controls, mask, prev)
         sk, sv = d.sink(ref)
