@@ -58,7 +58,7 @@ def compare(graph: str, tensor: str, what: str, got: np.ndarray, ref: np.ndarray
     diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
     max_abs = float(diff.max()) if diff.size else 0.0
     max_rel = float((diff / np.maximum(np.abs(ref.astype(np.float64)), 1e-6)).max()) if diff.size else 0.0
-    ok = bool(np.all(diff <= atol + rtol * np.abs(ref.astype(np.float64)))) and np.isfinite(got).all()
+    ok = bool(np.all(diff <= atol + rtol * np.abs(ref.astype(np.float64)))) and bool(np.isfinite(got).all())
     tol = "exact" if integer and atol == 0 else f"atol {atol:g}" + (f" rtol {rtol:g}" if rtol else "")
     return Check(graph, tensor, what, max_abs, max_rel, tol, ok)
 

@@ -1,0 +1,120 @@
+"""ONNX Runtime vs PyTorch parity on test_small (fresh random inputs), and verify failing when it should."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from eartalking.export import parity
+from eartalking.export import verify as V
+from onnx import numpy_helper
+
+
+def _failed(checks):
+    return [c.line() for c in checks if not c.ok]
+
+
+def test_graph_parity(exported):
+    model, cfg, out, _ = exported
+    checks, _ = parity.graph_parity(model, cfg, V.ort_runner(out), np.random.default_rng())
+    assert _failed(checks) == []
+    assert {c.graph for c in checks} == {"tokenizer_encoder", "tokenizer_decoder", "audio_encoder", "step_decoder"}
+    assert all(c.max_abs == 0 for c in checks if c.tensor in ("tokens", "out_prev_tokens"))  # tokens exact
+
+
+def test_streaming_window_wraps_and_end_to_end_frames(exported):
+    model, cfg, out, _ = exported
+    checks = parity.streaming_parity(model, cfg, V.ort_runner(out), np.random.default_rng())
+    assert _failed(checks) == []
+    byname = {(c.graph, c.tensor): c for c in checks}
+    assert byname[("step_decoder", "tokens")].max_abs == 0
+    assert byname[("step_decoder", "out_window_k")].max_abs <= 1e-4
+    assert byname[("end_to_end", "frame_uint8")].max_abs <= parity.PIXEL_TOL
+
+
+def test_batched_sessions_equal_each_alone(exported):
+    _, cfg, out, _ = exported
+    assert _failed(parity.batch_parity(cfg, V.ort_runner(out), np.random.default_rng())) == []
+
+
+def test_start_resets_state_and_ignores_garbage(exported):
+    """start=1 gives the same outputs whatever the incoming state holds."""
+    from eartalking.export import specs as S
+    from eartalking.export.feeds import random_feed
+
+    _, cfg, out, _ = exported
+    run = V.ort_runner(out)
+    rng = np.random.default_rng()
+    spec = S.graph_specs(cfg)["step_decoder"]
+    a = random_feed(spec, cfg, {"batch": 2}, rng, start=np.ones((2, 1), np.int32))
+    b = dict(a, **{k: v for k, v in random_feed(spec, cfg, {"batch": 2}, rng).items() if k.startswith("in_")})
+    ra, rb = run("step_decoder", a), run("step_decoder", b)
+    for k in ra:
+        np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
+    assert (ra["out_frame"] == 1).all()
+
+
+def _args(out, **kw):
+    d = dict(onnx=str(out), checkpoint=None, preset=None, random_seed=None, backend="onnxruntime",
+             engines="build/engines", no_polygraphy=True, seed=None, threads=1, json=None)
+    d.update(kw)
+    return argparse.Namespace(**d)
+
+
+def test_verify_cli_passes_with_polygraphy(exported, tmp_path):
+    _, _, out, _ = exported
+    report = tmp_path / "verify.json"
+    assert V.run(_args(out, no_polygraphy=False, json=str(report))) == 0
+    rows = json.loads(report.read_text())
+    assert any(r["what"] == "polygraphy" and r["ok"] for r in rows)
+    assert any(r["what"] == "stream" for r in rows) and all(r["ok"] for r in rows)
+
+
+def test_corrupted_graph_makes_verify_fail(exported, tmp_path, capsys):
+    """Scale one weight of tokenizer_decoder (manifest hash updated so only parity can catch it)."""
+    from eartalking.export.build_engines import sha256_file
+
+    _, _, out, _ = exported
+    bad = tmp_path / "onnx"
+    shutil.copytree(out, bad)
+    path = bad / "tokenizer_decoder.onnx"
+    m = onnx.load(str(path))
+    init = max(m.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
+    onnx.save(m, str(path))
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["graphs"]["tokenizer_decoder"]["sha256"] = sha256_file(path)
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    assert V.run(_args(bad)) == 1
+    err = capsys.readouterr().err
+    assert "graph=tokenizer_decoder tensor=image" in err and "max_abs=" in err and "max_rel=" in err
+
+
+def test_verify_detects_stale_manifest_hash(exported, tmp_path):
+    _, _, out, _ = exported
+    bad = tmp_path / "onnx"
+    shutil.copytree(out, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["graphs"]["audio_encoder"]["sha256"] = "0" * 64
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    checks = V.static_checks(*_model_cfg(exported), bad, manifest)
+    assert [(c.graph, c.tensor) for c in checks if not c.ok] == [("audio_encoder", "sha256")]
+
+
+def _model_cfg(exported):
+    model, cfg, _, _ = exported
+    return cfg, model
+
+
+@pytest.mark.gpu
+def test_tensorrt_plans_match_onnxruntime(exported, tmp_path):
+    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (build plans in NVIDIA's container)")
+    from eartalking.export.build_engines import build_all
+
+    _, _, out, _ = exported
+    build_all(trt, out, tmp_path, None, set(), 1024, False)
+    assert V.run(_args(out, backend="tensorrt", engines=str(tmp_path))) == 0
