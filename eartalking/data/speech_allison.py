@@ -62,19 +62,24 @@ def align(pcm: np.ndarray, text: str) -> list[tuple[float, float, str]]:
         missing = [w for w in words if d.lookup_word(w) is None]
         if missing or not words:
             raise ValueError(f"words not in the aligner's dictionary: {missing or text!r}")
-        d.set_align_text(" ".join(words))
-        d.start_utt()
-        d.process_raw(raw, full_utt=True)
-        d.end_utt()
-        d.set_alignment()
-        d.start_utt()
-        d.process_raw(raw, full_utt=True)
-        d.end_utt()
         out = []
-        for word in d.get_alignment():
-            for ph in word:
-                name = SILENCE if ph.name in _SIL else ph.name.lower()
-                out.append((ph.start / 100.0, (ph.start + ph.duration) / 100.0, name))
+        try:
+            d.set_align_text(" ".join(words))
+            d.start_utt()
+            d.process_raw(raw, full_utt=True)
+            d.end_utt()
+            d.set_alignment()
+            d.start_utt()
+            d.process_raw(raw, full_utt=True)
+            d.end_utt()
+            for word in d.get_alignment():
+                for ph in word:
+                    name = SILENCE if ph.name in _SIL else ph.name.lower()
+                    out.append((ph.start / 100.0, (ph.start + ph.duration) / 100.0, name))
+        except RuntimeError as e:  # pocketsphinx: no path through the audio; start afresh next time
+            global _decoder
+            _decoder = None
+            raise ValueError(f"alignment failed for {text[:60]!r}: {e}") from e
     if not any(p != SILENCE for _, _, p in out):
         raise ValueError(f"alignment produced no phones for {text!r}")
     return out
@@ -161,3 +166,25 @@ class AllisonSource(SpeechSource):
         pcm = self.wav16k(pid)
         phones = merge_silence(clean_phones(align(pcm, table[pid]), len(pcm) / SAMPLE_RATE, self.offset_s))
         return Utterance(pcm, phones, self.name, voice, table[pid], self.phone_set, meta={"prompt_id": pid})
+
+
+def measure_offset(u: Utterance, max_lag_s: float = 0.15) -> float:
+    """Lateness (seconds, + = the source's phone times are late) of ``u.phones`` against pocketsphinx.
+
+    Both phone lists become mouth-openness curves at 1 kHz (``visemes.viseme_track``); the lag that
+    maximises their correlation is the offset. Raises ValueError when the text cannot be aligned.
+    """
+    from eartalking.data.visemes import viseme_track
+
+    ref = align(u.pcm, u.text)
+    n = int(u.duration * 1000)
+    a = viseme_track(u.phones, n, 1000.0, u.phone_set, sigma_s=0.01)["openness"].astype(np.float64)
+    b = viseme_track(ref, n, 1000.0, "cmu", sigma_s=0.01)["openness"].astype(np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    lags = range(-int(max_lag_s * 1000), int(max_lag_s * 1000) + 1, 2)
+
+    def corr(k: int) -> float:
+        x, y = (a[k:], b[: n - k]) if k >= 0 else (a[: n + k], b[-k:])
+        return float(np.dot(x, y) / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-9))
+
+    return max(lags, key=corr) / 1000.0
