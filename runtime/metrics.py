@@ -3,7 +3,8 @@
 Names: ``eartalking_live_sessions`` (gauge), ``eartalking_sessions_total{code}`` (ended sessions by gRPC
 status), ``eartalking_frames_total``, ``eartalking_frame_latency_seconds`` (arrival of the request that
 made a frame ready -> the frame handed to gRPC), ``eartalking_first_frame_latency_seconds`` (the same for
-frame 0), ``eartalking_session_open_seconds`` (portrait decode + face + encoder, once per session).
+frame 0), ``eartalking_session_open_seconds`` (portrait decode + face + encoder, once per session),
+``eartalking_batch_sessions`` (sessions per batched step round).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class Metrics:
                                              registry=r)
         self.open_latency = Histogram("eartalking_session_open_seconds", "SessionConfig -> session ready",
                                       buckets=_LAT_BUCKETS, registry=r)
+        self.batch_size = Histogram("eartalking_batch_sessions", "sessions stepped together in one step_many round",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self._http = None
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:

@@ -44,7 +44,7 @@ class EmbeddedBackend:
     name = "embedded"
 
     def __init__(self, onnx_dir: str | Path, device: str = "cpu") -> None:
-        from .session import Engine  # imports ONNX Runtime only when this backend is chosen
+        from .session import Engine, step_many  # imports ONNX Runtime only when this backend is chosen
 
         onnx_dir = Path(onnx_dir)
         if not onnx_dir.exists():
@@ -54,6 +54,7 @@ class EmbeddedBackend:
         except TypeError:  # an Engine without a device argument
             self.engine = Engine(str(onnx_dir))
         self._info = _engine_info(self.engine, onnx_dir)
+        self.step_many = step_many  # lets the server batch ready frames of all sessions (runtime/scheduler.py)
 
     def info(self) -> dict[str, Any]:
         return self._info
@@ -112,6 +113,7 @@ def build_server(
     address: str,
     tls: tuple[bytes, bytes] | None = None,
     workers: int | None = None,
+    batching: bool = True,
 ) -> tuple[grpc.Server, TalkingHeadServicer, Any, int]:
     """A started-but-not-yet-started gRPC server with the servicer, health and reflection; returns the port."""
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -128,7 +130,7 @@ def build_server(
     ]
     pool = futures.ThreadPoolExecutor(max_workers=workers or limits.max_sessions + 8, thread_name_prefix="grpc")
     server = grpc.server(pool, options=opts)
-    servicer = TalkingHeadServicer(backend, limits, metrics, version=_version())
+    servicer = TalkingHeadServicer(backend, limits, metrics, version=_version(), batching=batching)
     pb2_grpc.add_TalkingHeadServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -175,6 +177,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-portrait-pixels", type=int, default=d.max_portrait_pixels)
     p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     p.add_argument("--grace", type=float, default=10.0, help="seconds live streams get to finish on shutdown")
+    p.add_argument("--no-batching", action="store_true",
+                   help="step each session in its own thread instead of batching ready frames across sessions")
     p.add_argument("--workers", type=int, default=None, help="gRPC thread pool size (default max-sessions + 8)")
     p.add_argument("--backend-factory", default=None, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="INFO")
@@ -202,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = Metrics()
     host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
     server, servicer, health_servicer, port = build_server(backend, limits, metrics, f"{host}:{args.port}", tls,
-                                                           args.workers)
+                                                           args.workers, batching=not args.no_batching)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -212,9 +216,10 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         mport = metrics.serve(args.metrics_port, args.metrics_host)
         mline = f", metrics on http://{args.metrics_host}:{mport}/metrics"
+    mode = "batched" if servicer.scheduler is not None else "per-stream"
     print(f"eartalking serve: listening on {args.host}:{port} ({'TLS' if tls else 'plaintext'}, backend "
-          f"{backend.name}, model {info['model_id']}, {info['image_size']} px, max {limits.max_sessions} "
-          f"sessions){mline}", flush=True)
+          f"{backend.name}, model {info['model_id']}, {info['image_size']} px, {mode} stepping, max "
+          f"{limits.max_sessions} sessions){mline}", flush=True)
     while not stop.wait(0.5):
         pass
     live = servicer.live_sessions
@@ -222,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
     health_servicer.enter_graceful_shutdown()
     servicer.shutting_down.set()
     server.stop(grace=args.grace).wait()
+    servicer.close()
     metrics.close()
     close = getattr(backend, "close", None)
     if callable(close):

@@ -27,10 +27,12 @@ from typing import Any, Protocol
 import grpc
 import numpy as np
 
+from eartalking.cli import UserError
 from eartalking.client._stubs import NAME_BY_SIGNAL, SIGNAL_BY_NAME, pb2, pb2_grpc
 from eartalking.config import CONTROL_RANGES
 
 from .metrics import Metrics
+from .scheduler import DirectRunner, Scheduler
 
 log = logging.getLogger("eartalking.serve")
 
@@ -48,6 +50,7 @@ class Limits:
     max_message_bytes: int = 1024 * 1024  # any other request (64 KiB = 2 s of audio is plenty) -> INVALID_ARGUMENT
     idle_timeout_s: float = 30.0  # no request for this long -> DEADLINE_EXCEEDED
     queue_messages: int = 64  # requests buffered per stream before flow control holds the client back
+    max_backlog_samples: int = 16000  # PCM queued for the batching scheduler before reading pauses (1 s)
 
     @property
     def transport_max_bytes(self) -> int:
@@ -81,6 +84,16 @@ class _Abort(Exception):
 
 class _Cancelled(Exception):
     pass
+
+
+def _session_error(e: BaseException) -> _Abort:
+    """What the session raised -> the stream's status (its own input checks -> INVALID_ARGUMENT)."""
+    if isinstance(e, _Abort):
+        return e
+    if isinstance(e, (UserError, ValueError)):
+        return _Abort(_INVALID, f"rejected by the session: {e}")
+    log.error("session failure: %s: %s", type(e).__name__, e)
+    return _Abort(grpc.StatusCode.INTERNAL, f"session failed: {type(e).__name__}: {e}")
 
 
 def _get(obj: Any, key: str, default: Any = None) -> Any:
@@ -172,7 +185,8 @@ class _Reader:
 
 
 class TalkingHeadServicer(pb2_grpc.TalkingHeadServicer):
-    def __init__(self, backend: SessionBackend, limits: Limits, metrics: Metrics, version: str = "") -> None:
+    def __init__(self, backend: SessionBackend, limits: Limits, metrics: Metrics, version: str = "",
+                 batching: bool = True) -> None:
         self.backend = backend
         self.limits = limits
         self.metrics = metrics
@@ -182,6 +196,21 @@ class TalkingHeadServicer(pb2_grpc.TalkingHeadServicer):
         self._live = 0
         self._lock = threading.Lock()
         self.shutting_down = threading.Event()
+        step_many = getattr(backend, "step_many", None) if batching else None
+        self.scheduler = Scheduler(step_many, max_batch=limits.max_sessions,
+                                                    on_batch=metrics.batch_size.observe) if step_many else None
+
+    def runner_for(self, session, reader: _Reader):
+        """Batched through the shared scheduler when the backend supports it, else direct calls."""
+        if self.scheduler is not None and hasattr(session, "feed"):
+            runner = self.scheduler.attach(session, reader.inbox)
+            reader.backlog = runner.backlog
+            return runner
+        return DirectRunner(session)
+
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
 
     @property
     def live_sessions(self) -> int:
@@ -211,7 +240,7 @@ class TalkingHeadServicer(pb2_grpc.TalkingHeadServicer):
         with self._lock:
             self._live += 1
         self.metrics.live.inc()
-        reader = _Reader(request_iterator, self.limits.queue_messages)
+        reader = _Reader(request_iterator, self.limits.queue_messages, self.limits.max_backlog_samples)
         sid = uuid.uuid4().hex[:16]
         code = "OK"
         st = _StreamState(self, context, reader, sid)
@@ -242,23 +271,36 @@ class TalkingHeadServicer(pb2_grpc.TalkingHeadServicer):
 
 
 class _StreamState:
-    """One stream's protocol state machine (config, then audio/controls, then end)."""
+    """One stream's protocol state machine (config, then audio/controls, then end).
+
+    Control targets are resolved here, in message order: audio that has arrived makes frames
+    ``0 .. samples // spf - lookahead - 1`` due, so a control must arrive before the audio that makes its
+    frame due, and "next" means the first frame not yet due. This is the same frame whichever runner
+    (direct or batched) generates it, and whenever it does.
+    """
 
     def __init__(self, svc: TalkingHeadServicer, context, reader: _Reader, sid: str) -> None:
         self.svc, self.context, self.reader, self.sid = svc, context, reader, sid
         self.limits = svc.limits
-        self.session: SessionLike | None = None
-        self.frames = 0  # frames generated and sent = index of the next frame
+        self.runner = None
+        self.frames = 0  # frames sent = index of the next frame to send
+        self.samples = 0  # PCM samples received
         self.encoding = pb2.IMAGE_ENCODING_RAW_RGB
         self.quality = 90
         self.fps = float(svc.info.get("fps", 25))
         self.spf = int(round(int(svc.info.get("sample_rate", 16000)) / self.fps))
+        self.lookahead = int(svc.info.get("lookahead_frames", 0))
+
+    @property
+    def frames_due(self) -> int:
+        return max(0, self.samples // self.spf - self.lookahead)
 
     def _next(self):
-        deadline = time.monotonic() + self.limits.idle_timeout_s
+        """The next inbox item; requests reset the idle clock, frames from the scheduler do not."""
+        deadline = self._last_req + self.limits.idle_timeout_s
         while True:
             try:
-                t, req = self.reader.q.get(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+                item = self.reader.inbox.get(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 if not self.context.is_active():
                     raise _Cancelled() from None
@@ -267,21 +309,37 @@ class _StreamState:
                                  f"no request for {self.limits.idle_timeout_s:g} s (idle timeout); session freed"
                                  ) from None
                 continue
-            if isinstance(req, _Cancelled):
-                raise req
-            return t, req
+            if item[0] == "req":
+                self._last_req = time.monotonic()
+                self.reader.credits.release()
+                if isinstance(item[2], _Cancelled):
+                    raise item[2]
+            return item
 
     def run(self):
+        self._last_req = time.monotonic()
         try:
-            _, req = self._next()
+            _, _, req = self._next()
             if req is _EOF:
                 raise _Abort(_INVALID, "stream closed before a SessionConfig was sent")
             kind = req.WhichOneof("request")
             if kind != "config":
                 raise _Abort(_INVALID, f"the first request must be a SessionConfig, got {kind or 'an empty request'}")
             yield self._open(req.config)
+            ended = False
             while True:
-                t, req = self._next()
+                item = self._next()
+                if item[0] == "frames":
+                    yield from self._send(item[1], item[2])
+                    continue
+                if item[0] == "error":
+                    raise _session_error(item[1])
+                if item[0] == "done":
+                    yield self._status()
+                    return
+                _, t, req = item
+                if ended:  # anything after EndOfAudio is ignored while the tail is flushed
+                    continue
                 if req is _EOF:  # half-close without EndOfAudio counts as the end of the audio
                     kind = "end"
                 else:
@@ -294,14 +352,25 @@ class _StreamState:
                 elif kind == "control":
                     self._control(req.control)
                 elif kind == "end":
-                    yield from self._send(self.session.end(), t)
-                    yield pb2.SessionResponse(status=pb2.SessionStatus(frames=self.frames, code=0, message="OK"))
-                    return
+                    ended = True
+                    yield from self._send(self._call(self.runner.end, t), t)
+                    if not self.runner.batched:
+                        yield self._status()
+                        return
                 else:
                     raise _Abort(_INVALID, "empty SessionRequest (set one of config, audio, control, end)")
         finally:
-            if self.session is not None:
-                self.session.close()
+            if self.runner is not None:
+                self.runner.close()
+
+    def _status(self):
+        return pb2.SessionResponse(status=pb2.SessionStatus(frames=self.frames, code=0, message="OK"))
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as e:
+            raise _session_error(e) from e
 
     def _check_size(self, req) -> None:
         n = req.ByteSize()
@@ -329,15 +398,12 @@ class _StreamState:
         try:
             self.session = self.svc.backend.open(rgb, crop_only=cfg.crop_only, temperature=float(cfg.temperature),
                                                  seed=int(cfg.seed))
-        except (ValueError, LookupError) as e:  # no face found, unusable portrait (UserError is a ValueError too)
+        except (UserError, ValueError, LookupError) as e:  # no face found, unusable portrait
             raise _Abort(_INVALID, f"portrait rejected: {e}") from e
-        except Exception as e:
-            if type(e).__name__ == "UserError":
-                raise _Abort(_INVALID, f"portrait rejected: {e}") from e
-            raise
         self.svc.metrics.open_latency.observe(time.monotonic() - t0)
+        self.runner = self.svc.runner_for(self.session, self.reader)
         if init:
-            self.session.set_controls(frame=0, **init)
+            self._call(self.runner.set_controls, 0, init)
         self.encoding = cfg.image_encoding or pb2.IMAGE_ENCODING_RAW_RGB
         self.quality = cfg.jpeg_quality or 90
         hdr = self.session.header
@@ -358,7 +424,9 @@ class _StreamState:
         for i in range(0, len(pcm), self.spf):  # at most one frame's samples per call: frames leave as made
             if not self.context.is_active():
                 raise _Cancelled()
-            yield from self._send(self.session.push_audio(pcm[i : i + self.spf]), t_arrival)
+            piece = pcm[i : i + self.spf]
+            self.samples += len(piece)
+            yield from self._send(self._call(self.runner.feed, piece, t_arrival), t_arrival)
 
     def _control(self, ev) -> None:
         name = check_control(ev.signal, ev.value)
@@ -373,13 +441,13 @@ class _StreamState:
             frame = "next"
         else:
             raise _Abort(_INVALID, "ControlEvent needs a target: frame, time_s or next")
-        if frame != "next" and frame < self.frames:
-            raise _Abort(_INVALID, f"control {name} for frame {frame} arrived after frames 0..{self.frames - 1} "
-                         f"were generated; the next frame is {self.frames} (or use next)")
-        try:
-            self.session.set_controls(frame=frame, **{name: float(ev.value)})
-        except ValueError as e:  # the session's own checks (same rules) speak for themselves
-            raise _Abort(_INVALID, f"control rejected: {e}") from e
+        if frame == "next":
+            frame = self.frames_due
+        elif frame < self.frames_due:
+            raise _Abort(_INVALID, f"control {name} for frame {frame} arrived after the audio of frames "
+                         f"0..{self.frames_due - 1}; the next frame open to controls is {self.frames_due} "
+                         "(or use next)")
+        self._call(self.runner.set_controls, frame, {name: float(ev.value)})
 
     def _send(self, frames: list, t_arrival: float):
         m = self.svc.metrics

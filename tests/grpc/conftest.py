@@ -114,6 +114,15 @@ def real_server(real_export):
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def real_server_direct(real_export):
+    """The same, stepping each session in its own thread (--no-batching)."""
+    srv = ServerProc(["--onnx", str(real_export), "--max-sessions", "20", "--idle-timeout", "5", "--no-batching"],
+                     timeout=120)
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture(scope="session")
 def portrait_png() -> bytes:
     """The astronaut (public domain, ships with scikit-image) as PNG bytes."""

@@ -121,3 +121,21 @@ def test_max_sessions_gives_resource_exhausted(portrait_png):
         assert code == grpc.StatusCode.OK
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("which", ["real_server", "real_server_direct"])
+def test_real_runtime_errors_and_cancel(request, portrait_png, which):
+    """The embedded runtime (batched and per-stream): no face, a late control, and a cancel free the session."""
+    srv = request.getfixturevalue(which)
+    _, code, details = raw_call(srv.target, [config(png(np.full((96, 96, 3), 128, np.uint8))), end()])
+    assert code == INVALID and "portrait rejected" in details, details
+    _, code, details = raw_call(srv.target, [config(portrait_png), audio(PCM), control(frame=2, signal=5, value=0.5),
+                                             end()])
+    assert code == INVALID and "for frame 2 arrived after" in details
+    with TalkingHeadClient(srv.target) as c:
+        s = c.stream(portrait_png, speech_like(3.0, seed=23), realtime=True)
+        next(s)
+        s.cancel()
+    assert srv.wait_live(0) == 0
+    with TalkingHeadClient(srv.target) as c:
+        assert len(list(c.stream(portrait_png, PCM))) == 25

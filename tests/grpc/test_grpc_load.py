@@ -48,6 +48,10 @@ def test_16_concurrent_short_streams(request, portrait_png, which):
             np.testing.assert_array_equal(a.image, b.image)
             assert a.controls == b.controls
     assert srv.wait_live(0) == 0
+    if which == "real_server":  # the scheduler stepped sessions together
+        rounds = srv.metric("eartalking_batch_sessions_count")
+        alone = srv.metric("eartalking_batch_sessions_bucket", '{le="1.0"}')
+        assert rounds > 0 and alone < rounds
 
 
 @pytest.mark.slow

@@ -77,7 +77,8 @@ def test_field_numbers_and_types_are_frozen(fdesc):
         assert name in msgs, f"message {name} was removed"
         have = {f.name: (f.number, _type_name(f.type)) for f in msgs[name].field}
         for fname, number, ftype in frozen:
-            assert have.get(fname) == (number, ftype), f"{name}.{fname}: frozen ({number}, {ftype}), now {have.get(fname)}"
+            now = have.get(fname)
+            assert now == (number, ftype), f"{name}.{fname}: frozen ({number}, {ftype}), now {now}"
         numbers = [n for n, _ in have.values()]
         assert len(numbers) == len(set(numbers))
 

@@ -13,24 +13,24 @@ import time
 import grpc
 import numpy as np
 import pytest
-from conftest import ET, ROOT, ServerProc, speech_like, start_fake
+from conftest import ET, ROOT, speech_like, start_fake
 from helpers import decode, reference_frames
 
 from eartalking.client import AsyncTalkingHeadClient, TalkingHeadClient
 
 
-@pytest.fixture(params=["fake", "real"])
+@pytest.fixture(params=["fake", "real", "real-direct"])
 def backend(request, portrait_png):
-    """(server, open_reference_session) for the fake session and for the real embedded runtime."""
+    """(server, open_reference_session): fake session; real runtime batched by the scheduler; real, per stream."""
     if request.param == "fake":
         import fake_backend
 
         srv = request.getfixturevalue("fake_server")
         return srv, lambda: fake_backend.FakeSession(decode(portrait_png))
-    srv = request.getfixturevalue("real_server")
+    srv = request.getfixturevalue("real_server" if request.param == "real" else "real_server_direct")
     from eartalking.runtime.session import Engine, Session
 
-    engine = Engine(str(request.getfixturevalue("real_export")))
+    engine = Engine(str(request.getfixturevalue("real_export")), load_faces=False)
     return srv, lambda: Session(engine, decode(portrait_png))
 
 
