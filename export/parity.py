@@ -139,7 +139,8 @@ def streaming_parity(model: EARTalking, cfg: ModelConfig, run_graph: Runner, rng
             "out_frame": np.full((2, 1), t + 1, np.int32),
         }
         rows = [compare("step_decoder", "tokens", "stream", out["tokens"], ref_tok.astype(np.int32), 0.0)]
-        rows += [compare("step_decoder", k, "stream", out[k], v) for k, v in refs_state.items()]
+        rows += [compare("step_decoder", k, "stream", out[k], v, 0.0 if v.dtype.kind == "i" else FLOAT_ATOL)
+                 for k, v in refs_state.items()]
         refs = {f"ref_{i}": enc[f"ref_{i}"] for i in range(len(cfg.tokenizer.ref_shapes))}
         img = run_graph("tokenizer_decoder", {"tokens": out["tokens"], **refs})
         ref_img = np.concatenate([g.render(torch.from_numpy(ref_tok[i:i + 1])).numpy() for i, g in enumerate(gens)])
