@@ -58,8 +58,8 @@ def ort_runner(onnx_dir: Path, threads: int = 1):
 
 def static_checks(cfg, model, onnx_dir: Path, manifest: dict) -> list:
     """Checker, shape inference, hashes, metadata and TensorRT table; one Check per (graph, item)."""
+    from eartalking.export.compare import Check
     from eartalking.export.onnx import weights_sha256
-    from eartalking.export.parity import Check
 
     rows = []
 
@@ -102,7 +102,7 @@ def static_checks(cfg, model, onnx_dir: Path, manifest: dict) -> list:
 
 def polygraphy_checks(onnx_dir: Path, cfg, cases: dict) -> list:
     """Re-check each graph with ``polygraphy run --onnxrt`` against saved PyTorch outputs (exit code decides)."""
-    from eartalking.export.parity import FLOAT_ATOL, FLOAT_RTOL, Check
+    from eartalking.export.compare import FLOAT_ATOL, FLOAT_RTOL, Check
     from polygraphy.comparator import RunResults
     from polygraphy.comparator.struct import IterationResult
     from polygraphy.json import save_json
@@ -133,8 +133,8 @@ def polygraphy_checks(onnx_dir: Path, cfg, cases: dict) -> list:
 
 def tensorrt_checks(cfg, onnx_dir: Path, engine_dir: Path, rng: np.random.Generator) -> list:
     """Each plan vs ONNX Runtime on random inputs (batch 3); fp16 plans get float tolerance 1e-2."""
+    from eartalking.export.compare import Check, compare
     from eartalking.export.feeds import random_feed
-    from eartalking.export.parity import Check, compare
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
