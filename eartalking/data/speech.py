@@ -94,6 +94,7 @@ class SpeechSource:
 
     name = "base"
     phone_set = "ipa"
+    supports_pitch = False  # sources without a pitch control ignore ``pitch`` (and cache it as 1.0)
 
     def __init__(self, cache_dir: str | Path | None = None):
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -118,6 +119,8 @@ class SpeechSource:
         """Speak ``text`` with ``voice`` at relative ``rate`` and ``pitch`` (1.0 = the voice's default)."""
         if voice not in self.voices():
             raise ValueError(f"{self.name}: unknown voice {voice!r}; choose one of {self.voices()[:8]}...")
+        if not self.supports_pitch:
+            pitch = 1.0
         path = self._cache_path(text, voice, rate, pitch, seed)
         if path is not None and path.exists():
             return load_utterance(path)
@@ -169,6 +172,7 @@ class EspeakSource(SpeechSource):
 
     name = "espeak"
     phone_set = "ipa"
+    supports_pitch = True
     offset_s = -0.012
     LANGS = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan")
     VARIANTS = ("", "+m1", "+m3", "+m7", "+f1", "+f2", "+f4", "+klatt", "+klatt4", "+Andy", "+Annie", "+belinda",

@@ -174,3 +174,23 @@ def test_offsets_against_aligner(name):
             continue
     assert len(offs) >= 3
     assert abs(float(np.median(offs))) < 0.025, offs
+
+
+def test_kokoro_symbols_cover_sentence_set():
+    """Every Kokoro symbol the sentence set produces (US and UK voices) is in its vocab and has a viseme."""
+    import json
+
+    from eartalking.data.speech_kokoro import _LABEL, _PUNCT, _STRESS
+
+    src = _source("kokoro")
+    vocab = json.loads((src.root / "vocab.json").read_text())["vocab"]
+    unknown, dropped = set(), set()
+    for voice in ("af_heart", "bm_george"):
+        for text in SENTENCES[::3]:
+            for c in src.phonemize(text, voice):
+                if c not in vocab:
+                    dropped.add(c)
+                elif c not in _PUNCT and c not in _STRESS and c != "ː" and not visemes.known(_LABEL.get(c, c)):
+                    unknown.add(c)
+    assert not unknown
+    assert dropped <= {"\u0329"}, dropped  # only espeak's syllabic mark is dropped
