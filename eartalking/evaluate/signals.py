@@ -7,8 +7,10 @@ Conventions (image coordinates: x to the right, y down; the subject faces the ca
 - ``yaw`` (degrees, approximate): positive = the face turns to its OWN left, i.e. the nose tip moves
   towards the image's right. From the nose tip's horizontal offset from the face midline (mean of the
   midpoints of symmetric jaw and eye-corner pairs), relative to the jaw half-width, after removing roll.
-- ``pitch`` (degrees, approximate): positive = chin up (face looks up). From where the nose tip sits
-  between the eye line and the mouth-corner line, relative to a neutral frontal ratio.
+- ``pitch`` (degrees, approximate): positive = chin up (face looks up). From where the nose tip sits between
+  the eye line and the top of the upper lip (p51; the jaw does not move either), with the tip modelled in
+  front of the lip (PITCH_TIP, PITCH_LIP: drop below the eye line and depth in front of the eyes, in
+  interocular units). Flat perspective warps of a photo move it the same way (top edge away = chin up).
 - ``roll`` (degrees): angle of the line from the image-left eye centre to the image-right eye centre;
   positive = clockwise on screen (the head tilts towards its own left shoulder).
 Pose angles come from a fixed anthropometric model (no solvePnP): trust their sign and their variation
@@ -23,10 +25,10 @@ import numpy as np
 
 #: (nose_x - midline_x) / jaw half-width = YAW_GAIN * tan(yaw): nose-tip depth over face half-width.
 YAW_GAIN = 0.9
-#: Nose-tip position between eye line (0) and mouth-corner line (1) for a frontal face.
-PITCH_NEUTRAL = 0.6
-#: d(ratio) = -PITCH_GAIN * tan(pitch): nose-tip depth over eye-to-mouth height.
-PITCH_GAIN = 0.35
+#: (drop below the eye line, depth in front of the eye centres) / interocular distance, frontal face:
+#: nose tip and top of the upper lip (anthropometric; tip/lip = 0.57-0.64 on five frontal photos).
+PITCH_TIP = (0.6, 0.5)
+PITCH_LIP = (0.95, 0.3)
 _SYMMETRIC_PAIRS = ((0, 16), (1, 15), (2, 14), (36, 45), (39, 42))
 
 
@@ -57,9 +59,10 @@ def head_pose(p: np.ndarray) -> tuple[float, float, float]:
     mid_x = np.mean([(q[a, 0] + q[b, 0]) / 2 for a, b in _SYMMETRIC_PAIRS])
     half_w = max(abs(q[16, 0] - q[0, 0]) / 2, 1e-6)
     yaw = math.atan((q[30, 0] - mid_x) / half_w / YAW_GAIN)
-    mouth_y = (q[48, 1] + q[54, 1]) / 2
-    ratio = q[30, 1] / max(mouth_y, 1e-6)
-    pitch = math.atan((PITCH_NEUTRAL - ratio) / PITCH_GAIN)
+    # tip/lip = (h_t cos - d_t sin) / (h_l cos - d_l sin), solved for tan(pitch)
+    ratio = q[30, 1] / max(q[51, 1], 1e-6)
+    (h_t, d_t), (h_l, d_l) = PITCH_TIP, PITCH_LIP
+    pitch = math.atan2(h_t - h_l * ratio, d_t - d_l * ratio)
     return math.degrees(yaw), math.degrees(pitch), math.degrees(roll)
 
 

@@ -76,16 +76,22 @@ def _warp_face(img: np.ndarray, pts: np.ndarray, openness: float, close: float) 
     return out
 
 
-def _yaw_warp(img: np.ndarray, side: int, d: float = 0.12) -> np.ndarray:
-    """Perspective warp as if the picture plane turned about its vertical axis: ``side`` +1 moves the
-    image's right edge away (the face turns to its own left), -1 the left edge."""
+def _turn_warp(img: np.ndarray, edge: str, d: float) -> np.ndarray:
+    """Perspective warp as if the picture plane turned so that ``edge`` (right/left/top/bottom) moved away.
+
+    Right edge away = the face turns to its own left (+yaw); top edge away = chin up (+pitch).
+    """
     h, w = img.shape[:2]
-    src = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], float)
-    far, near = d * h, -d * h / 2
-    dy = {1: (near, far), -1: (far, near)}[side]  # (left edge, right edge) vertical shrink
-    dst = np.array([[0, dy[0]], [w - 1, dy[1]], [w - 1, h - 1 - dy[1]], [0, h - 1 - dy[0]]], float)
-    t = _fit(ProjectiveTransform, dst, src)
-    return (warp(img, t, preserve_range=True, mode="edge")).astype(np.uint8)
+    x0, x1, y0, y1 = 0.0, w - 1.0, 0.0, h - 1.0
+    far, near = d * max(h, w), -d * max(h, w) / 2  # the far edge shrinks, the near one grows
+    sh = {"left": (far, near), "right": (near, far), "top": (far, near), "bottom": (near, far)}[edge]
+    if edge in ("left", "right"):
+        dst = [[x0, y0 + sh[0]], [x1, y0 + sh[1]], [x1, y1 - sh[1]], [x0, y1 - sh[0]]]
+    else:
+        dst = [[x0 + sh[0], y0], [x1 - sh[0], y0], [x1 - sh[1], y1], [x0 + sh[1], y1]]
+    src = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+    t = _fit(ProjectiveTransform, np.array(dst), src)
+    return warp(img, t, preserve_range=True, mode="edge").astype(np.uint8)
 
 
 def _write_mp4(path, frames: np.ndarray, pcm: np.ndarray | None) -> None:
@@ -192,18 +198,27 @@ def test_identity_matches_the_portrait(talking):
     assert (talking["dir"] / "m.png").stat().st_size > 10_000
 
 
-def test_yaw_sign():
-    img = _astronaut()
-    res = measure.measure_frames(np.stack([img, _yaw_warp(img, +1), _yaw_warp(img, -1)]), every=100)
-    yaw = res["curves"]["yaw"]
-    assert None not in yaw
-    assert yaw[1] > yaw[0] + 2 and yaw[2] < yaw[0] - 2, yaw  # + = the face's own left turn
-    # roll: rotating the picture clockwise on screen gives positive roll
+def test_pose_signs():
+    """Yaw, pitch and roll move the documented way under turn-like warps and an on-screen rotation."""
     from skimage.transform import rotate
 
-    rolled = rotate(img, -10, preserve_range=True, mode="edge").astype(np.uint8)  # skimage: + = counter-clockwise
-    r2 = measure.measure_frames(rolled[None], every=100)["curves"]["roll"][0]
-    assert r2 == pytest.approx(res["curves"]["roll"][0] + 10, abs=3)
+    rng = np.random.default_rng()
+    img = _astronaut()
+    dy, dp, angle = rng.uniform(0.09, 0.14), rng.uniform(0.15, 0.2), rng.uniform(6, 12)
+    frames = (
+        [img]
+        + [_turn_warp(img, e, dy) for e in ("right", "left")]
+        + [_turn_warp(img, e, dp) for e in ("top", "bottom")]
+    )
+    frames.append(
+        rotate(img, -angle, preserve_range=True, mode="edge").astype(np.uint8)
+    )  # skimage: + = counter-clockwise
+    c = measure.measure_frames(np.stack(frames), every=100)["curves"]
+    yaw, pitch, roll = c["yaw"], c["pitch"], c["roll"]
+    assert None not in yaw
+    assert yaw[1] > yaw[0] + 1.5 and yaw[2] < yaw[0] - 1.5, yaw  # + = the face's own left turn
+    assert pitch[3] > pitch[0] + 1 and pitch[4] < pitch[0] - 1, pitch  # + = chin up
+    assert roll[5] == pytest.approx(roll[0] + angle, abs=2.5), (roll, angle)  # + = clockwise on screen
 
 
 def test_video_without_a_face(tmp_path):
