@@ -79,7 +79,16 @@ class FaceFinder:
         g = max(1, round(8 / self.scale))  # and sits on the HOG cell grid
         x0, y0 = max(0, int(cx - 1.5 * m) // g * g), max(0, int(cy - 1.5 * m) // g * g)
         x1, y1 = min(w, int(cx + 1.5 * m)), min(h, int(cy + 1.5 * m))
-        return self._detect(img[y0:y1, x0:x1], [(self.scale, 0), (self.scale, 1)], (x0, y0))
+        prev = self.prev
+        assert prev is not None
+        hit = self._detect(img[y0:y1, x0:x1], [(self.scale, 0), (self.scale, 1)], (x0, y0))
+        if (
+            hit is not None
+            and abs(hit.center().x - (prev[0] + prev[2]) / 2) + abs(hit.center().y - (prev[1] + prev[3]) / 2) > m / 2
+        ):
+            self.prev = prev
+            return None  # another face near the old one: let the full-frame search pick the largest
+        return hit
 
     def _detect(self, img: np.ndarray, tries: list[tuple[float, int]], offset: tuple[int, int]) -> Any | None:
         """Largest face in ``img`` trying (scale, upsample) pairs in order; box shifted by ``offset``."""
@@ -91,9 +100,11 @@ class FaceFinder:
             if (s, up) in seen or min(img.shape[:2]) < 8:
                 continue
             seen.add((s, up))
-            boxes = det(_resize(img, s), up)
+            boxes, scores, _ = det.run(_resize(img, s), up, 0.0)
             if len(boxes):
-                b = max(boxes, key=lambda r: r.area())
+                # the largest face; among faces of about that size, the most face-like (HOG score)
+                big = max(r.area() for r in boxes)
+                b = max((p for p in zip(boxes, scores, strict=True) if p[0].area() >= 0.7 * big), key=lambda p: p[1])[0]
                 ox, oy = offset
                 rect = dlib.rectangle(
                     int(b.left() / s) + ox, int(b.top() / s) + oy, int(b.right() / s) + ox, int(b.bottom() / s) + oy

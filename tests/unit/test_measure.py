@@ -269,4 +269,4 @@ def test_tracking_follows_a_moving_face():
     assert res["no_face_indices"] == [3]
     boxes = [b for b in res["curves"]["face_box"] if b is not None]
     for (dy, dx), b in zip(shifts, boxes, strict=True):
-        assert abs(b[0] - boxes[0][0] - dx) <= 6 and abs(b[1] - boxes[0][1] - dy) <= 6, (dy, dx, b, boxes[0])
+        assert abs(b[0] - boxes[0][0] - dx) <= 10 and abs(b[1] - boxes[0][1] - dy) <= 10, (dy, dx, b, boxes[0])
