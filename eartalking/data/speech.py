@@ -191,6 +191,40 @@ class EspeakSource(SpeechSource):
             EspeakSource._lib = lib
         return EspeakSource._lib
 
+    _copy: str | None = None  # private copy of the library file (see _fresh_lib)
+    _fresh = None
+
+    def _fresh_lib(self):
+        """A freshly loaded private copy of libespeak-ng for one utterance (~5 ms), so the output depends
+        only on the input: espeak-ng keeps pitch-flutter state across utterances (the same call gave 13896,
+        13929, 13909 samples in turn; terminate + initialize hangs). Falls back to the shared library when
+        the copy cannot be made. Call with ``_lock`` held."""
+        import _ctypes
+        import os
+        import shutil
+        import tempfile
+
+        if EspeakSource._fresh is not None:
+            EspeakSource._fresh.espeak_Terminate()
+            _ctypes.dlclose(EspeakSource._fresh._handle)
+            EspeakSource._fresh = None
+        if EspeakSource._copy is None:
+            shared = self._load()  # noqa: F841 - mapped, so its path shows in /proc/self/maps
+            try:
+                with open("/proc/self/maps") as f:
+                    path = next(ln.split()[-1] for ln in f if "libespeak-ng.so" in ln)
+                d = tempfile.mkdtemp(prefix="espeak-")
+                EspeakSource._copy = shutil.copy(path, os.path.join(d, "libespeak-ng-private.so"))
+            except (OSError, StopIteration):
+                EspeakSource._copy = ""
+        if not EspeakSource._copy:
+            return self._load()
+        lib = ctypes.CDLL(EspeakSource._copy, mode=os.RTLD_LOCAL)
+        if lib.espeak_Initialize(2, 0, None, 0x0003) <= 0:
+            raise RuntimeError("espeak_Initialize failed")
+        EspeakSource._fresh = lib
+        return lib
+
     def available(self) -> tuple[bool, str]:
         try:
             self._load()
@@ -202,7 +236,6 @@ class EspeakSource(SpeechSource):
         return [lang + var for lang in self.LANGS for var in self.VARIANTS]
 
     def _synth(self, text, voice, rate, pitch, seed):
-        lib = self._load()
         chunks: list[np.ndarray] = []
         events: list[tuple[int, str]] = []
 
@@ -223,6 +256,7 @@ class EspeakSource(SpeechSource):
 
         c_cb = _CALLBACK(cb)
         with self._lock:
+            lib = self._fresh_lib()
             lib.espeak_SetSynthCallback(c_cb)
             if lib.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise ValueError(f"espeak: voice {voice!r} not found")
