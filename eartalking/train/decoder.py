@@ -1,0 +1,241 @@
+"""Train the streaming audio encoder and the SFA/FCIC step decoder (teacher forcing) on a corpus folder.
+
+Usage: eartalking train --data corpus --tokenizer runs/tokenizer --out runs/decoder [--minutes 60]
+
+The tokenizer (trained first, frozen here) turns every frame into its 8x8 tokens once. Each step takes B
+windows of T consecutive frames: the portrait's tokens form the sink, each frame block holds its FCIC
+controls (each dropped at random so the model animates from audio alone and obeys a control when given),
+its audio tokens (computed from raw PCM with the same left context and lookahead as streaming, under
+gain/noise/telephone-band augmentation so it hears any voice), and the previous frame's tokens (randomly
+corrupted, so free-running generation does not drift). Loss: cross-entropy on the frame's tokens + an
+auxiliary mouth-openness regression from the audio tokens (teaches lip-sync early). The output folder is a
+full checkpoint (``config.json`` + ``model.safetensors``, tokenizer included) plus metrics and a loss plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from eartalking.config import ModelConfig
+from eartalking.train import common
+
+AUX = "aux_head.safetensors"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="corpus folder")
+    p.add_argument("--tokenizer", default="runs/tokenizer", help="folder written by train-tokenizer")
+    p.add_argument("--out", default="runs/decoder", help="output checkpoint folder (resumed when present)")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-time budget (0 = no limit)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--frames", type=int, default=12, help="T: frames per training window (> window)")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=common.env_threads_default())
+    p.add_argument("--limit-clips", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=500)
+
+
+@torch.no_grad()
+def tokenize_clips(tok, clips: list[common.MemClip], device: torch.device) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Frame tokens int64 [T,N] and portrait tokens [N] of every clip (frozen tokenizer)."""
+    frames, portraits = [], []
+    for c in tqdm(clips, desc="tokenizing clips", unit="clip"):
+        toks = [tok.encode(common.to_image_tensor(c.frames[i:i + 64], device)).cpu() for i in range(0, len(c.frames), 64)]
+        frames.append(torch.cat(toks).numpy())
+        portraits.append(tok.encode(common.to_image_tensor(c.portrait[None], device))[0].cpu().numpy())
+    return frames, portraits
+
+
+class WindowSampler:
+    """Random training windows: per-frame tokens, previous tokens, controls, openness and the PCM span."""
+
+    def __init__(self, cfg: ModelConfig, clips, tokens, portraits, T: int, seed: int):
+        a = cfg.audio
+        self.spf, self.la, self.left = a.samples_per_frame, a.lookahead_frames, a.left_context
+        self.clips = [i for i, c in enumerate(clips) if len(c.frames) >= T]
+        if not self.clips:
+            raise SystemExit(f"no clip has {T} frames; lower --frames")
+        self.c, self.tok, self.por, self.T = clips, tokens, portraits, T
+        self.rng = np.random.default_rng(seed)
+
+    def pcm_span(self, clip: common.MemClip, t0: int) -> np.ndarray:
+        """Samples the audio encoder needs for video frames t0..t0+T-1 (stream coordinates, zero padded)."""
+        T, spf = self.T, self.spf
+        lo = (t0 + self.la) * spf - self.left  # in clip sample coordinates (may be negative)
+        hi = (t0 + T + self.la) * spf
+        out = np.zeros(hi - lo, np.float32)
+        src = clip.pcm[max(lo, 0):min(hi, len(clip.pcm))]
+        out[max(0, -lo):max(0, -lo) + len(src)] = src
+        return out
+
+    def batch(self, B: int) -> dict[str, np.ndarray]:
+        keys = ("ref", "tokens", "prev", "controls", "openness", "pcm")
+        out: dict[str, list] = {k: [] for k in keys}
+        for _ in range(B):
+            i = self.clips[self.rng.integers(len(self.clips))]
+            c, toks = self.c[i], self.tok[i]
+            t0 = 0 if self.rng.random() < 0.15 else int(self.rng.integers(0, len(toks) - self.T + 1))
+            cur = toks[t0:t0 + self.T]
+            first = self.por[i] if t0 == 0 else toks[t0 - 1]
+            prev = np.concatenate([first[None], cur[:-1]], 0).copy()
+            out["ref"].append(self.por[i])
+            out["tokens"].append(cur)
+            out["prev"].append(prev)
+            out["controls"].append(c.controls[t0:t0 + self.T])
+            out["openness"].append(c.openness[t0:t0 + self.T])
+            out["pcm"].append(self.pcm_span(c, t0))
+        return {k: np.stack(v) for k, v in out.items()}
+
+
+def augment_audio(pcm: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Per-row gain (-20..+10 dB, clipped), telephone band-limit (p=0.3), white/brown noise at 5-30 dB SNR."""
+    B, S = pcm.shape
+    dev = pcm.device
+    u = lambda *s: torch.rand(*s, generator=gen).to(dev)  # noqa: E731
+    gain = 10 ** ((u(B, 1) * 30 - 20) / 20)
+    x = pcm * gain
+    spec = torch.fft.rfft(x, dim=1)
+    f = torch.fft.rfftfreq(S, 1 / 16000).to(dev)
+    tel = (u(B, 1) < 0.3) & ~((f >= 300) & (f <= 3400))[None]
+    x = torch.fft.irfft(spec.masked_fill(tel, 0), n=S, dim=1)
+    noisy = u(B, 1) < 0.6
+    white = torch.randn(B, S, generator=gen).to(dev)
+    brown = torch.cumsum(white, 1)
+    brown = brown - brown.mean(1, keepdim=True)
+    noise = torch.where(u(B, 1) < 0.5, white, brown)
+    p_sig = x.pow(2).mean(1, keepdim=True).clamp_min(1e-8)
+    p_noise = noise.pow(2).mean(1, keepdim=True).clamp_min(1e-8)
+    snr = 10 ** ((u(B, 1) * 25 + 5) / 10)
+    x = x + noisy * noise * torch.sqrt(p_sig / (p_noise * snr))
+    return x.clamp(-1.0, 1.0)
+
+
+def control_masks(controls: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Known labels kept with p=0.5 per (window, control), all dropped for 25% of windows; NaN -> absent."""
+    B, T, C = controls.shape
+    known = ~torch.isnan(controls)
+    keep = (torch.rand(B, 1, C, generator=gen) < 0.5).to(controls.device)
+    keep &= (torch.rand(B, 1, 1, generator=gen) > 0.25).to(controls.device)
+    mask = (known & keep).float()
+    return torch.nan_to_num(controls), mask
+
+
+@torch.no_grad()
+def evaluate(model, sampler: WindowSampler, device: torch.device, batches: int = 4) -> dict[str, float]:
+    """Teacher-forced token accuracy and CE on held-out windows (no augmentation, no controls)."""
+    model.eval()
+    acc, ce = [], []
+    for _ in range(batches):
+        b = {k: torch.from_numpy(v).to(device) for k, v in sampler.batch(8).items()}
+        audio = model.audio(b["pcm"])
+        ctrl = torch.nan_to_num(b["controls"])
+        logits = model.decoder.forward_train(b["ref"], audio, ctrl, torch.zeros_like(ctrl), b["prev"])
+        acc.append(float((logits.argmax(-1) == b["tokens"]).float().mean()))
+        ce.append(float(F.cross_entropy(logits.flatten(0, 2), b["tokens"].flatten())))
+    model.train()
+    return {"eval_acc": float(np.mean(acc)), "eval_ce": float(np.mean(ce))}
+
+
+def run(args: argparse.Namespace) -> int:
+    from eartalking.model import checkpoint
+    from eartalking.model.model import EARTalking
+
+    torch.manual_seed(args.seed)
+    device = common.pick_device(args.device, args.threads)
+    tdir, out = Path(args.tokenizer), Path(args.out)
+    if not (tdir / "tokenizer.safetensors").is_file():
+        raise SystemExit(f"{tdir}/tokenizer.safetensors not found: run `eartalking train-tokenizer` first")
+    cfg = ModelConfig.load(tdir / "config.json")
+    out.mkdir(parents=True, exist_ok=True)
+    model = EARTalking(cfg).to(device)
+    if (out / checkpoint.WEIGHTS_FILE).is_file():
+        model.load_state_dict(load_file(str(out / checkpoint.WEIGHTS_FILE), device=str(device)))
+    model.tokenizer.load_state_dict(load_file(str(tdir / "tokenizer.safetensors"), device=str(device)))
+    model.tokenizer.requires_grad_(False).eval()
+    A, Da = cfg.audio.tokens_per_frame, cfg.audio.dim
+    aux = torch.nn.Linear(A * Da, 1).to(device)
+    if (out / AUX).is_file():
+        aux.load_state_dict(load_file(str(out / AUX), device=str(device)))
+    size = cfg.tokenizer.image_size
+    train = common.load_corpus(args.data, "train", args.limit_clips, size=size)
+    try:
+        held = common.load_corpus(args.data, "eval", 24, size=size)
+    except (FileNotFoundError, KeyError, SystemExit):
+        held = train[-4:]
+    sampler = WindowSampler(cfg, train, *tokenize_clips(model.tokenizer, train, device), args.frames, args.seed)
+    held_sampler = WindowSampler(cfg, held, *tokenize_clips(model.tokenizer, held, device), args.frames, 7)
+    params = list(model.audio.parameters()) + list(model.decoder.parameters()) + list(aux.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    step = common.load_state(out, opt, device)
+    gen = torch.Generator().manual_seed(args.seed + step)
+    sampler.rng = np.random.default_rng(args.seed + step)
+    log = common.MetricsLog(out / "metrics.jsonl")
+    budget = common.Budget(args.steps, args.minutes)
+    amp = device.type == "cuda"
+    K = cfg.tokenizer.codebook_size
+    print(f"decoder: {model.param_counts()} params, {len(train)} train clips, device {device}, from step {step}")
+    bar = tqdm(total=args.steps, initial=step, desc="train", unit="step")
+    model.audio.train()
+    model.decoder.train()
+    while not budget.done(step):
+        for g in opt.param_groups:
+            g["lr"] = common.cosine_lr(step, args.steps, args.lr)
+        b = {k: torch.from_numpy(v).to(device) for k, v in sampler.batch(args.batch).items()}
+        pcm = augment_audio(b["pcm"], gen)
+        ctrl, mask = control_masks(b["controls"], gen)
+        prev = b["prev"].clone()
+        p = torch.rand(prev.shape[0], 1, 1, generator=gen).to(device) * 0.3
+        noise = torch.rand(prev.shape, generator=gen).to(device) < p
+        prev = torch.where(noise, torch.randint(0, K, prev.shape, generator=gen).to(device), prev)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            audio = model.audio(pcm)  # [B, T, A, Da]
+            logits = model.decoder.forward_train(b["ref"], audio, ctrl, mask, prev)
+            pred_open = aux(audio.flatten(2)).squeeze(-1)
+        ce = F.cross_entropy(logits.float().flatten(0, 2), b["tokens"].flatten())
+        known = ~torch.isnan(b["openness"])
+        aux_loss = (F.mse_loss(pred_open.float()[known], b["openness"][known]) if known.any()
+                    else pred_open.sum() * 0)
+        loss = ce + 2.0 * aux_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 100 == 0:
+            acc = float((logits.argmax(-1) == b["tokens"]).float().mean())
+            row = {"step": step, "loss": float(loss), "ce": float(ce), "aux": float(aux_loss), "acc": acc}
+            if step % args.eval_every == 0:
+                row.update(evaluate(model, held_sampler, device))
+            bar.set_postfix(ce=f"{row['ce']:.3f}", acc=f"{acc:.3f}")
+            log.write(**row)
+        if step % 1000 == 0:
+            _save(out, model, cfg, aux, opt, step)
+    bar.close()
+    _save(out, model, cfg, aux, opt, step)
+    final = evaluate(model, held_sampler, device, batches=8)
+    final["step"] = step
+    log.write(**final)
+    (out / "summary.json").write_text(json.dumps(final, indent=1))
+    log.plot(out / "loss.png", ("loss", "ce", "acc", "aux", "eval_acc"))
+    print(f"decoder: step {step}, held-out token accuracy {final['eval_acc']:.3f}, CE {final['eval_ce']:.3f}")
+    return 0
+
+
+def _save(out: Path, model, cfg, aux, opt, step: int) -> None:
+    from eartalking.model import checkpoint
+
+    checkpoint.save(out, model, cfg, metadata={"step": str(step)})
+    save_file({k: v.detach().cpu() for k, v in aux.state_dict().items()}, str(out / AUX))
+    common.save_state(out, step, opt)

@@ -1,0 +1,170 @@
+"""Train the portrait-conditioned VQ tokenizer on a corpus folder.
+
+Usage: eartalking train-tokenizer --data corpus --out runs/tokenizer [--preset tiny] [--minutes 60] [--steps 20000]
+
+Each step reconstructs a batch of random clip frames through the VQ bottleneck, with the decoder conditioned
+on a reference of the same person: the clip's neutral portrait or (half the time) another frame of the same
+clip, so identity comes from the reference and the tokens only carry what changes. Loss: L1 weighted toward
+the mouth and eyes + image-gradient L1 + VQ/commitment; dead codes are re-seeded from encoder latents.
+Writes ``tokenizer.safetensors`` + ``config.json`` (resumable with the optimizer state), ``metrics.jsonl``
+and ``loss.png``; held-out identities (split ``eval``) give the PSNR that is logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from eartalking.config import preset
+from eartalking.train import common
+
+WEIGHTS = "tokenizer.safetensors"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="corpus folder (clip_*.mp4 + json, portraits/, split.json)")
+    p.add_argument("--out", default="runs/tokenizer", help="output folder (resumed when it holds a state)")
+    p.add_argument("--preset", default="tiny", help="model preset (eartalking/config.py)")
+    p.add_argument("--steps", type=int, default=20000, help="maximum optimizer steps")
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-time budget (0 = no limit)")
+    p.add_argument("--batch", type=int, default=24)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=common.env_threads_default(), help="CPU threads (0 = all)")
+    p.add_argument("--limit-clips", type=int, default=0, help="use at most this many clips (0 = all)")
+    p.add_argument("--eval-every", type=int, default=500)
+
+
+def region_weights(size: int, device: torch.device) -> torch.Tensor:
+    """[1,1,S,S] loss weights: 1 everywhere, up to 4 on the mouth and 3 on the eyes of the aligned crop."""
+    y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+
+    def bump(cx: float, cy: float, sx: float, sy: float) -> torch.Tensor:
+        return torch.exp(-(((x - cx) / sx) ** 2 + ((y - cy) / sy) ** 2))
+
+    w = 1.0 + 3.0 * bump(0.5, 0.70, 0.14, 0.08) + 2.0 * (bump(0.36, 0.42, 0.09, 0.05) + bump(0.64, 0.42, 0.09, 0.05))
+    return w[None, None].to(device)
+
+
+def grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
+    return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean()
+
+
+class FrameSampler:
+    """Random (frame, reference) pairs from in-memory clips; flips both of a pair together."""
+
+    def __init__(self, clips: list[common.MemClip], seed: int):
+        self.clips, self.rng = clips, np.random.default_rng(seed)
+
+    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        imgs, refs = [], []
+        for _ in range(n):
+            c = self.clips[self.rng.integers(len(self.clips))]
+            img = c.frames[self.rng.integers(len(c.frames))]
+            ref = c.portrait if self.rng.random() < 0.5 else c.frames[self.rng.integers(len(c.frames))]
+            if self.rng.random() < 0.5:
+                img, ref = img[:, ::-1], ref[:, ::-1]
+            imgs.append(img)
+            refs.append(ref)
+        return np.stack(imgs), np.stack(refs)
+
+
+@torch.no_grad()
+def evaluate(tok, clips: list[common.MemClip], device: torch.device, max_frames: int = 256) -> dict[str, float]:
+    """PSNR of held-out clips reconstructed with their own portrait as the reference."""
+    tok.eval()
+    rng = np.random.default_rng(123)
+    errs, n = [], 0
+    for c in clips:
+        idx = rng.choice(len(c.frames), size=min(8, len(c.frames)), replace=False)
+        img = common.to_image_tensor(c.frames[idx], device)
+        ref = common.to_image_tensor(np.repeat(c.portrait[None], len(idx), 0), device)
+        rec = tok.decode(tok.encode(img), tok.reference(ref))
+        errs.append(((rec - img) ** 2).mean(dim=(1, 2, 3)).cpu())
+        n += len(idx)
+        if n >= max_frames:
+            break
+    mse = torch.cat(errs)
+    tok.train()
+    return {"eval_psnr": float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()), "eval_frames": n}
+
+
+def run(args: argparse.Namespace) -> int:
+    from eartalking.model.tokenizer import Tokenizer
+
+    torch.manual_seed(args.seed)
+    device = common.pick_device(args.device, args.threads)
+    cfg = preset(args.preset)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train = common.load_corpus(args.data, "train", args.limit_clips, size=cfg.tokenizer.image_size)
+    try:
+        held = common.load_corpus(args.data, "eval", 24, size=cfg.tokenizer.image_size)
+    except (FileNotFoundError, KeyError, SystemExit):
+        held = train[-4:]
+    tok = Tokenizer(cfg.tokenizer).to(device)
+    if (out / WEIGHTS).is_file():
+        tok.load_state_dict(load_file(str(out / WEIGHTS), device=str(device)))
+    opt = torch.optim.AdamW(tok.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    step = common.load_state(out, opt, device)
+    log = common.MetricsLog(out / "metrics.jsonl")
+    sampler = FrameSampler(train, args.seed + step)
+    weights = region_weights(cfg.tokenizer.image_size, device)
+    budget = common.Budget(args.steps, args.minutes)
+    amp = device.type == "cuda"
+    print(f"tokenizer: {sum(p.numel() for p in tok.parameters()) / 1e6:.2f} M params, {len(train)} train clips, "
+          f"{len(held)} eval clips, device {device}, from step {step}")
+    bar = tqdm(total=args.steps, initial=step, desc="train-tokenizer", unit="step")
+    tok.train()
+    while not budget.done(step):
+        for g in opt.param_groups:
+            g["lr"] = common.cosine_lr(step, args.steps, args.lr)
+        img_np, ref_np = sampler.batch(args.batch)
+        img, ref = common.to_image_tensor(img_np, device), common.to_image_tensor(ref_np, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            rec, L = tok(img, ref)
+        rec = rec.float()
+        l1w = ((rec - img).abs() * weights).mean()
+        loss = l1w + 0.5 * grad_l1(rec, img) + L["vq_total"].float()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tok.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 200 == 0:
+            restarted = tok.restart_dead_codes(img) if step < 0.8 * args.steps else 0
+            row = {"step": step, "loss": float(loss), "l1": float(L["l1"]), "psnr": common.psnr(rec.detach(), img),
+                   "usage": tok.codebook_usage(), "perplexity": float(L["perplexity"]), "restarted": restarted}
+            bar.set_postfix(psnr=f"{row['psnr']:.2f}", usage=f"{row['usage']:.2f}")
+            if step % args.eval_every == 0:
+                row.update(evaluate(tok, held, device))
+            log.write(**row)
+        if step % 1000 == 0:
+            _save(out, tok, cfg, opt, step)
+    bar.close()
+    _save(out, tok, cfg, opt, step)
+    final = evaluate(tok, held, device, max_frames=1024)
+    final.update(step=step, usage=tok.codebook_usage())
+    log.write(**final)
+    (out / "summary.json").write_text(json.dumps(final, indent=1))
+    log.plot(out / "loss.png", ("loss", "psnr", "eval_psnr", "usage"))
+    print(f"tokenizer: step {step}, held-out PSNR {final['eval_psnr']:.2f} dB, codebook usage {final['usage']:.2f}")
+    return 0
+
+
+def _save(out: Path, tok, cfg, opt, step: int) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in tok.state_dict().items()}
+    save_file(state, str(out / (WEIGHTS + ".tmp")))
+    (out / (WEIGHTS + ".tmp")).replace(out / WEIGHTS)
+    cfg.save(out / "config.json")
+    common.save_state(out, step, opt)
