@@ -51,7 +51,8 @@ def tokenize_clips(tok, clips: list[common.MemClip], device: torch.device) -> tu
     """Frame tokens int64 [T,N] and portrait tokens [N] of every clip (frozen tokenizer)."""
     frames, portraits = [], []
     for c in tqdm(clips, desc="tokenizing clips", unit="clip"):
-        toks = [tok.encode(common.to_image_tensor(c.frames[i:i + 64], device)).cpu() for i in range(0, len(c.frames), 64)]
+        toks = [tok.encode(common.to_image_tensor(c.frames[i:i + 64], device)).cpu()
+                for i in range(0, len(c.frames), 64)]
         frames.append(torch.cat(toks).numpy())
         portraits.append(tok.encode(common.to_image_tensor(c.portrait[None], device))[0].cpu().numpy())
     return frames, portraits
