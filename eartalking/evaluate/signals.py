@@ -114,7 +114,7 @@ def lagged_pearson(
     return valid[best], best, by_lag
 
 
-def detect_blinks(eye: np.ndarray, fps: float, drop: float = 0.65, max_seconds: float = 1.0) -> list[int]:
+def detect_blinks(eye: np.ndarray, fps: float, drop: float = 0.65, max_seconds: float = 0.6) -> list[int]:
     """Blink events in eye openness ``eye`` float [T] (NaN = no face) -> frame index of each event's minimum.
 
     A blink is a run of frames whose eye openness falls below ``drop`` x the local baseline (running
