@@ -11,7 +11,8 @@ Conventions (image coordinates: x to the right, y down; the subject faces the ca
   the eye line and the top of the upper lip (p51; the jaw does not move either), with the tip modelled in
   front of the lip (PITCH_TIP, PITCH_LIP: drop below the eye line and depth in front of the eyes, in
   interocular units). Flat perspective warps of a photo move it the same way (top edge away = chin up).
-- ``roll`` (degrees): angle of the line from the image-left eye centre to the image-right eye centre;
+- ``roll`` (degrees): angle of the line from the image-left eye centre to the image-right eye centre
+  (centres = midpoints of the eye corners);
   positive = clockwise on screen (the head tilts towards its own left shoulder).
 Pose angles come from a fixed anthropometric model (no solvePnP): trust their sign and their variation
 over time (correlation with labels), not their absolute value to a few degrees.
@@ -51,7 +52,7 @@ def eye_openness(p: np.ndarray) -> float:
 
 def head_pose(p: np.ndarray) -> tuple[float, float, float]:
     """(yaw, pitch, roll) in degrees from landmarks ``p`` float [68, 2]; see the module conventions."""
-    left_eye, right_eye = p[36:42].mean(0), p[42:48].mean(0)  # image-left, image-right
+    left_eye, right_eye = (p[36] + p[39]) / 2, (p[42] + p[45]) / 2  # eye corners: blinks do not move them
     d = right_eye - left_eye
     roll = math.atan2(d[1], d[0])
     c, s = math.cos(-roll), math.sin(-roll)
