@@ -1,0 +1,67 @@
+"""Triton Python model ``talking_head``: decoupled streaming entry, a thin adapter over triton_repo/streaming.py.
+
+Requests of one sequence (correlation id) carry the portrait (START), PCM chunks, control events and END;
+every frame that becomes ready goes out as its own response; the last response of an END request carries the
+end status and the final flag. The protocol is documented in ``eartalking.triton_repo.streaming``.
+"""
+
+import numpy as np
+import triton_python_backend_utils as pb
+from eartalking.triton_repo import adapter
+from eartalking.triton_repo.streaming import Chunk, StreamingHost
+
+INPUTS = ["portrait", "pcm", "control_frame", "controls", "control_mask", "crop_only", "temperature", "seed"]
+FINAL = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def _chunk(c, x):
+    one = {k: v[0] for k, v in x.items()}  # drop the batch axis (1 per request)
+
+    def scalar(name, cast, default):
+        return cast(one[name].reshape(-1)[0]) if name in one and one[name].size else default
+
+    return Chunk(corrid=c.corrid, start=c.start, end=c.end, portrait=one.get("portrait"), pcm=one.get("pcm"),
+                 control_frame=one.get("control_frame"), controls=one.get("controls"),
+                 control_mask=one.get("control_mask"), crop_only=scalar("crop_only", bool, False),
+                 temperature=scalar("temperature", float, 0.0), seed=scalar("seed", int, 0))
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        engine, p = adapter.load_engine(args, load_faces=True)
+        self.host = StreamingHost(engine, adapter.idle_seconds(p), on_change=adapter.gauge(pb, "talking_head"))
+        self.host.store.start_reaper()
+
+    def execute(self, requests):
+        live, chunks = [], []
+        for r in requests:
+            c = adapter.controls(pb, r)
+            sender = r.get_response_sender()
+            if c is None:  # READY = 0 padding
+                sender.send(flags=FINAL)
+                continue
+            try:
+                chunks.append(_chunk(c, adapter.inputs(pb, r, INPUTS)))
+                live.append(sender)
+            except Exception as e:  # noqa: BLE001 (a malformed request must not stop the model)
+                sender.send(adapter.error(pb, f"bad request: {e}"), flags=FINAL)
+        for sender, res in zip(live, self.host.handle(chunks), strict=True):
+            if res.error is not None:
+                sender.send(adapter.error(pb, res.error), flags=FINAL)
+                continue
+            for st in res.statuses:
+                sender.send(pb.InferenceResponse([adapter.json_tensor(pb, "status", st)]))
+            for f in res.frames:
+                sender.send(pb.InferenceResponse([
+                    adapter.tensor(pb, "frame_index", np.array([[f.index]], np.int32)),
+                    adapter.tensor(pb, "image", f.image[None]),
+                    adapter.tensor(pb, "tokens", f.tokens[None].astype(np.int32)),
+                ]))
+            if res.end is not None:
+                sender.send(pb.InferenceResponse([adapter.json_tensor(pb, "status", res.end)]), flags=FINAL)
+            else:
+                sender.send(flags=FINAL)
+        return None
+
+    def finalize(self):
+        self.host.close()
