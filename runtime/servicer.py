@@ -58,6 +58,7 @@ class _Reader:
         self.credits = threading.Semaphore(credits)
         self.stop = threading.Event()
         self.backlog = lambda: 0
+        self.waiting_since: float | None = None
         self.max_backlog = max_backlog
         self._it = request_iterator
         threading.Thread(target=self._run, name="eartalking-reader", daemon=True).start()
@@ -73,7 +74,9 @@ class _Reader:
                     if self.stop.is_set():
                         return
                     time.sleep(0.005)
+                self.waiting_since = time.monotonic()  # the idle clock runs only while we wait on the client
                 req = next(self._it, _EOF)
+                self.waiting_since = None
                 if req is _EOF:
                     break
                 self.inbox.put(("req", time.monotonic(), req))
@@ -186,6 +189,7 @@ class _StreamState:
         self.runner = None
         self.frames = 0  # frames sent = index of the next frame to send
         self.samples = 0  # PCM samples received
+        self.ended = False
         self.encoding = pb2.IMAGE_ENCODING_RAW_RGB
         self.quality = 90
         self.fps = float(svc.info.get("fps", 25))
@@ -197,28 +201,27 @@ class _StreamState:
         return max(0, self.samples // self.spf - self.lookahead)
 
     def _next(self):
-        """The next inbox item; requests reset the idle clock, frames from the scheduler do not."""
-        deadline = self._last_req + self.limits.idle_timeout_s
+        """The next inbox item. Idle means: we have waited on the client for idle_timeout_s (not while flow
+        control holds it back, nor while the tail is flushed after EndOfAudio)."""
         while True:
             try:
-                item = self.reader.inbox.get(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+                item = self.reader.inbox.get(timeout=0.2)
             except queue.Empty:
                 if not self.context.is_active():
                     raise _Cancelled() from None
-                if time.monotonic() >= deadline:
+                since = self.reader.waiting_since
+                if not self.ended and since is not None and time.monotonic() - since >= self.limits.idle_timeout_s:
                     raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                  f"no request for {self.limits.idle_timeout_s:g} s (idle timeout); session freed"
                                  ) from None
                 continue
             if item[0] == "req":
-                self._last_req = time.monotonic()
                 self.reader.credits.release()
                 if isinstance(item[2], _Cancelled):
                     raise item[2]
             return item
 
     def run(self):
-        self._last_req = time.monotonic()
         try:
             _, _, req = self._next()
             if req is _EOF:
@@ -227,7 +230,6 @@ class _StreamState:
             if kind != "config":
                 raise _Abort(_INVALID, f"the first request must be a SessionConfig, got {kind or 'an empty request'}")
             yield self._open(req.config)
-            ended = False
             while True:
                 item = self._next()
                 if item[0] == "frames":
@@ -239,7 +241,7 @@ class _StreamState:
                     yield self._status()
                     return
                 _, t, req = item
-                if ended:  # anything after EndOfAudio is ignored while the tail is flushed
+                if self.ended:  # anything after EndOfAudio is ignored while the tail is flushed
                     continue
                 if req is _EOF:  # half-close without EndOfAudio counts as the end of the audio
                     kind = "end"
@@ -253,7 +255,7 @@ class _StreamState:
                 elif kind == "control":
                     self._control(req.control)
                 elif kind == "end":
-                    ended = True
+                    self.ended = True
                     yield from self._send(self._call(self.runner.end, t), t)
                     if not self.runner.batched:
                         yield self._status()
