@@ -5,8 +5,8 @@
      PLATFORM-NOTES: ~50 ms at 960x640), retried with one upsample if nothing is found (small faces);
      the largest box wins. No face -> ``UserError``.
   2. dlib's 68 landmarks at full resolution inside the (scaled-back) box.
-  3. The corpus alignment (``eartalking.data.faces``) turns the landmarks into the 2x3 similarity matrix
-     photo -> crop, so a session crop looks like the portraits the model was trained on.
+  3. The corpus alignment (``eartalking.data.faces``: eyes and mouth to fixed template points) gives the 2x3
+     similarity matrix photo -> crop and the crop itself, exactly as the training portraits were made.
 ``Face.crop`` is the uint8 [size, size, 3] model input; ``Face.paste(frame)`` warps a generated crop back
 into the photo and blends it through a feathered mask (computed once per session, over the face's box only).
 """
@@ -68,33 +68,18 @@ def landmarks68(photo: np.ndarray, box: tuple[float, float, float, float]) -> np
 
 
 def alignment_matrix(landmarks: np.ndarray, size: int) -> np.ndarray:
-    """2x3 similarity matrix photo -> crop, the same as the corpus (``eartalking.data.faces``)."""
-    try:
-        from eartalking.data import faces as data_faces  # the corpus' alignment (single source of truth)
-    except ImportError:
-        data_faces = None
-    fn = getattr(data_faces, "alignment_matrix", None) if data_faces else None
-    if fn is not None:
-        return np.asarray(fn(landmarks, size), np.float64)[:2]
-    return _provisional_alignment(landmarks, size)
+    """2x3 similarity matrix photo -> crop: the corpus' own (``eartalking.data.faces.alignment_matrix``)."""
+    from eartalking.data import faces as data_faces
+
+    return np.asarray(data_faces.alignment_matrix(landmarks, size), np.float64)[:2]
 
 
-def _provisional_alignment(lm: np.ndarray, size: int) -> np.ndarray:
-    """Stand-in until eartalking.data.faces lands: eyes/mouth similarity (FFHQ-like framing)."""
-    eye_l, eye_r = lm[36:42].mean(0), lm[42:48].mean(0)
-    mouth = (lm[48] + lm[54]) / 2
-    eye_c = (eye_l + eye_r) / 2
-    ex, em = eye_r - eye_l, mouth - eye_c
-    x = ex - np.array([-em[1], em[0]])
-    x /= np.hypot(*x)
-    half = max(np.hypot(*ex) * 2.0, np.hypot(*em) * 1.8)
-    centre = eye_c + em * 0.1
-    s = size / (2 * half)
-    c, si = x[0] * s, x[1] * s
-    # rows: crop = R*s (p - centre) + size/2
-    m = np.array([[c, si, 0.0], [-si, c, 0.0]])
-    m[:, 2] = size / 2 - m[:, :2] @ centre
-    return m
+def aligned_crop(photo: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
+    """The crop exactly as the corpus makes it (``eartalking.data.faces.align_face``: anti-aliased warp at the
+    corpus' working size, then downsized), so a session's portrait looks like the training portraits."""
+    from eartalking.data import faces as data_faces
+
+    return data_faces.align_face(photo, landmarks, size)[0]
 
 
 @dataclass
@@ -151,9 +136,10 @@ def prepare(photo: np.ndarray, size: int, need_paste: bool = True) -> Face:
         raise UserError(f"portrait must be RGB uint8 [H, W, 3], got {photo.dtype} {tuple(photo.shape)}")
     photo = np.ascontiguousarray(photo)
     box = detect_largest(photo)
-    m = alignment_matrix(landmarks68(photo, box), size)
+    lm = landmarks68(photo, box)
+    m = alignment_matrix(lm, size)
     inv = _invert(m)  # crop -> photo
-    crop = np.asarray(Image.fromarray(photo).transform((size, size), Image.AFFINE, tuple(inv.ravel()), Image.BICUBIC))
+    crop = aligned_crop(photo, lm, size)
     face = Face(photo=photo, crop=crop, matrix=m)
     if need_paste:
         corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64)

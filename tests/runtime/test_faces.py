@@ -31,7 +31,7 @@ def test_crop_is_aligned_and_paste_inverts_it(photo_fn):
     inner = (slice(y0 + (y1 - y0) // 4, y1 - (y1 - y0) // 4), slice(x0 + (x1 - x0) // 4, x1 - (x1 - x0) // 4))
     err = np.abs(back[inner].astype(float) - photo[inner]).mean()
     wrong = np.abs(face.paste(face.crop[::-1])[inner].astype(float) - photo[inner]).mean()  # a misplaced crop
-    assert err < 10.0 and wrong > 2 * err  # the crop is a downscaled copy: the error is resampling blur
+    assert err < 15.0 and wrong > 2 * err  # the crop is a downscaled copy: the error is resampling blur
 
 
 def test_largest_face_on_big_photo_is_found_on_a_downscaled_copy():
