@@ -38,6 +38,8 @@ from eartalking.config import CONTROL_NAMES, CONTROL_RANGES
 
 #: Most audio frames per ``audio_encoder`` call (export/specs.py AUDIO_FRAMES_PROFILE max).
 MAX_AUDIO_FRAMES = 64
+#: Most distinct future frames with control events pending in one session (bounds per-session memory).
+MAX_PENDING_EVENTS = 100_000
 STATE_NAMES: tuple[str, ...] = ("sink_k", "sink_v", "window_k", "window_v", "prev_tokens", "frame")
 
 
@@ -206,6 +208,8 @@ class Session:
                 if not (lo <= v <= hi):
                     raise UserError(f"control {name}={v} is out of range [{lo}, {hi}]")
             clean[name] = v
+        if k not in self._events and len(self._events) >= MAX_PENDING_EVENTS:
+            raise UserError(f"too many pending control events (limit {MAX_PENDING_EVENTS} future frames)")
         self._events.setdefault(k, {}).update(clean)
         return k
 
@@ -256,9 +260,21 @@ class Session:
         return max(0, avail - self.next_frame)
 
     def push_audio(self, pcm: np.ndarray) -> list[Frame]:
-        """Buffer a chunk of 16 kHz mono PCM (any size) and return the frames it completes."""
-        self.feed(pcm)
-        return step_many([self])[0]
+        """Buffer a chunk of 16 kHz mono PCM (any size) and return the frames it completes.
+
+        A long chunk (a whole file) is taken in pieces of ``MAX_AUDIO_FRAMES`` frames, so the pending audio
+        tokens stay bounded whatever the chunk size.
+        """
+        piece = MAX_AUDIO_FRAMES * self.engine.hop
+        pcm = np.asarray(pcm)
+        if pcm.ndim != 1 or pcm.size <= piece:
+            self.feed(pcm)
+            return step_many([self])[0]
+        out: list[Frame] = []
+        for a in range(0, pcm.size, piece):
+            self.feed(pcm[a : a + piece])
+            out += step_many([self])[0]
+        return out
 
     def finish(self) -> None:
         """Mark end of audio: pad the lookahead (and the last partial frame) with zeros; steps nothing."""

@@ -193,6 +193,23 @@ def test_onnx_session_tokens_equal_pytorch_streaming_generator(engine, face, sma
     np.testing.assert_allclose(frames[-1].image.astype(np.float32) / 255.0, img, atol=2.5 / 255)
 
 
+def test_whole_long_file_keeps_pending_tokens_bounded(engine, face):
+    pcm = speechlike(6.0, seed=62)  # 150 frames, more than MAX_AUDIO_FRAMES per encoder call
+    s = Session(engine, face.photo, face=face, crop_only=True)
+    seen = []
+    orig = s._take_audio
+
+    def spy():
+        seen.append(len(s._tokens))
+        return orig()
+
+    s._take_audio = spy
+    frames = s.push_audio(pcm) + s.end()
+    assert len(frames) == 150 and max(seen) <= 64 + engine.lookahead + 1
+    ref = run_chunks(engine, face, pcm, 640, crop_only=True)
+    np.testing.assert_array_equal(tokens(frames), tokens(ref))
+
+
 def test_state_is_bounded_and_freed(engine, face):
     s = Session(engine, face.photo, face=face, crop_only=True)
     pcm = speechlike(3.0, seed=61)
