@@ -33,6 +33,10 @@ class TorchBackend(Backend):
         self.torch, self.device = torch, device
         if model is None:
             model, _ = ckpt.load(checkpoint, device=device)
+        elif next(model.parameters()).device != torch.device(device):
+            import copy
+
+            model = copy.deepcopy(model)  # .to() moves in place: leave the caller's model where it was
         self.model = model.to(device).eval()
         self.cfg = self.model.cfg
         self._meta = {k: str(v) for k, v in self.cfg.dims().items()}
