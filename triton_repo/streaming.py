@@ -29,7 +29,7 @@ from eartalking.runtime.session import Engine, Frame, Session, step_many
 
 from eartalking.cli import UserError
 
-from .sequences import SequenceError, SequenceStore
+from .sequences import SequenceStore
 
 
 @dataclass
@@ -118,7 +118,7 @@ class StreamingHost:
         for i, c in enumerate(chunks):
             try:
                 s = self._apply(c, results[i])
-            except (UserError, SequenceError) as e:
+            except (UserError, ValueError) as e:  # SequenceError is a ValueError; so are bad array shapes
                 results[i].error = str(e)
                 if c.end:  # the client is done with this sequence either way
                     self.store.end(c.corrid)
