@@ -1,7 +1,7 @@
 """Generate a talking-head training corpus: MP4 clips (H.264 + AAC 16 kHz mono, 25 fps) + labels JSON.
 
 Usage: eartalking corpus --out DIR --clips N --seed S [--assets .cache/assets] [--size 128]
-       [--weights espeak=1,kokoro=2,flite=1,allison=1] [--workers 2] [--wav]
+       [--weights espeak=1,kokoro=2,flite=1,allison=1,piper=0.5] [--workers 2] [--wav]
 
 What: for each planned clip (``corpus_plan.plan``: person, voice, sentence, seed) a worker synthesizes the
 speech (``speech``), turns its phones into per-frame visemes (``visemes``), draws blinks, head pose and
@@ -34,7 +34,7 @@ from eartalking.data.corpus_plan import Job, ceil_frames, plan, summarize, voice
 
 FPS = 25
 SAMPLE_RATE = 16000
-DEFAULT_WEIGHTS = {"espeak": 1.0, "kokoro": 2.0, "flite": 1.0, "allison": 1.0}
+DEFAULT_WEIGHTS = {"espeak": 1.0, "kokoro": 2.0, "flite": 1.0, "allison": 1.0, "piper": 0.5}
 LABEL_KEYS = ("openness", "width", "rounding", "blink", "yaw", "pitch", "roll", "expression")
 MAX_CLIPS = 100_000
 
@@ -42,7 +42,8 @@ MAX_CLIPS = 100_000
 @dataclass
 class Tools:
     """What a worker needs: speech sources by name, identity appearances by portrait key, the rig and
-    viseme functions, and the sentence lists. ``load_tools`` builds the real ones; tests pass stand-ins."""
+    viseme functions, and the sentence lists. ``load_tools`` builds the real ones; tests pass stand-ins.
+    Pickled once into each worker process (must be picklable: module-level classes and functions)."""
 
     sources: dict
     appearances: dict  # portrait key -> faces.Identity
@@ -119,7 +120,7 @@ def make_clip(job: Job, tools: Tools, out: Path, size: int, wav: bool) -> dict:
     from eartalking.data.clipio import write_mp4, write_wav
     from eartalking.data.motion import sample_motion
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         utt = tools.sources[job.source].synth(job.text, job.voice, job.rate, job.pitch, seed=job.seed)
         t_speech = time.perf_counter() - t0
@@ -161,6 +162,7 @@ def make_clip(job: Job, tools: Tools, out: Path, size: int, wav: bool) -> dict:
         tmp.write_text(json.dumps(labels, ensure_ascii=False, separators=(",", ":")) + "\n")
         tmp.replace(out / f"{name}.json")  # written last: a clip is done when its JSON exists
         return {"name": name, "source": job.source, "frames": n_frames, "seconds": time.perf_counter() - t0,
+                "cpu_s": time.process_time() - c0,
                 "speech_s": t_speech, "render_s": t_render}
     except Exception as e:  # a bad utterance or photo must not stop a 200-clip run
         return {"name": job.name, "source": job.source, "error": f"{type(e).__name__}: {e}"}
@@ -180,8 +182,8 @@ def _done(out: Path, job: Job) -> bool:
 _W: dict = {}
 
 
-def _init_worker(assets: str | None, size: int, out: str, wav: bool) -> None:
-    _W.update(tools=load_tools(assets, size), out=Path(out), size=size, wav=wav)
+def _init_worker(tools: Tools, out: str, size: int, wav: bool) -> None:
+    _W.update(tools=tools, out=Path(out), size=size, wav=wav)
 
 
 def _work(job: Job) -> dict:
@@ -230,6 +232,16 @@ def _provenance(assets: str | None) -> dict:
     return {"file": str(p), "packages": summary}
 
 
+def _timing(done: list[dict]) -> dict:
+    """Mean wall seconds per clip (total, speech, render), CPU seconds and frames per source (worker stats)."""
+    out = {}
+    for src in sorted({r["source"] for r in done}):
+        rs = [r for r in done if r["source"] == src]
+        out[src] = {"clips": len(rs), **{k: round(float(np.mean([r[k] for r in rs])), 2)
+                                         for k in ("seconds", "cpu_s", "speech_s", "render_s", "frames")}}
+    return out
+
+
 def generate(out: str | Path, clips: int, seed: int, assets: str | None = None, size: int = 128,
              weights: dict[str, float] | None = None, workers: int = 2, wav: bool = False,
              progress: bool = True, tools: Tools | None = None) -> dict:
@@ -240,7 +252,6 @@ def generate(out: str | Path, clips: int, seed: int, assets: str | None = None, 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
-    in_process = tools is not None  # stand-in tools (tests) cannot be rebuilt inside worker processes
     if tools is None:
         tools = load_tools(assets, size, progress=progress)
     voices = {n: list(s.voices()) for n, s in tools.sources.items()}
@@ -253,14 +264,15 @@ def generate(out: str | Path, clips: int, seed: int, assets: str | None = None, 
     todo = [j for j in jobs if not _done(out, j)]
     results: list[dict] = []
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="corpus", unit="clip", disable=not progress)
-    if workers <= 1 or len(todo) <= 1 or in_process:
+    if workers <= 1 or len(todo) <= 1:
         for j in todo:
             results.append(make_clip(j, tools, out, size, wav))
             bar.update()
     else:
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # workers inherit it: one thread each
         ctx = mp.get_context("spawn")  # no fork after ONNX Runtime / dlib threads exist
-        with ctx.Pool(min(workers, len(todo)), _init_worker, (assets, size, str(out), wav)) as pool:
+        # the workers get the very identities the portraits were made from (not a reload that could differ)
+        with ctx.Pool(min(workers, len(todo)), _init_worker, (tools, str(out), size, wav)) as pool:
             for r in pool.imap_unordered(_work, todo, chunksize=1):
                 results.append(r)
                 bar.update()
@@ -284,7 +296,7 @@ def generate(out: str | Path, clips: int, seed: int, assets: str | None = None, 
         "failed": failed,
         "timing": {"elapsed_s": round(time.perf_counter() - t_start, 1), "generated": len(done),
                    "mean_clip_s": round(float(np.mean(secs)), 2) if secs else None,
-                   "frames": int(sum(r["frames"] for r in done))},
+                   "frames": int(sum(r["frames"] for r in done)), "per_source": _timing(done)},
         "provenance": _provenance(assets),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -317,7 +329,7 @@ def add_arguments(p) -> None:
     p.add_argument("--assets", default=None, help="asset cache from `eartalking assets` (default: none, "
                    "espeak/flite + the two bundled faces only)")
     p.add_argument("--size", type=int, default=128, help="frame size in pixels (even, 32..512; default 128)")
-    p.add_argument("--weights", default="espeak=1,kokoro=2,flite=1,allison=1",
+    p.add_argument("--weights", default="espeak=1,kokoro=2,flite=1,allison=1,piper=0.5",
                    help="speech source weights NAME=W,... (unavailable sources are skipped)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--wav", action="store_true", help="also write clip_XXXX.wav (for readers without PyAV)")

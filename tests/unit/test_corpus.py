@@ -110,6 +110,13 @@ def test_deterministic_for_a_seed(corpus_dir, tmp_path):
                for n in _names(corpus_dir))
 
 
+def test_same_corpus_with_two_worker_processes(corpus_dir, tmp_path):
+    corpus.generate(tmp_path / "w2", 3, 7, size=64, workers=2, wav=True, progress=False, tools=tools())
+    for n in _names(corpus_dir):
+        assert (corpus_dir / f"{n}.json").read_bytes() == (tmp_path / "w2" / f"{n}.json").read_bytes()
+        assert (corpus_dir / f"{n}.wav").read_bytes() == (tmp_path / "w2" / f"{n}.wav").read_bytes()
+
+
 def test_labels_schema_and_frame_count(corpus_dir):
     from eartalking.data.speech import EspeakSource
 
