@@ -138,7 +138,7 @@ def make_clip(job: Job, tools: Tools, out: Path, size: int, wav: bool) -> dict:
             kw = {k: float(ctrl[k][t]) for k in ctrl if k in accepts or k != "rounding"}
             img, lm = rig.render(size=size, **kw)
             imgs.append(img)
-            lms.append(np.asarray(lm, np.float32).reshape(-1).round(1).tolist())
+            lms.append(np.asarray(lm, np.float64).reshape(-1).round(1).tolist())
         t_render = time.perf_counter() - t0 - t_speech
         frames = apply_colour(np.stack(imgs), colour)
         name = job.name
@@ -208,7 +208,7 @@ def write_portraits(tools: Tools, keys: list[str], out: Path, size: int) -> None
         ident = tools.appearances[key]
         (pdir / f"{key}.json").write_text(json.dumps({
             "identity": str(ident.id), "source": getattr(ident, "source", ""), "path": getattr(ident, "path", ""),
-            "size": size, "landmarks": np.asarray(lm, np.float32).round(2).tolist()}) + "\n")
+            "size": size, "landmarks": np.asarray(lm, np.float64).round(2).tolist()}) + "\n")
 
 
 def _provenance(assets: str | None) -> dict:
