@@ -21,8 +21,10 @@ import logging
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -55,6 +57,38 @@ class EmbeddedBackend:
             self.engine = Engine(str(onnx_dir))
         self._info = _engine_info(self.engine, onnx_dir)
         self.step_many = step_many  # lets the server batch ready frames of all sessions (runtime/scheduler.py)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Pay first-call costs (face detector, graph arenas) at start, not in the first user's first frame.
+
+        Measured on the tiny preset here: a fresh process's first session took ~1.3 s to its first frame,
+        later ones ~0.2 s (mostly lazy imports of the face alignment). Best effort: failures are logged.
+        """
+        from . import faces
+        from .session import Session
+
+        t0 = time.monotonic()
+        S = int(self._info["image_size"]) or 128
+        rng = np.random.default_rng(0)
+        try:
+            try:
+                faces.prepare(rng.integers(0, 256, (2 * S, 2 * S, 3), dtype=np.uint8), S)
+            except Exception:  # no face in noise, as expected: the detector has run once
+                pass
+            try:  # alignment's lazy imports cost ~0.65 s on a session's first face (measured)
+                faces.aligned_crop(rng.integers(0, 256, (2 * S, 2 * S, 3), dtype=np.uint8),
+                                   rng.uniform(0.5 * S, 1.5 * S, (68, 2)), S)
+            except Exception as e:
+                log.debug("warm-up alignment: %s", e)
+            crop = rng.integers(0, 256, (S, S, 3), dtype=np.uint8)
+            face = SimpleNamespace(crop=crop, photo=crop, paste=lambda c: c)
+            s = Session(self.engine, crop, crop_only=True, face=face)
+            s.push_audio(np.zeros(640 * (2 + int(self._info["lookahead_frames"])), np.int16))
+            s.close()
+            log.info("warm-up took %.2f s", time.monotonic() - t0)
+        except Exception as e:
+            log.warning("warm-up skipped: %s: %s", type(e).__name__, e)
 
     def info(self) -> dict[str, Any]:
         return self._info
