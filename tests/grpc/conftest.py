@@ -77,7 +77,7 @@ class ServerProc:
         return self.proc.returncode
 
 
-FAKE_ARGS = ["--backend-factory", "fake_backend:backend", "--max-sessions", "20", "--idle-timeout", "1.5",
+FAKE_ARGS = ["--backend-factory", "fake_backend:backend", "--max-sessions", "20", "--idle-timeout", "2.5",
              "--max-portrait-bytes", "600000", "--max-portrait-pixels", "600000", "--max-message-bytes", "65536"]
 
 
