@@ -205,3 +205,28 @@ def test_sigterm_lets_live_streams_finish(portrait_png):
         assert any("stopped" in x for x in srv.lines)
     finally:
         srv.stop()
+
+
+def test_sigterm_cancels_streams_that_outlive_the_grace(portrait_png):
+    srv = start_fake(["--grace", "0.5"])
+    try:
+        errors: list = []
+
+        def client():
+            try:
+                with TalkingHeadClient(srv.target) as c:
+                    list(c.stream(portrait_png, speech_like(6.0, seed=19), realtime=True))
+            except grpc.RpcError as e:
+                errors.append(e.code())
+
+        t = threading.Thread(target=client)
+        t.start()
+        assert srv.wait_live(1) == 1
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(20) == 0 and time.monotonic() - t0 < 5
+        t.join(20)
+        assert errors and errors[0] in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+        assert any("stopped" in x for x in srv.lines)
+    finally:
+        srv.stop()
