@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,48 @@ import numpy as np
 from .sequences import Controls
 
 GAUGE_NAME = "eartalking_live_sequences"
+
+
+class _QuietDLPackStderr:
+    """The stub prints a harmless capsule-name mismatch of numpy 2's DLPack capsules as a traceback on
+    ``sys.stderr`` for every output tensor (the tensor is fine). Drop exactly those tracebacks from the server
+    log; every other line passes through unchanged."""
+
+    NOISE = "PyCapsule_GetPointer called with incorrect name"
+
+    def __init__(self, inner) -> None:
+        self.inner, self.held, self.partial = inner, [], ""
+
+    def write(self, text: str) -> int:
+        self.partial += text
+        *lines, self.partial = self.partial.split("\n")
+        if self.partial and not (self.held or self.partial.startswith("Traceback")):
+            lines.append(self.partial)  # plain output without a newline yet: pass it on now
+            self.partial = ""
+            tail = ""
+        else:
+            tail = None
+        for i, line in enumerate(lines):
+            nl = "" if (tail is not None and i == len(lines) - 1) else "\n"
+            if self.held or line.startswith("Traceback (most recent call last)"):
+                self.held.append(line + nl)
+                if line and not line.startswith((" ", "Traceback")):  # the exception line ends a traceback
+                    if self.NOISE not in line:
+                        self.inner.write("".join(self.held))
+                    self.held = []
+            else:
+                self.inner.write(line + nl)
+        return len(text)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+if not isinstance(sys.stderr, _QuietDLPackStderr):
+    sys.stderr = _QuietDLPackStderr(sys.stderr)
 
 
 def params(args: dict) -> dict[str, str]:

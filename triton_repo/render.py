@@ -42,7 +42,7 @@ class Options:
     flavor: str = "cpu"
     idle_s: float = 60.0
     max_sequences: int = 16
-    queue_delay_us: int = 500
+    queue_delay_us: int = 100
     instances: int = 1
     threads: int = 1
 
@@ -247,7 +247,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-timeout-s", type=float, default=60.0,
                    help="free a sequence after this long without requests (max_sequence_idle_microseconds)")
     p.add_argument("--max-sequences", type=int, default=16, help="sequence batcher max_candidate_sequences")
-    p.add_argument("--queue-delay-us", type=int, default=500, help="batcher max_queue_delay_microseconds")
+    p.add_argument("--queue-delay-us", type=int, default=100, help="batcher max_queue_delay_microseconds")
     p.add_argument("--instances", type=int, default=1, help="instances per graph model")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per Python model (cpu)")
 

@@ -49,17 +49,15 @@ class TritonPythonModel:
             if res.error is not None:
                 sender.send(adapter.error(pb, res.error), flags=FINAL)
                 continue
-            for st in res.statuses:
-                sender.send(pb.InferenceResponse([adapter.json_tensor(pb, "status", st)]))
-            for f in res.frames:
-                sender.send(pb.InferenceResponse([
-                    adapter.tensor(pb, "frame_index", np.array([[f.index]], np.int32)),
-                    adapter.tensor(pb, "image", f.image[None]),
-                    adapter.tensor(pb, "tokens", f.tokens[None].astype(np.int32)),
-                ]))
+            msgs = [[adapter.json_tensor(pb, "status", st)] for st in res.statuses]
+            msgs += [[adapter.tensor(pb, "frame_index", np.array([[f.index]], np.int32)),
+                      adapter.tensor(pb, "image", f.image[None]),
+                      adapter.tensor(pb, "tokens", f.tokens[None].astype(np.int32))] for f in res.frames]
             if res.end is not None:
-                sender.send(pb.InferenceResponse([adapter.json_tensor(pb, "status", res.end)]), flags=FINAL)
-            else:
+                msgs.append([adapter.json_tensor(pb, "status", res.end)])
+            for k, tensors in enumerate(msgs):  # the last response of a request carries the final flag
+                sender.send(pb.InferenceResponse(tensors), flags=FINAL if k == len(msgs) - 1 else 0)
+            if not msgs:
                 sender.send(flags=FINAL)
         return None
 
