@@ -136,7 +136,7 @@ def load_backend(args: argparse.Namespace) -> SessionBackend:
     if args.backend == "triton":
         from .triton_session import TritonBackend
 
-        return TritonBackend(args.triton_url, model=args.triton_model)
+        return TritonBackend(args.triton_url, model=args.triton_model, onnx_dir=args.onnx)
     return EmbeddedBackend(args.onnx, device=args.device)
 
 
@@ -196,7 +196,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=50051, help="gRPC port (0 = pick a free one)")
     p.add_argument("--backend", choices=("embedded", "triton"), default="embedded", help="where sessions run")
-    p.add_argument("--onnx", default="build/onnx", help="exported graphs (embedded backend)")
+    p.add_argument("--onnx", default="build/onnx",
+                   help="exported graphs (embedded); with --backend triton, the export the repository came from")
     p.add_argument("--device", default="cpu", help="embedded backend device (cpu or cuda)")
     p.add_argument("--triton-url", default="127.0.0.1:8001", help="Triton gRPC endpoint (triton backend)")
     p.add_argument("--triton-model", default="talking_head", help="Triton decoupled streaming model")
