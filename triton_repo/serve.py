@@ -202,6 +202,12 @@ def run(args: argparse.Namespace) -> int:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 raise UserError(f"port {port} on 127.0.0.1 is already in use; pick others with --http-port etc.")
     print(f"starting tritonserver on {srv.repo} (log: {srv.log_path}) ...", flush=True)
+
+    def interrupt(signum, frame):  # SIGTERM too; and SIGINT even where the shell set it to be ignored
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     with srv:
         print(f"ready: gRPC {srv.grpc_url}  HTTP http://{srv.http_url}  metrics {srv.metrics_url}", flush=True)
         print("Ctrl-C stops it", flush=True)
@@ -210,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
                 time.sleep(0.5)
         except KeyboardInterrupt:
             print("stopping tritonserver ...", flush=True)
+            srv.stop()
+            print("stopped", flush=True)
             return 0
         code = srv.proc.returncode if srv.proc else 0
         raise UserError(f"tritonserver exited unexpectedly (code {code}); log tail:\n{srv.log_tail()}")
