@@ -42,15 +42,20 @@ class Backend:
 
 
 def physical_cores() -> int:
+    """Physical cores this process may run on (CPU affinity respected: taskset, containers' cpusets)."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = os.cpu_count() or 2
     try:
         import psutil
 
-        n = psutil.cpu_count(logical=False)
-        if n:
-            return int(n)
+        n = psutil.cpu_count(logical=False) or allowed
+        logical = psutil.cpu_count() or allowed
+        # with SMT, the allowed logical CPUs hold about allowed * physical / logical physical cores
+        return max(1, min(allowed, round(allowed * n / logical)))
     except ImportError:
-        pass
-    return max(1, (os.cpu_count() or 2) // 2)
+        return max(1, allowed)
 
 
 class OrtBackend(Backend):
