@@ -196,20 +196,21 @@ def run_long(model, portrait, emb, pcm, N: int, seed: int, desc: str) -> tuple[d
     with tqdm(total=N, desc=f"long run ({desc})", unit="frame", leave=False) as bar:
         g = ge.generate(model, portrait, pcm, N, keep=keep, loop=True, seed=seed, progress=bar)
     out: dict = {"frames": N, "audio_loop_frames": math.ceil(len(pcm) / 640)}
+    kept = sorted(g.frames)  # one measure pass over every kept frame (the windows may overlap)
+    m = measure_frames(g.stack(kept), None, portrait=emb, every=1)
+    dist = dict(zip(kept, (np.nan if v is None else v for v in m["curves"]["identity_distance"]), strict=True))
     curve: dict = {}
     for name, (lo, hi) in (("early", early), ("late", late)):
-        m = measure_frames(g.stack(list(range(lo, hi))), None, portrait=emb, every=1)
-        d = np.array([np.nan if v is None else v for v in m["curves"]["identity_distance"]])
+        d = np.array([dist[t] for t in range(lo, hi)])
         fin = d[np.isfinite(d)]
         out[name] = {"frames": [lo, hi], "center": 10 if name == "early" else N,
                      "mean": float(fin.mean()) if fin.size else None,
                      "frac_below": float(np.mean(np.nan_to_num(d, nan=np.inf) < SAME)) if emb is not None else None,
                      "frac_below_of_faces": float(np.mean(fin < SAME)) if fin.size else None,
-                     "face_frames": m["summary"]["face_frames"]}
+                     "face_frames": int(fin.size)}
         curve[name] = (list(range(lo, hi)), d.tolist())
-    sparse = [t for t in sorted(g.frames) if t % every == 0]
-    m = measure_frames(g.stack(sparse), None, portrait=emb, every=1)
-    curve["sparse"] = (sparse, [np.nan if v is None else v for v in m["curves"]["identity_distance"]])
+    sparse = [t for t in kept if t % every == 0]
+    curve["sparse"] = (sparse, [dist[t] for t in sparse])
     ms50, f50 = _median_ms(g.ms, 50)
     ms5k, f5k = _median_ms(g.ms, min(5000, N - 1))
     out["timing"] = {"ms_at_50": ms50, "frames_50": f50, "ms_at_5000": ms5k, "frames_5000": f5k,

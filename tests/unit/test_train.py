@@ -1,0 +1,125 @@
+"""Training CLIs on a tiny real corpus (64 px, 3 clips) with the test_small preset: resumable tokenizer training,
+decoder training that writes a loadable checkpoint holding exactly the trained tokenizer, metrics and plots.
+A few optimizer steps each (quality is not tested here; ``eartalking evaluate`` measures it).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from eartalking.cli import main
+
+SENTENCES = (["We met at the station before the train left."], ["Thank you very much for your patience."])
+
+
+def tiny_corpus(base: Path) -> Path:
+    """3 clips at 64 px (espeak, the two bundled faces: one held out), built once per test session
+    (the same folder and recipe as tests/unit/test_evaluate.py, so a joint run builds it once)."""
+    out = base / "eval_corpus"
+    if (out / "split.json").is_file():
+        return out
+    from eartalking.data import corpus, faces, warp
+    from eartalking.data.speech import EspeakSource
+    from eartalking.data.visemes import viseme_track
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        idents = faces.fixture_identities(64)
+    tools = corpus.Tools({"espeak": EspeakSource()}, corpus.portrait_keys(idents), warp.FaceRig, viseme_track,
+                         *SENTENCES)
+    m = corpus.generate(out, 3, 1, size=64, workers=1, progress=False, tools=tools)
+    assert m["clips"] == 3 and not m["failed"], m["failed"]
+    return out
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    return tiny_corpus(tmp_path_factory.getbasetemp())
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _tok_args(data: Path, out: Path, steps: int) -> list[str]:
+    return ["train-tokenizer", "--data", str(data), "--out", str(out), "--preset", "test_small", "--steps",
+            str(steps), "--batch", "2", "--threads", "1", "--device", "cpu", "--minutes", "0", "--seed", "5"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_runs(corpus_dir, tmp_path_factory) -> dict:
+    """Train 3 steps, snapshot, resume to 5 steps."""
+    out = tmp_path_factory.mktemp("tok")
+    assert main(_tok_args(corpus_dir, out, 3)) == 0
+    snap = {"state": json.loads((out / "trainer_state.json").read_text()),
+            "optim": load_file(str(out / "optimizer.safetensors")),
+            "weights": load_file(str(out / "tokenizer.safetensors")),
+            "rows": _rows(out / "metrics.jsonl")}
+    calls = []
+    original = torch.optim.AdamW.step
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return original(self, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.AdamW, "step", counted)
+        assert main(_tok_args(corpus_dir, out, 5)) == 0
+    return {"out": out, "after3": snap, "resumed_steps": len(calls)}
+
+
+def test_tokenizer_trains_and_resumes(tokenizer_runs):
+    out, s3 = tokenizer_runs["out"], tokenizer_runs["after3"]
+    assert s3["state"]["step"] == 3
+    steps3 = {k: float(v) for k, v in s3["optim"].items() if k.endswith(".step")}
+    assert steps3 and set(steps3.values()) == {3.0}  # AdamW's per-parameter step counters
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["step"] == 5
+    optim = load_file(str(out / "optimizer.safetensors"))
+    assert tokenizer_runs["resumed_steps"] == 2  # went on from step 3 (a restart would take 5 steps) ...
+    assert {float(v) for k, v in optim.items() if k.endswith(".step")} == {5.0}  # ... with the restored state
+    assert set(optim) == set(s3["optim"])
+    moved = [k for k in s3["optim"] if k.endswith("exp_avg_sq") and not torch.equal(optim[k], s3["optim"][k])]
+    assert moved
+    w5 = load_file(str(out / "tokenizer.safetensors"))
+    assert any(not torch.equal(w5[k], s3["weights"][k]) for k in w5)  # the two resumed steps trained
+    rows = _rows(out / "metrics.jsonl")
+    assert len(rows) > len(s3["rows"]) >= 1 and rows[-1]["step"] == 5
+    assert all(r["step"] for r in rows) and 0 < rows[-1]["eval_psnr"] < 60
+    assert (out / "loss.png").stat().st_size > 1000 and (out / "config.json").is_file()
+
+
+def test_decoder_training_writes_loadable_checkpoint(tokenizer_runs, corpus_dir, tmp_path):
+    from eartalking.model import checkpoint
+
+    tok = tokenizer_runs["out"]
+    out = tmp_path / "dec"
+    rc = main(["train", "--data", str(corpus_dir), "--tokenizer", str(tok), "--out", str(out), "--steps", "3",
+               "--batch", "2", "--frames", "8", "--threads", "1", "--device", "cpu", "--minutes", "0"])
+    assert rc == 0
+    model, cfg = checkpoint.load(out)
+    assert cfg.name == "test_small" and cfg.tokenizer.image_size == 64
+    trained = load_file(str(tok / "tokenizer.safetensors"))
+    got = model.tokenizer.state_dict()
+    assert set(trained) <= set(got)
+    for k, v in trained.items():
+        assert torch.equal(got[k], v), k
+    fresh = checkpoint.random_model(cfg, seed=0)  # = the initial weights of `train --seed 0`: 3 steps moved them
+    assert any(not torch.equal(a, b) for a, b in zip(model.decoder.state_dict().values(),
+                                                      fresh.decoder.state_dict().values(), strict=True))
+    rows = _rows(out / "metrics.jsonl")
+    assert rows and rows[-1]["step"] == 3 and 0 <= rows[-1]["eval_acc"] <= 1 and rows[-1]["eval_ce"] > 0
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 3
+    assert (out / "loss.png").stat().st_size > 1000
+
+
+def test_decoder_needs_a_trained_tokenizer(corpus_dir, tmp_path):
+    with pytest.raises(SystemExit, match="train-tokenizer"):
+        main(["train", "--data", str(corpus_dir), "--tokenizer", str(tmp_path / "none"), "--out",
+              str(tmp_path / "dec"), "--steps", "1", "--threads", "1"])
