@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import queue
+import re
 import threading
 import time
 from collections import defaultdict
@@ -60,13 +61,13 @@ class StreamClient:
     def _callback(self, result, error) -> None:
         now = time.perf_counter()
         if error is not None:
-            rid = ""
-            try:
-                rid = error.get_response().id if hasattr(error, "get_response") else ""
-            except Exception:  # noqa: BLE001
-                rid = ""
-            seq = rid.split(":")[0] if rid else self._last
+            # tritonclient drops the request id of an error response; Triton's sequence errors and ours name the
+            # sequence ("sequence 12: ..."), other (validation) errors go to the sequence sent last.
+            m = re.search(r"sequence (\d+)", str(error))
+            seq = m.group(1) if m else self._last
             with self.lock:
+                self._next.pop(seq, None)
+                self._held.pop(seq, None)
                 self.queues[seq].put(Event("error", now, message=str(error)))
             return
         resp = result.get_response()

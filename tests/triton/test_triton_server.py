@@ -153,4 +153,12 @@ def test_bad_inputs_get_clear_errors_and_server_keeps_serving(triton, sc, portra
     c.close()
     out = run_utterance(sc, 56, portrait, _pcm(8, 3), chunk=640, crop_only=True)  # still serving
     assert out["errors"] == [] and len(out["frames"]) == 3
+    # an error of one sequence reaches that sequence only, while another streams on the same stream
+    sc.open(57, portrait, crop_only=True)
+    sc._send(58, [_input("pcm", _pcm(9, 1)[None], "INT16")], start=True)
+    sc.push(57, _pcm(10, 3))
+    sc.end(57)
+    assert [e.kind for e in sc.events(58)] == ["error"]
+    kinds = [e.kind for e in sc.events(57)]
+    assert kinds == ["header", "frame", "frame", "frame", "end"]
 

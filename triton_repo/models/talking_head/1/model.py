@@ -44,10 +44,10 @@ class TritonPythonModel:
                 chunks.append(_chunk(c, adapter.inputs(pb, r, INPUTS)))
                 live.append(sender)
             except Exception as e:  # noqa: BLE001 (a malformed request must not stop the model)
-                sender.send(adapter.error(pb, f"bad request: {e}"), flags=FINAL)
-        for sender, res in zip(live, self.host.handle(chunks), strict=True):
-            if res.error is not None:
-                sender.send(adapter.error(pb, res.error), flags=FINAL)
+                sender.send(adapter.error(pb, f"sequence {c.corrid}: bad request: {e}"), flags=FINAL)
+        for sender, c, res in zip(live, chunks, self.host.handle(chunks), strict=True):
+            if res.error is not None:  # errors name their sequence: stream clients route them by it
+                sender.send(adapter.error(pb, f"sequence {c.corrid}: {res.error}"), flags=FINAL)
                 continue
             msgs = [[adapter.json_tensor(pb, "status", st)] for st in res.statuses]
             msgs += [[adapter.tensor(pb, "frame_index", np.array([[f.index]], np.int32)),
