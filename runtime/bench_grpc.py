@@ -1,6 +1,6 @@
 """Benchmark the gRPC API against the embedded runtime: per-frame cost and first-frame latency.
 
-Usage: python -m eartalking.runtime.bench_grpc --onnx build/onnx [--seconds 10] [--repeats 3]
+Usage: python -m eartalking.runtime.bench_grpc --onnx build/onnx [--seconds 10] [--repeats 3] [--crop-only]
                                                [--json out/bench_grpc.json]
 
 Runs, interleaved ``--repeats`` times (medians reported; this machine is shared):
@@ -52,20 +52,20 @@ def _decode(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
-def embedded_run(engine, png: bytes, pcm, chunk: int) -> tuple[float, float, int]:
+def embedded_run(engine, png: bytes, pcm, chunk: int, crop_only: bool = False) -> tuple[float, float, int]:
     """(first-frame s, per-frame s, frames) for one in-process session; the portrait arrives as file bytes."""
     from eartalking.runtime.session import Session
 
     la = engine.lookahead
     t0 = time.perf_counter()
     img = _decode(png)
-    s = Session(engine, img)
+    s = Session(engine, img, crop_only=crop_only)
     first = s.push_audio(pcm[: (1 + la) * 640])
     t_first = time.perf_counter() - t0
     assert first and first[0].index == 0
     s.close()
     t0 = time.perf_counter()
-    s = Session(engine, img)
+    s = Session(engine, img, crop_only=crop_only)
     n = 0
     for i in range(0, len(pcm), chunk):
         n += len(s.push_audio(pcm[i : i + chunk]))
@@ -75,18 +75,19 @@ def embedded_run(engine, png: bytes, pcm, chunk: int) -> tuple[float, float, int
     return t_first, dt / n, n
 
 
-def grpc_run(target: str, png: bytes, pcm, chunk_ms: float, lookahead: int) -> tuple[float, float, int]:
+def grpc_run(target: str, png: bytes, pcm, chunk_ms: float, lookahead: int,
+             crop_only: bool = False) -> tuple[float, float, int]:
     from eartalking.client import TalkingHeadClient
 
     with TalkingHeadClient(target) as c:
         c.model_info()  # a connected channel, as an application keeps one
         t0 = time.perf_counter()
-        s = c.stream(png, [pcm[: (1 + lookahead) * 640]])
+        s = c.stream(png, [pcm[: (1 + lookahead) * 640]], crop_only=crop_only)
         next(s)
         t_first = time.perf_counter() - t0
         list(s)
         t0 = time.perf_counter()
-        frames = list(c.stream(png, pcm, chunk_ms=chunk_ms))
+        frames = list(c.stream(png, pcm, chunk_ms=chunk_ms, crop_only=crop_only))
         dt = time.perf_counter() - t0
     return t_first, dt, len(frames)
 
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--chunk-ms", type=float, default=40.0)
+    ap.add_argument("--crop-only", action="store_true", help="bare model frames (small) instead of paste-back")
     ap.add_argument("--json", default="out/bench_grpc.json")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -126,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
             grpc_run(target, png, pcm[:16000], args.chunk_ms, engine.lookahead)
         embedded_run(engine, png, pcm[:16000], chunk)
         for _ in range(args.repeats):
-            f, pf, n = embedded_run(engine, png, pcm, chunk)
+            f, pf, n = embedded_run(engine, png, pcm, chunk, args.crop_only)
             res["embedded"]["first"].append(f)
             res["embedded"]["per_frame"].append(pf)
             for name, (_, target) in servers.items():
-                f, total, n2 = grpc_run(target, png, pcm, args.chunk_ms, engine.lookahead)
+                f, total, n2 = grpc_run(target, png, pcm, args.chunk_ms, engine.lookahead, args.crop_only)
                 assert n2 == n
                 res[name]["first"].append(f)
                 res[name]["total"].append(total)
@@ -145,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     for k, d in med.items():
         print(f"{k:<18}{d['per_frame'] * 1e3:>14.2f}{(d['per_frame'] / base['per_frame'] - 1) * 100:>12.1f}%"
               f"{d['first'] * 1e3:>16.1f}{(d['first'] - base['first']) * 1e3:>+12.1f}ms")
-    out = {"seconds": args.seconds, "frames": n, "repeats": args.repeats, "median": med, "runs": res,
-           "onnx": args.onnx, "model": engine.dims.get("model_name"), "cpu_count": os.cpu_count()}
+    out = {"seconds": args.seconds, "crop_only": args.crop_only, "frames": n, "repeats": args.repeats, "median": med,
+           "runs": res, "onnx": args.onnx, "model": engine.dims.get("model_name"), "cpu_count": os.cpu_count()}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.json}")
