@@ -79,6 +79,8 @@ def test_step_ensemble_matches_embedded(triton, th_engine, portrait):
     assert len(toks) == len(ref) == 10
     np.testing.assert_array_equal(toks, np.stack([f.tokens for f in ref]))
     assert np.abs(frames.astype(int) - np.stack([f.image for f in ref]).astype(int)).max() <= 1
+    for model in ("tokenizer_encoder", "step_decoder", "tokenizer_decoder"):  # END of the last step freed them
+        assert _gauge(triton, model) == 0
 
 
 def test_four_interleaved_sequences(triton, sc, th_engine, portrait):
