@@ -98,8 +98,9 @@ class TalkingHeadServicer(pb2_grpc.TalkingHeadServicer):
         self._lock = threading.Lock()
         self.shutting_down = threading.Event()
         step_many = getattr(backend, "step_many", None) if batching else None
-        self.scheduler = Scheduler(step_many, max_batch=limits.max_sessions,
-                                                    on_batch=metrics.batch_size.observe) if step_many else None
+        self.scheduler = None
+        if step_many is not None:
+            self.scheduler = Scheduler(step_many, max_batch=limits.max_sessions, on_batch=metrics.batch_size.observe)
 
     def runner_for(self, session, reader: _Reader):
         """Batched through the shared scheduler when the backend supports it, else direct calls."""
