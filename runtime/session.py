@@ -73,7 +73,8 @@ class Engine:
     """
 
     def __init__(self, source: str | Path | Backend, device: str = "cpu", kind: str | None = None,
-                 threads: int | None = None, load_faces: bool = True, warmup: bool = True) -> None:
+                 threads: int | None = None, load_faces: bool = True, warmup: bool = True,
+                 overlap: bool | None = None) -> None:
         self.backend = source if isinstance(source, Backend) else load_backend(source, device, kind, threads)
         meta: dict = {}
         for g in ("tokenizer_encoder", "audio_encoder", "step_decoder"):  # graph-specific facts are left out
@@ -101,8 +102,23 @@ class Engine:
             "sink_k": (L, H, int(meta["sink_len"]), dh), "sink_v": (L, H, int(meta["sink_len"]), dh),
             "window_k": (L, H, int(meta["window_len"]), dh), "window_v": (L, H, int(meta["window_len"]), dh),
         }
+        # Overlap rendering with the next step on CPU ONNX Runtime with >= 2 threads (two graphs in flight)
+        if overlap is None:
+            overlap = self.backend.name == "onnxruntime" and self.backend.device == "cpu" and \
+                getattr(self.backend, "threads", 1) >= 2
+        self.overlap = bool(overlap)
+        self._pool = None
         if warmup:
             self.warmup()
+
+    @property
+    def pool(self):
+        """One worker thread that renders frames while the caller's thread steps the decoder."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eartalking-render")
+        return self._pool
 
     def warmup(self) -> None:
         """Run every graph once at batch 1: the first call of a fresh backend pays its allocations and
@@ -333,10 +349,11 @@ def step_many(sessions: Sequence[Session]) -> list[list[Frame]]:
     engine = sessions[0].engine
     if any(s.engine is not engine for s in sessions):
         raise ValueError("step_many needs sessions of one engine")
+    pending: list = []
     while True:
         idx = [i for i, s in enumerate(sessions) if s.ready() > 0]
         if not idx:
-            return out
+            break
         batch = [sessions[i] for i in idx]
         feeds: dict[str, list[np.ndarray]] = {k: [] for k in ("start", "ref_tokens", "audio_tokens", "controls",
                                                                "control_mask", "temperature", "gumbel")}
@@ -362,9 +379,21 @@ def step_many(sessions: Sequence[Session]) -> list[list[Frame]]:
         tokens = res["tokens"].astype(np.int32)
         refs = [np.concatenate([s.refs[r] for s in batch]) if len(batch) > 1 else batch[0].refs[r]
                 for r in range(len(batch[0].refs))]
-        crops = engine.decode(tokens, refs)
-        for j, (i, s) in enumerate(zip(idx, batch, strict=True)):
-            t = s.next_frame
-            image = crops[j] if s.crop_only else s.face.paste(crops[j])
-            out[i].append(Frame(t, t / engine.fps, image, given[j], tokens[j]))
+        job = (idx, batch, [s.next_frame for s in batch], given, tokens)
+        # rendering (tokenizer_decoder + paste) of this round overlaps the next round's step_decoder
+        render = engine.pool.submit(_render, engine, batch, tokens, refs) if engine.overlap else \
+            _render(engine, batch, tokens, refs)
+        pending.append((job, render))
+        for s in batch:
             s.next_frame += 1
+    for (idx, _batch, ts, given, tokens), render in pending:
+        images = render.result() if engine.overlap else render
+        for j, (i, t) in enumerate(zip(idx, ts, strict=True)):
+            out[i].append(Frame(t, t / engine.fps, images[j], given[j], tokens[j]))
+    return out
+
+
+def _render(engine: Engine, batch: list[Session], tokens: np.ndarray, refs: list[np.ndarray]) -> list[np.ndarray]:
+    """tokens [B, N] -> one image per session: the crop, or the photo with the crop pasted back."""
+    crops = engine.decode(tokens, refs)
+    return [crops[j] if s.crop_only else s.face.paste(crops[j]) for j, s in enumerate(batch)]

@@ -249,3 +249,26 @@ def test_paste_back_keeps_photo_outside_face(engine, face):
     outside[y0:y1, x0:x1] = False
     np.testing.assert_array_equal(img[outside], face.photo[outside])
     assert np.abs(img[y0:y1, x0:x1].astype(int) - face.photo[y0:y1, x0:x1]).mean() > 1.0  # the face was replaced
+
+
+def test_overlapped_rendering_gives_the_same_frames(onnx_dir, engine, face):
+    from eartalking.runtime.session import Engine
+
+    ov = Engine(onnx_dir, threads=1, overlap=True)
+    assert ov.overlap and not engine.overlap
+    pcms = [speechlike(0.9, seed=95), speechlike(0.7, seed=96)]
+    for e_pcm in pcms:
+        a = run_chunks(engine, face, e_pcm, 3200)
+        b = run_chunks(ov, face, e_pcm, 3200)
+        assert [f.index for f in b] == list(range(len(a)))
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x.image, y.image)
+    sessions = [Session(ov, face.photo, face=face, crop_only=True, temperature=0.5, seed=i) for i in range(2)]
+    for s, p in zip(sessions, pcms, strict=True):
+        s.feed(p)
+        s.finish()
+    got = step_many(sessions)
+    for i, p in enumerate(pcms):
+        ref = run_chunks(engine, face, p, len(p), crop_only=True, temperature=0.5, seed=i)
+        np.testing.assert_array_equal(tokens(got[i]), tokens(ref))
+        np.testing.assert_array_equal(np.stack([f.image for f in got[i]]), np.stack([f.image for f in ref]))
