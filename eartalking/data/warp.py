@@ -39,10 +39,13 @@ MAX_GAP = 0.5  # inner-lip gap at openness 1, in inter-ocular distances
 # how far each lip/jaw landmark follows the lower jaw (fraction of the lower-lip drop)
 _JAW_FOLLOW = {8: 0.8, 7: 0.72, 9: 0.72, 6: 0.55, 10: 0.55, 5: 0.33, 11: 0.33, 4: 0.14, 12: 0.14, 3: 0.03, 13: 0.03}
 _LOWER_LIP = {66: 1.0, 65: 0.85, 67: 0.85, 57: 1.0, 56: 0.92, 58: 0.92, 55: 0.55, 59: 0.55}
-_UPPER_LIP = {62: 1.0, 61: 0.85, 63: 0.85, 51: 0.8, 50: 0.7, 52: 0.7, 49: 0.4, 53: 0.4}
+_UPPER_LIP = {62: 1.0, 61: 0.85, 63: 0.85, 51: 1.0, 50: 0.9, 52: 0.9, 49: 0.5, 53: 0.5}
 _CORNERS_L, _CORNERS_R = (48, 60), (54, 64)
-_NEAR_CORNER = {49: 0.5, 59: 0.5, 61: 0.45, 67: 0.45, 53: 0.5, 55: 0.5, 63: 0.45, 65: 0.45}
-_NOSE_DEPTH = {27: 0.12, 28: 0.22, 29: 0.32, 30: 0.45, 31: 0.14, 32: 0.22, 33: 0.27, 34: 0.22, 35: 0.14}
+# neighbours of the mouth corners: (fraction of the corner's sideways move, fraction of its upward move)
+_NEAR_CORNER = {49: (0.5, 0.75), 59: (0.5, 0.75), 61: (0.45, 0.6), 67: (0.45, 0.6),
+                53: (0.5, 0.75), 55: (0.5, 0.75), 63: (0.45, 0.6), 65: (0.45, 0.6)}
+# extra depth of the nose over the face profile (inter-ocular units); kept gentle so no triangle folds at 30 deg
+_NOSE_DEPTH = {27: 0.05, 28: 0.10, 29: 0.14, 30: 0.18, 31: 0.08, 32: 0.11, 33: 0.13, 34: 0.11, 35: 0.08}
 
 
 def _hires(identity: Identity) -> tuple[np.ndarray, np.ndarray]:
@@ -96,13 +99,15 @@ class FaceRig:
         # forehead row above the brows, head outline and neck ring outside the jaw
         for b in (17, 19, 21, 22, 24, 26):
             add(lm[b] + np.array([0.0, -0.6 * d]), "forehead")
-        for b in (17, 21, 22, 26):
-            add(c + 1.75 * (lm[b] - c), "head")
+        self.depth_src: dict[int, tuple[int, float]] = {}  # outer vertex -> (landmark, share of its depth)
         self.i_ring = {}
         for j in (0, 2, 4, 13, 14, 16, 12):
             self.i_ring[j] = add(c + 1.32 * (lm[j] - c), "head")
-        for j in (6, 8, 10):  # neck: below the chin, far enough for the jaw to drop into
-            self.i_ring[j] = add(lm[j] + np.array([0.0, 0.85 * d]) + 0.25 * (lm[j] - c) * [1, 0], "neck")
+            self.depth_src[self.i_ring[j]] = (j, 1.0)  # moves with its jaw point: no parallax fold
+        for j in (6, 8, 10):  # neck: halfway between the jaw and the frame bottom; follows the jaw halfway
+            p = lm[j] + 0.25 * (lm[j] - c) * [1, 0]
+            self.i_ring[j] = add([p[0], (lm[j, 1] + WORK_SIZE) / 2], "neck")
+            self.depth_src[self.i_ring[j]] = (j, 0.5)
         # image border (fixed)
         lo, hi = -1.0, WORK_SIZE
         for p in ((lo, lo), (lo, hi), (hi, lo), (hi, hi)):
@@ -114,6 +119,15 @@ class FaceRig:
         # keep non-border anchors inside the frame
         nb = np.array([r != "border" for r in role])
         P[nb] = np.clip(P[nb], 2.0, WORK_SIZE - 3.0)
+        outer = np.array([r in ("neck", "head") for r in role])
+        P[outer] = np.clip(P[outer], 8.0, WORK_SIZE - 9.0)
+        # inner mouth corners sit a little inside the outer ones, so corner triangles keep their orientation
+        mc = (P[48] + P[54]) / 2
+        for inner_k, outer_k in ((60, 48), (64, 54)):
+            gap = np.linalg.norm(P[inner_k] - P[outer_k])
+            if gap < 3.0:
+                step = mc - P[outer_k]
+                P[inner_k] = P[outer_k] + 3.0 * step / (np.linalg.norm(step) + 1e-9)
         # coincident vertices (closed lips, corners) would be dropped by Delaunay: nudge later ones apart
         for i in range(1, len(P)):
             for _ in range(4):
@@ -124,12 +138,16 @@ class FaceRig:
                 P[i] += 0.8 * step / (np.linalg.norm(step) + 1e-9)
         self.P0 = P
         self.role = role
-        wmap = {"border": 0.0, "neck": 0.35, "head": 0.75}
-        self.pose_w = np.array([wmap.get(r, 1.0) for r in self.role])
+        # pose moves the face rigidly (weight 1) and fades to 0 toward the fixed frame border, so the
+        # displacement field stays smooth (gradient < 1) and no triangle folds
+        edge = np.minimum(np.minimum(P[:, 0] + 1, P[:, 1] + 1), np.minimum(WORK_SIZE - P[:, 0], WORK_SIZE - P[:, 1]))
+        fade = np.clip(edge / 40.0, 0.25, 1.0)
+        self.pose_w = np.array([0.0 if r == "border" else (f if r in ("neck", "head", "forehead") else 1.0)
+                                for r, f in zip(self.role, fade, strict=True)])
 
     def _build_depth(self, lm: np.ndarray, d: float) -> None:
         """Pseudo-depth per vertex (256 px units): a cosine face profile plus nose, lips and eye sockets."""
-        c = self.centre
+        c = np.array([(lm[0, 0] + lm[16, 0]) / 2, self.centre[1]])  # the jaw's middle (turned faces too)
         ax = (lm[16, 0] - lm[0, 0]) / 2 * 1.08
         ay = (lm[8, 1] - (lm[19, 1] + lm[24, 1]) / 2) / 2 + 0.5 * d
         cy = lm[8, 1] - ay + 0.05 * d
@@ -140,8 +158,9 @@ class FaceRig:
             z[k] += v * d
         z[48:68] += 0.08 * d
         z[36:48] -= 0.06 * d
-        z[[r_ != "lm" and r_ not in ("cheek_l", "cheek_r", "lcheek_l", "lcheek_r", "chinmid", "crease", "forehead")
-           for r_ in self.role]] = 0.0
+        z[[r_ in ("head", "neck", "border") for r_ in self.role]] = 0.0
+        for i, (j, share) in self.depth_src.items():
+            z[i] = share * z[j]
         self.z0 = z
 
     def _build_mesh(self) -> None:
@@ -151,9 +170,11 @@ class FaceRig:
         a, b, c = ref[tri[:, 0]], ref[tri[:, 1]], ref[tri[:, 2]]
         cross = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
         tri[cross < 0] = tri[cross < 0][:, [0, 2, 1]]
-        # interior-of-mouth triangles (all vertices on the inner lip) are painted over: draw them first
-        inner = np.isin(tri, np.arange(60, 68)).all(1)
+        # interior-of-mouth and of-eye triangles (collapse when closed, painted over): draw them first
+        inner = (np.isin(tri, np.arange(60, 68)).all(1) | np.isin(tri, np.arange(36, 42)).all(1)
+                 | np.isin(tri, np.arange(42, 48)).all(1))
         self.tri = np.concatenate([tri[inner], tri[~inner]])
+        self.n_inner = int(inner.sum())
 
     def _lip_colour(self) -> np.ndarray:
         lm, img = self.lm0, self.src.astype(np.float32)
@@ -208,7 +229,7 @@ class FaceRig:
         dy[self.i_lcheek] += 0.35 * low
         dy[self.i_chinmid] += 0.9 * low
         for j in (6, 8, 10):
-            dy[self.i_ring[j]] += 0.25 * low * _JAW_FOLLOW.get(j, 0.5)
+            dy[self.i_ring[j]] += 0.5 * low * _JAW_FOLLOW[j]
         # ---- width (spread / round) and smile move the corners and their neighbours
         w = 2.0 * float(np.clip(width, 0.0, 1.0)) - 1.0  # -1 narrow .. 0 neutral .. +1 spread
         rnd = float(np.clip(rounding, 0.0, 1.0))
@@ -219,23 +240,26 @@ class FaceRig:
             for k in ks:
                 dx[k] += sgn * out
                 dy[k] -= up
-        for k, f in _NEAR_CORNER.items():
+        for k, (fx, fy) in _NEAR_CORNER.items():
             sgn = -1 if k in (49, 59, 61, 67) else 1
-            dx[k] += sgn * out * f
-            dy[k] -= up * f
+            dx[k] += sgn * out * fx
+            dy[k] -= up * fy
         if rnd > 0:  # rounded lips: the opening narrows toward a circle, lips push forward (fuller)
             for k in (61, 67):
-                dx[k] += 0.05 * d * rnd
+                dx[k] += 0.03 * d * rnd
             for k in (63, 65):
-                dx[k] -= 0.05 * d * rnd
+                dx[k] -= 0.03 * d * rnd
             dy[[50, 51, 52]] -= 0.02 * d * rnd
             dy[[56, 57, 58]] += 0.02 * d * rnd
         dy[[50, 51, 52]] -= 0.03 * d * e
         for i, sgn in zip(self.i_cheek, (-1, 1), strict=True):
             dy[i] -= 0.07 * d * e
             dx[i] += sgn * 0.02 * d * e
-        for i in self.i_lcheek:
+        for i, sgn in zip(self.i_lcheek, (-1, 1), strict=True):
             dy[i] -= 0.03 * d * e
+            dx[i] += sgn * 0.4 * out  # follow the mouth corners part of the way (no fold at the corners)
+        for i, sgn in zip(self.i_cheek, (-1, 1), strict=True):
+            dx[i] += sgn * 0.15 * out
         dx[31] -= 0.02 * d * e
         dx[35] += 0.02 * d * e
         dy[[31, 35]] -= 0.02 * d * e
@@ -251,6 +275,9 @@ class FaceRig:
             dy[self.i_crease[up_k]] += 0.35 * b * max(h, 0.0)
         P[:, 0] += dx
         P[:, 1] += dy
+        # the lower inner lip never rises above the upper one (a closed mouth stays a closed slit)
+        for a, b_ in ((61, 67), (62, 66), (63, 65)):
+            P[b_, 1] = max(P[b_, 1], P[a, 1] + 0.3)
         return P
 
     def _pose(self, P: np.ndarray, yaw: float, pitch: float, roll: float) -> np.ndarray:
@@ -259,7 +286,7 @@ class FaceRig:
             return P
         d = self.d
         cx, cy = self.centre
-        zc = -0.9 * d  # rotation centre: inside the head, behind the face plane
+        zc = -0.7 * d  # rotation centre: inside the head, behind the face plane
         f = 9.0 * d  # focal length of the weak perspective
         X, Y, Z = P[:, 0] - cx, P[:, 1] - cy, self.z0 - zc
         ya, pa, ra = np.radians([yaw, pitch, roll])
@@ -272,7 +299,10 @@ class FaceRig:
         cr, sr = np.cos(ra), np.sin(ra)
         X3, Y3 = X2 * cr - Y2 * sr, X2 * sr + Y2 * cr
         posed = np.stack([X3 + cx, Y3 + cy], 1)
-        return P + self.pose_w[:, None] * (posed - P)
+        out = P + self.pose_w[:, None] * (posed - P)
+        inner = self.pose_w > 0
+        out[inner] = np.clip(out[inner], 1.0, WORK_SIZE - 2.0)  # never cross the fixed image border
+        return out
 
     def points(self, openness=0.0, width=0.5, blink=0.0, yaw=0.0, pitch=0.0, roll=0.0, expression=0.0,
                rounding=0.0) -> np.ndarray:
@@ -515,3 +545,48 @@ def _paint_lid(frame: np.ndarray, Q: np.ndarray, Qopen: np.ndarray, a: int, c: i
     gap_dark = np.clip(v - y_cur, 0, 1) * np.clip(y_low - v + 0.5, 0, 1) * inside_u * min(1.0, blink * 1.25) ** 2
     region += (col - region) * alpha[..., None]
     region += (lid * 0.35 - region) * (0.6 * gap_dark)[..., None]
+
+
+#: settings shown by ``save_grid``: (label, render kwargs)
+GRID_SETTINGS: list[tuple[str, dict]] = [
+    ("neutral", {}), ("open .3", {"openness": 0.3}), ("open .7", {"openness": 0.7}), ("open 1", {"openness": 1.0}),
+    ("ee", {"openness": 0.35, "width": 1.0}), ("oo", {"openness": 0.3, "width": 0.1, "rounding": 1.0}),
+    ("blink .5", {"blink": 0.5}), ("blink 1", {"blink": 1.0}), ("smile", {"expression": 1.0}),
+    ("smile+open", {"expression": 1.0, "openness": 0.4}), ("yaw -30", {"yaw": -30.0}), ("yaw +30", {"yaw": 30.0}),
+    ("pitch +20", {"pitch": 20.0}), ("pitch -20", {"pitch": -20.0}), ("roll +20", {"roll": 20.0}),
+    ("mix", {"yaw": 20.0, "pitch": -10.0, "roll": -8.0, "openness": 0.6, "blink": 1.0, "expression": 0.5}),
+]
+
+
+def save_grid(path: str, identities: list[Identity], size: int = 128) -> None:
+    """PNG grid: one row per identity, one column per GRID_SETTINGS entry (labels on top)."""
+    from PIL import Image, ImageDraw
+
+    rows = []
+    for ident in identities:
+        rig = FaceRig(ident)
+        rows.append(np.concatenate([rig.render(size=size, **kw)[0] for _, kw in GRID_SETTINGS], 1))
+    grid = np.concatenate(rows, 0)
+    head = Image.new("RGB", (grid.shape[1], 14), (0, 0, 0))
+    draw = ImageDraw.Draw(head)
+    for i, (label, _) in enumerate(GRID_SETTINGS):
+        draw.text((i * size + 3, 1), label, fill=(255, 255, 0))
+    out = Image.new("RGB", (grid.shape[1], grid.shape[0] + 14))
+    out.paste(head, (0, 0))
+    out.paste(Image.fromarray(grid), (0, 14))
+    out.save(path)
+
+
+if __name__ == "__main__":  # python -m eartalking.data.warp OUT.png [ASSETS_DIR] [N_IDENTITIES]
+    import sys
+
+    from eartalking.data.faces import load_identities, persons
+
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m eartalking.data.warp OUT.png [ASSETS_DIR] [N_IDENTITIES]")
+    ids = load_identities(sys.argv[2] if len(sys.argv) > 2 else None, progress=False)
+    people = [group[0] for group in persons(ids).values()]
+    n = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+    step = max(1, len(people) // n)
+    save_grid(sys.argv[1], people[::step][:n])
+    print(f"wrote {sys.argv[1]}")
