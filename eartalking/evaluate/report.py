@@ -64,7 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "no human eval clip (default: the corpus manifest's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = leave as is)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy, default)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (used when --temperature > 0)")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -79,6 +80,8 @@ def _check(args: argparse.Namespace) -> None:
     data = Path(args.data)
     if not (data / "split.json").is_file():
         raise UserError(f"{data}/split.json not found: --data must be a corpus folder (eartalking corpus)")
+    if not 0.0 <= args.temperature <= 10.0:
+        raise UserError(f"--temperature must be in 0..10, got {args.temperature}")
     if args.device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device must be auto, cpu or cuda, got {args.device!r}")
 
@@ -118,7 +121,7 @@ def run_case(model, case: casesmod.Case, emb, args) -> tuple[dict, dict]:
     from eartalking.evaluate.measure import measure_frames
 
     T = case.n_frames
-    g = ge.generate(model, case.portrait, case.pcm, T, seed=args.seed)
+    g = ge.generate(model, case.portrait, case.pcm, T, temperature=args.temperature, seed=args.seed)
     frames = g.stack()
     labels = ge.utterance_labels(case.labels, T)
     m = measure_frames(frames, case.pcm, portrait=emb, labels=labels, every=2)
@@ -145,22 +148,21 @@ def run_case(model, case: casesmod.Case, emb, args) -> tuple[dict, dict]:
     return row, extra
 
 
-def run_controls(model, portrait, emb, pcm, T: int, seed: int) -> tuple[dict, dict]:
+def run_controls(model, portrait, emb, pcm, T: int, seed: int, temperature: float = 0.0) -> tuple[dict, dict]:
     """Requested blinks and a yaw sweep on one portrait -> (JSON, curves for the plot)."""
     from eartalking.evaluate.measure import measure_frames
 
+    def frames(ctrl: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return ge.generate(model, portrait, pcm, T, ctrl, mask, loop=True, temperature=temperature, seed=seed).stack()
+
     blinks = list(range(12, T - 6, 25))
-    ctrl, mask = ge.control_track(T, blinks=blinks)
-    mb = measure_frames(ge.generate(model, portrait, pcm, T, ctrl, mask, loop=True, seed=seed).stack(),
-                        None, portrait=emb, every=10**9)
+    mb = measure_frames(frames(*ge.control_track(T, blinks=blinks)), None, portrait=emb, every=10**9)
     found = mb["summary"]["blink_frames"]
     hits = [b for b in blinks if any(b - 3 <= f <= b + 5 for f in found)]
     matched = {f for f in found if any(b - 3 <= f <= b + 5 for b in blinks)}
     yaw = 20.0 * np.sin(2 * np.pi * np.arange(T) / 100.0)
-    ctrl, mask = ge.control_track(T, yaw=yaw)
     labels = {"frames": [{"yaw": float(v)} for v in yaw]}
-    my = measure_frames(ge.generate(model, portrait, pcm, T, ctrl, mask, loop=True, seed=seed).stack(),
-                        None, portrait=emb, labels=labels, every=10**9)
+    my = measure_frames(frames(*ge.control_track(T, yaw=yaw)), None, portrait=emb, labels=labels, every=10**9)
     meas = np.array([np.nan if v is None else v for v in my["curves"]["yaw"]])
     ok = np.isfinite(meas)
     slope = float(np.polyfit(yaw[ok], meas[ok], 1)[0]) if ok.sum() >= 3 else None
@@ -184,7 +186,7 @@ def _median_ms(ms: np.ndarray, center: int) -> tuple[float | None, list[int]]:
     return (float(np.median(ms[lo:hi])) if hi > lo else None), [lo, hi]
 
 
-def run_long(model, portrait, emb, pcm, N: int, seed: int, desc: str) -> tuple[dict, dict]:
+def run_long(model, portrait, emb, pcm, N: int, seed: int, desc: str, temperature: float = 0.0) -> tuple[dict, dict]:
     """ONE continuous generation of N frames (audio looped) -> identity windows, sparse curve, timings."""
     from tqdm import tqdm
 
@@ -194,7 +196,8 @@ def run_long(model, portrait, emb, pcm, N: int, seed: int, desc: str) -> tuple[d
     every = max(1, N // 100)
     keep = lambda t: early[0] <= t < early[1] or late[0] <= t < late[1] or t % every == 0  # noqa: E731
     with tqdm(total=N, desc=f"long run ({desc})", unit="frame", leave=False) as bar:
-        g = ge.generate(model, portrait, pcm, N, keep=keep, loop=True, seed=seed, progress=bar)
+        g = ge.generate(model, portrait, pcm, N, keep=keep, loop=True, temperature=temperature, seed=seed,
+                        progress=bar)
     out: dict = {"frames": N, "audio_loop_frames": math.ceil(len(pcm) / 640)}
     kept = sorted(g.frames)  # one measure pass over every kept frame (the windows may overlap)
     m = measure_frames(g.stack(kept), None, portrait=emb, every=1)
@@ -265,12 +268,15 @@ def evaluate_group(model, group: str, cases: list[casesmod.Case], args, embed) -
     lead = cases[0]
     emb = embed(lead.portrait_key, lead.portrait)
     res["portrait_embedded"] = emb is not None
-    res["controls"], ctrl_curves = run_controls(model, lead.portrait, emb, lead.pcm, args.control_frames, args.seed)
+    res["controls"], ctrl_curves = run_controls(model, lead.portrait, emb, lead.pcm, args.control_frames, args.seed,
+                                                 args.temperature)
     res["controls"]["portrait"] = lead.portrait_key
-    res["long_run"], long_curves = run_long(model, lead.portrait, emb, lead.pcm, args.long_frames, args.seed, group)
+    res["long_run"], long_curves = run_long(model, lead.portrait, emb, lead.pcm, args.long_frames, args.seed, group,
+                                             args.temperature)
     res["long_run"]["portrait"] = lead.portrait_key
     res["identities"] = sorted({c.identity for c in cases})
-    return res, {"cases": extras, "controls": ctrl_curves, "long": long_curves, "lead": lead.portrait_key}
+    return res, {"cases": extras, "controls": ctrl_curves, "long": long_curves, "lead": lead.portrait_key,
+                 "portrait": lead.portrait}
 
 
 def targets(held: dict) -> list[dict]:

@@ -126,7 +126,7 @@ def contact_sheet(plot_data: dict, path: Path, cols: int = 3) -> Path:
         lf = d["long"]["frames"]
         if lf:
             t_last = max(lf)
-            tiles.append((f"[{g}] long run: frame {min(lf)} and {t_last}", [lf[min(lf)], lf[t_last]]))
+            tiles.append((f"[{g}] long run: frames {min(lf)} and {t_last}", [d["portrait"], lf[min(lf)], lf[t_last]]))
     S = tiles[0][1][0].shape[0] if tiles else 64
     cap = 14
     w, h = 4 * S, S + cap

@@ -128,7 +128,7 @@ def test_oracle_generator_gives_ground_truth_numbers(corpus_dir, monkeypatch):
                                                                      np.ones(len(video)), len(video)))
 
     class Args:
-        seed = 0
+        seed, temperature = 0, 0.0
 
     row, extra = report.run_case(None, case, portrait_embedding(case.portrait), Args)
     assert row["openness_r"] == pytest.approx(row["gt_video_openness_r"], abs=1e-9) and row["openness_r"] > 0.5
