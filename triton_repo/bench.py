@@ -187,7 +187,7 @@ def perf_analyzer(srv: TritonServer, dims: dict, cache: Path, concurrency: list[
         csv = cache / "perf_analyzer" / f"pa_{c}.csv"
         cmd = [str(exe), "-m", "talking_head_step", "-u", srv.grpc_url, "-i", "grpc", "--input-data", str(data),
                "--sequence-length", str(seq_len), "--concurrency-range", str(c), "--measurement-interval", "3000",
-               "--stability-percentage", "50", "--max-trials", "4", "-f", str(csv), "--percentile", "99"]
+               "--stability-percentage", "200", "--max-trials", "3", "-f", str(csv), "--percentile", "99"]
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         if p.returncode != 0:
             out[c] = {"error": (p.stderr or p.stdout)[-400:]}

@@ -89,6 +89,7 @@ class TritonServer:
         self.repo = Path(repo).resolve()
         if not (self.repo.is_dir() and any(self.repo.glob("*/config.pbtxt"))):
             raise UserError(f"{self.repo}: not a model repository (no */config.pbtxt); run `eartalking triton-repo`")
+        self._auto_ports = not (http_port or grpc_port or metrics_port)
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
@@ -125,7 +126,17 @@ class TritonServer:
         env.setdefault("OMP_NUM_THREADS", "1")
         return env
 
-    def start(self, timeout_s: float = 120.0) -> TritonServer:
+    def start(self, timeout_s: float = 180.0) -> TritonServer:
+        try:
+            return self._start(timeout_s)
+        except UserError as e:
+            if not (self._auto_ports and "exited" in str(e)):
+                raise
+            # a free port picked here can be taken by another process before the server binds it: retry once
+            self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+            return self._start(timeout_s)
+
+    def _start(self, timeout_s: float) -> TritonServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")  # noqa: SIM115 (owned by the child; closed in stop)
         self._log = log
