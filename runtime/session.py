@@ -190,6 +190,7 @@ class Session:
         self._tokens: list[np.ndarray] = []  # pending audio tokens [A, D_a] for audio frames _tok_at...
         self._tok_at = 0
         self.next_frame = 0  # index of the next video frame to generate
+        self.closed = False
         self.total_frames: int | None = None  # known after end()
         self._events: dict[int, dict[str, float | None]] = {}
         self._current: dict[str, float | None] = dict.fromkeys(CONTROL_NAMES)
@@ -201,7 +202,7 @@ class Session:
     # ---- controls ----
     def set_controls(self, frame: int | str = "next", **values: float | None) -> int:
         """Request control values from ``frame`` on (``"next"`` = the next frame generated); returns the frame."""
-        if self.state is None:
+        if self.closed:
             raise UserError("session is closed")
         k = self.next_frame if frame == "next" else frame
         if isinstance(k, bool) or not isinstance(k, int | np.integer):
@@ -243,8 +244,10 @@ class Session:
     # ---- audio ----
     def feed(self, pcm: np.ndarray) -> None:
         """Buffer PCM and encode every whole audio frame that has arrived; steps nothing (see step_many)."""
-        if self.state is None or self.total_frames is not None:
-            raise UserError("session is " + ("closed" if self.state is None else "ended: no more audio accepted"))
+        if self.closed:
+            raise UserError("session is closed")
+        if self.total_frames is not None:
+            raise UserError("session has ended: no more audio accepted")
         x = to_float_pcm(pcm)
         if x.size and not np.all(np.isfinite(x)):
             raise UserError("PCM contains NaN or infinite samples")
@@ -311,10 +314,15 @@ class Session:
         return out
 
     def close(self) -> None:
-        """Free the per-session state; further calls raise."""
+        """Free the per-session state (KV buffers, portrait features, buffers); further calls raise."""
+        self.closed = True
+        self._free()
+
+    def _free(self) -> None:
         self.state = None
         self.refs, self._tokens, self._events = [], [], {}
         self._pcm = np.zeros(0, np.float32)
+        self.face = None
 
     @property
     def done(self) -> bool:
@@ -390,6 +398,9 @@ def step_many(sessions: Sequence[Session]) -> list[list[Frame]]:
         images = render.result() if engine.overlap else render
         for j, (i, t) in enumerate(zip(idx, ts, strict=True)):
             out[i].append(Frame(t, t / engine.fps, images[j], given[j], tokens[j]))
+    for s in sessions:  # the last frame is out: free the state now, not only at close()
+        if s.done and s.state is not None:
+            s._free()
     return out
 
 

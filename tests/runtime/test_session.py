@@ -58,6 +58,7 @@ def test_frame_count_and_end_flush(engine, face, samples):
     assert len(before) + len(after) == math.ceil(samples / 640)
     assert [f.index for f in before + after] == list(range(math.ceil(samples / 640)))
     assert s.end() == []  # a second end flushes nothing
+    assert s.state is None and s.refs == []  # freed once the last frame is out
     with pytest.raises(UserError, match="ended"):
         s.push_audio(pcm[:10])
 
