@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", default="build/onnx", help="folder of the four ONNX graphs")
     p.add_argument("--engines", default="build/engines", help="folder of TensorRT plans (--backend tensorrt)")
     p.add_argument("--checkpoint", default="checkpoints/tiny", help="checkpoint folder (--backend torch)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (CUDA where present, else CPU), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
     p.add_argument("--crop-only", action="store_true", help="write the bare model frames, not the pasted photo")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples top-k")
