@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the identity summary (it runs dlib over every photo once, ~1-2 min, then cached)")
 
 
+_SHARED_FILES = {"model.onnx", "vocab.json", "config.json", "tokens.txt"}
+
+
 def _speech_fetchers() -> list:
     try:
         from eartalking.data import assets_speech
@@ -113,8 +116,8 @@ def summarize(out: Path, rows: list[dict], identities: bool) -> dict:
     lic = Counter(f"{r.get('licence', 'unknown')} ({r.get('package', '?')})" for r in rows)
     summary["licences"] = dict(sorted(lic.items()))
     voices: dict[str, set] = defaultdict(set)
-    for r in rows:
-        if r.get("kind") == "voice":
+    for r in rows:  # a voice = a distinct "voice" field, else a distinct file that is not a shared model/vocab
+        if r.get("kind") == "voice" and (r.get("voice") or Path(str(r.get("path"))).name not in _SHARED_FILES):
             voices[str(r.get("source", r.get("package")))].add(str(r.get("voice", r.get("path"))))
     summary["voices_per_source"] = {k: len(v) for k, v in sorted(voices.items())}
     summary["face_videos"] = sorted(r["path"] for r in rows if r.get("kind") == "face_video")
