@@ -63,8 +63,10 @@ class _QuietDLPackStderr:
         return getattr(self.inner, name)
 
 
-if not isinstance(sys.stderr, _QuietDLPackStderr):
-    sys.stderr = _QuietDLPackStderr(sys.stderr)
+def quiet_stub_stderr() -> None:
+    """Install the filter (called from a model's ``initialize``, i.e. only inside the Triton stub process)."""
+    if not isinstance(sys.stderr, _QuietDLPackStderr):
+        sys.stderr = _QuietDLPackStderr(sys.stderr)
 
 
 def params(args: dict) -> dict[str, str]:
@@ -77,6 +79,7 @@ def load_engine(args: dict, load_faces: bool = False):
     from eartalking.runtime.backends import load_backend
     from eartalking.runtime.session import Engine
 
+    quiet_stub_stderr()
     p = params(args)
     version_dir = Path(args["model_repository"]) / args["model_version"]
     graphs = version_dir / "graphs"
