@@ -61,7 +61,7 @@ def report_json(corpus_dir, ckpt, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("evaluate")
     rc = main(["evaluate", "--checkpoint", str(ckpt), "--data", str(corpus_dir), "--json", str(out / "r.json"),
                "--plots", str(out / "plots"), "--long-frames", "60", "--clips", "2", "--train-clips", "1",
-               "--control-frames", "40", "--threads", "1", "--device", "cpu"])
+               "--control-frames", "30", "--threads", "1", "--device", "cpu"])
     assert rc == 0
     return json.loads((out / "r.json").read_text()), out / "plots"
 
@@ -101,8 +101,8 @@ def test_measurement_ran_on_every_frame(report_json, corpus_dir):
         for w in ("early", "late"):
             assert lr[w]["frac_below"] is None or 0 <= lr[w]["frac_below"] <= 1
         ctl = r[g]["controls"]
-        assert ctl["blink"]["requested"] == len(range(12, 40 - 6, 25)) >= 1
-        assert 0 <= ctl["blink"]["hit_rate"] <= 1 and ctl["yaw"]["frames"] == 40
+        assert ctl["blink"]["requested"] == len(range(12, 30 - 6, 25)) >= 1
+        assert 0 <= ctl["blink"]["hit_rate"] <= 1 and ctl["yaw"]["frames"] == 30
 
 
 def test_plots_written(report_json):
@@ -176,3 +176,44 @@ def test_bad_corpus_is_a_clear_error(tmp_path, ckpt, capsys):
     rc = main(["evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path), "--json", str(tmp_path / "x.json"),
                "--plots", str(tmp_path)])
     assert rc == 2 and "split.json not found" in capsys.readouterr().err
+
+
+def _rig_generator(corpus_dir: Path, obey: bool):
+    """A stand-in for ``generate_eval.generate`` that renders the astronaut with the corpus's own face warp,
+    following the requested blink/yaw controls (``obey``) or ignoring them."""
+    from PIL import Image
+
+    from eartalking.data import faces, warp
+
+    meta = json.loads((corpus_dir / "portraits" / "fixture_astronaut.json").read_text())
+    img = np.asarray(Image.open(corpus_dir / "portraits" / "fixture_astronaut.png").convert("RGB"))
+    ident = faces.Identity("fixture_astronaut", img, np.asarray(meta["landmarks"], np.float32),
+                           np.zeros(128, np.float32), "test", "")
+    rig = warp.FaceRig(ident)
+
+    def generate(model, portrait, pcm, n, controls=None, mask=None, **kw):
+        frames = {}
+        for t in range(n):
+            use = {name: float(controls[t, i]) for i, name in enumerate(CONTROL_NAMES)
+                   if obey and mask is not None and mask[t, i] > 0}
+            frames[t] = rig.render(size=64, **use)[0]
+        return ge.Generated(frames, np.ones(n), n)
+
+    return generate, rig.render(size=64)[0]
+
+
+@pytest.mark.parametrize("obey", [True, False])
+def test_control_following_counts_blinks_and_yaw(corpus_dir, monkeypatch, obey):
+    """A renderer that obeys the requested blinks and yaw scores ~perfectly; one that ignores them fails."""
+    from eartalking.evaluate.measure import portrait_embedding
+
+    fake, portrait = _rig_generator(corpus_dir, obey)
+    monkeypatch.setattr(ge, "generate", fake)
+    out, curves = report.run_controls(None, portrait, portrait_embedding(portrait), np.zeros(6400, np.float32), 60, 0)
+    b, y = out["blink"], out["yaw"]
+    assert b["requested"] == 2 and b["face_frames"] == 60 and y["face_frames"] >= 40  # (a 64 px rig loses some turns)
+    if obey:
+        assert b["hit_rate"] == 1.0 and b["unrequested"] == 0
+        assert y["r"] > 0.9 and y["slope_measured_per_requested"] > 0.3
+    else:
+        assert b["hit_rate"] == 0.0 and (y["r"] is None or y["r"] < 0.5)
