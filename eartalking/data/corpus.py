@@ -122,7 +122,15 @@ def make_clip(job: Job, tools: Tools, out: Path, size: int, wav: bool) -> dict:
 
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        utt = tools.sources[job.source].synth(job.text, job.voice, job.rate, job.pitch, seed=job.seed)
+        utt, errors = None, []
+        for text in [job.text, *job.alternates]:  # e.g. a recording the aligner cannot align
+            try:
+                utt = tools.sources[job.source].synth(text, job.voice, job.rate, job.pitch, seed=job.seed)
+                break
+            except Exception as e:  # noqa: BLE001 - any source failure: try the next text
+                errors.append(f"{text[:40]!r}: {type(e).__name__}: {e}")
+        if utt is None:
+            raise RuntimeError("speech failed for every text: " + " | ".join(errors))
         t_speech = time.perf_counter() - t0
         pcm = np.asarray(utt.pcm, np.float32)
         n_frames = ceil_frames(len(pcm), SAMPLE_RATE, FPS)
@@ -173,7 +181,9 @@ def _done(out: Path, job: Job) -> bool:
     if not (js.exists() and mp4.exists()):
         return False
     try:
-        return json.loads(js.read_text()).get("job") == job.to_dict()
+        old = dict(json.loads(js.read_text()).get("job") or {})
+        # alternates are only a fallback: a clip made from the planned text is valid whatever they are
+        return {**old, "alternates": None} == {**job.to_dict(), "alternates": None}
     except (OSError, ValueError):
         return False
 

@@ -45,6 +45,7 @@ class Job:
     pitch: float
     seed: int
     split: str  # "train" | "eval"
+    alternates: list[str] = field(default_factory=list)  # same-split texts to use if ``text`` fails to synthesize
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -183,9 +184,14 @@ def plan(n_clips: int, seed: int, voices: dict[str, list[str]], people: dict[str
         rate, pitch = (1.0, 1.0) if src in human else (float(rng.uniform(0.85, 1.15)), float(rng.uniform(0.85, 1.15)))
         person = draw_id[part]()
         portrait = people[person][int(rng.integers(len(people[person])))]
+        pool = (train_prompts if part == "train" else eval_prompts)[src] if src in human else \
+            (train_sentences if part == "train" else sorted(eval_set))
+        others = [t for t in pool if t != text]
+        alt_rng = np.random.default_rng([seed, i, 7])  # separate stream: alternates never shift the plan
+        alternates = [others[k] for k in alt_rng.permutation(len(others))[:2]]
         jobs.append(Job(index=i, name=f"clip_{i:04d}", identity=person, portrait=portrait, source=src, voice=voice,
                         text=text, rate=round(rate, 3), pitch=round(pitch, 3),
-                        seed=int(rng.integers(2**31)), split=part))
+                        seed=int(rng.integers(2**31)), split=part, alternates=alternates))
         (split.eval if part == "eval" else split.train).append(jobs[-1].name)
     return jobs, split
 

