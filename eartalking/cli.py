@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "contact-sheet": ("eartalking.data.contact", "save a PNG contact sheet of corpus clips or identities"),
     "measure": ("eartalking.evaluate.measure", "measure any talking-head MP4: mouth, eyes, pose, identity, lip-sync"),
     "train-tokenizer": ("eartalking.train.tokenizer", "train the portrait-conditioned VQ tokenizer"),
+    "train-audio": ("eartalking.train.audio", "pretrain the streaming audio encoder on mouth openness (optional)"),
     "train": ("eartalking.train.decoder", "train the audio encoder + SFA/FCIC step decoder"),
     "evaluate": ("eartalking.evaluate.report", "evaluate a checkpoint on held-out people and voices"),
     "export": ("eartalking.export.onnx", "export a checkpoint to the four ONNX graphs + manifest"),

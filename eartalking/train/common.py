@@ -36,6 +36,20 @@ def pick_device(name: str = "auto", threads: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def use_bf16(device: torch.device, mode: str = "auto") -> bool:
+    """Whether to train under bfloat16 autocast: CUDA, or a CPU with native bf16 (measured 1.46x per
+    tokenizer step on an avx512_bf16 EPYC core); weights and optimizer state stay float32."""
+    if mode != "auto":
+        return mode == "on"
+    if device.type == "cuda":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 @dataclass
 class MemClip:
     """One clip held in memory: frames uint8 [T,S,S,3], pcm float32 [T*640], labels float32 [T, C] (NaN

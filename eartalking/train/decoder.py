@@ -43,7 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=common.env_threads_default())
     p.add_argument("--limit-clips", type=int, default=0)
+    p.add_argument("--init-audio", default="", help="audio encoder + aux head from `eartalking train-audio`")
     p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                   help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
 
 @torch.no_grad()
@@ -59,7 +62,9 @@ def tokenize_clips(tok, clips: list[common.MemClip], device: torch.device) -> tu
 
 
 class WindowSampler:
-    """Random training windows: per-frame tokens, previous tokens, controls, openness and the PCM span."""
+    """Random training windows: per-frame tokens, previous tokens, controls, openness and the PCM span.
+
+    With ``tokens=None`` (audio pretraining) only controls, openness and PCM are returned."""
 
     def __init__(self, cfg: ModelConfig, clips, tokens, portraits, T: int, seed: int):
         a = cfg.audio
@@ -81,18 +86,19 @@ class WindowSampler:
         return out
 
     def batch(self, B: int) -> dict[str, np.ndarray]:
-        keys = ("ref", "tokens", "prev", "controls", "openness", "pcm")
+        keys = ("controls", "openness", "pcm") + (("ref", "tokens", "prev") if self.tok is not None else ())
         out: dict[str, list] = {k: [] for k in keys}
         for _ in range(B):
             i = self.clips[self.rng.integers(len(self.clips))]
-            c, toks = self.c[i], self.tok[i]
-            t0 = 0 if self.rng.random() < 0.15 else int(self.rng.integers(0, len(toks) - self.T + 1))
-            cur = toks[t0:t0 + self.T]
-            first = self.por[i] if t0 == 0 else toks[t0 - 1]
-            prev = np.concatenate([first[None], cur[:-1]], 0).copy()
-            out["ref"].append(self.por[i])
-            out["tokens"].append(cur)
-            out["prev"].append(prev)
+            c = self.c[i]
+            t0 = 0 if self.rng.random() < 0.15 else int(self.rng.integers(0, len(c.frames) - self.T + 1))
+            if self.tok is not None:
+                toks = self.tok[i]
+                cur = toks[t0:t0 + self.T]
+                first = self.por[i] if t0 == 0 else toks[t0 - 1]
+                out["ref"].append(self.por[i])
+                out["tokens"].append(cur)
+                out["prev"].append(np.concatenate([first[None], cur[:-1]], 0))
             out["controls"].append(c.controls[t0:t0 + self.T])
             out["openness"].append(c.openness[t0:t0 + self.T])
             out["pcm"].append(self.pcm_span(c, t0))
@@ -168,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
     aux = torch.nn.Linear(A * Da, 1).to(device)
     if (out / AUX).is_file():
         aux.load_state_dict(load_file(str(out / AUX), device=str(device)))
+    elif args.init_audio:
+        from eartalking.train.audio import load_pretrained
+
+        load_pretrained(args.init_audio, model.audio, aux, device)
     size = cfg.tokenizer.image_size
     train = common.load_corpus(args.data, "train", args.limit_clips, size=size)
     try:
@@ -183,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     sampler.rng = np.random.default_rng(args.seed + step)
     log = common.MetricsLog(out / "metrics.jsonl")
     budget = common.Budget(args.steps, args.minutes)
-    amp = device.type == "cuda"
+    amp = common.use_bf16(device, args.bf16)
     K = cfg.tokenizer.codebook_size
     print(f"decoder: {model.param_counts()} params, {len(train)} train clips, device {device}, from step {step}")
     bar = tqdm(total=args.steps, initial=step, desc="train", unit="step")

@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=common.env_threads_default(), help="CPU threads (0 = all)")
     p.add_argument("--limit-clips", type=int, default=0, help="use at most this many clips (0 = all)")
     p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                   help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
 
 def region_weights(size: int, device: torch.device) -> torch.Tensor:
@@ -120,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     sampler = FrameSampler(train, args.seed + step)
     weights = region_weights(cfg.tokenizer.image_size, device)
     budget = common.Budget(args.steps, args.minutes)
-    amp = device.type == "cuda"
+    amp = common.use_bf16(device, args.bf16)
     print(f"tokenizer: {sum(p.numel() for p in tok.parameters()) / 1e6:.2f} M params, {len(train)} train clips, "
           f"{len(held)} eval clips, device {device}, from step {step}")
     bar = tqdm(total=args.steps, initial=step, desc="train-tokenizer", unit="step")
