@@ -1,7 +1,8 @@
 """Evaluate a checkpoint on held-out people, voices and sentences (and on training people, for contrast).
 
 Usage: eartalking evaluate --checkpoint checkpoints/tiny --data CORPUS --json OUT.json --plots DIR
-       [--long-frames 10000] [--clips 24] [--train-clips 6] [--control-frames 250] [--device auto]
+       [--long-frames 10000] [--train-long-frames N] [--clips 24] [--train-clips 6] [--control-frames 250]
+       [--device auto] [--temperature 0] [--assets DIR]
 
 What, per group (``heldout`` = the split's held-out identities; ``train`` = a few training clips), all with
 the PyTorch streaming generator (``generate_eval``) and measured by ``measure`` (dlib, trained by nobody here):
@@ -56,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", required=True, help="write all numbers here")
     p.add_argument("--plots", required=True, help="folder for the PNG plots")
     p.add_argument("--long-frames", type=int, default=10000, help="frames of the long continuous run (default 10000)")
+    p.add_argument("--train-long-frames", type=int, default=None,
+                   help="frames of the training identity's long run (default: --long-frames)")
     p.add_argument("--clips", type=int, default=24, help="held-out eval clips to use at most (default 24)")
     p.add_argument("--train-clips", type=int, default=None, help="training clips to use (default min(clips, 6))")
     p.add_argument("--control-frames", type=int, default=None,
@@ -71,6 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace) -> None:
     if not 10 <= args.long_frames <= 1_000_000:
         raise UserError(f"--long-frames must be in 10..1000000, got {args.long_frames}")
+    if args.train_long_frames is not None and not 10 <= args.train_long_frames <= 1_000_000:
+        raise UserError(f"--train-long-frames must be in 10..1000000, got {args.train_long_frames}")
     if not 1 <= args.clips <= 10_000:
         raise UserError(f"--clips must be in 1..10000, got {args.clips}")
     if args.train_clips is not None and not 0 <= args.train_clips <= 10_000:
@@ -216,13 +221,21 @@ def run_long(model, portrait, emb, pcm, N: int, seed: int, desc: str, temperatur
     curve["sparse"] = (sparse, [dist[t] for t in sparse])
     ms50, f50 = _median_ms(g.ms, 50)
     ms5k, f5k = _median_ms(g.ms, min(5000, N - 1))
+    p50, p5k = (float(np.percentile(g.ms[f[0]:f[1]], 25)) for f in (f50, f5k))
+    bucket = max(1, N // 50)
     out["timing"] = {"ms_at_50": ms50, "frames_50": f50, "ms_at_5000": ms5k, "frames_5000": f5k,
                      "ratio_5000_vs_50": ms5k / ms50 if ms50 and ms5k else None,
+                     "ratio_p25_5000_vs_50": p5k / p50 if p50 > 0 else None,
                      "ms_median": float(np.median(g.ms)), "ms_mean": float(np.mean(g.ms)),
-                     "note": "median wall ms per frame (audio chunk + step + render + copy) in 50-frame windows"}
+                     "ms_curve_bucket": bucket,
+                     "ms_curve": [float(np.median(g.ms[i:i + bucket])) for i in range(0, N, bucket)],
+                     "note": "wall ms per frame (audio chunk + step + render + copy): median (and 25th percentile, "
+                             "less sensitive to other load on the machine) in 50-frame windows; ms_curve = median "
+                             "per bucket of frames"}
     out["sparse"] = {"every": every, "mean": _mean(curve["sparse"][1]),
                      "frac_below": _mean([float(v < SAME) for v in curve["sparse"][1] if math.isfinite(v)])}
     curve["frames"] = {t: g.frames[t] for t in (early[0], late[1] - 1)}
+    curve["timing"] = out["timing"]
     return out, curve
 
 
@@ -271,7 +284,8 @@ def evaluate_group(model, group: str, cases: list[casesmod.Case], args, embed) -
     res["controls"], ctrl_curves = run_controls(model, lead.portrait, emb, lead.pcm, args.control_frames, args.seed,
                                                  args.temperature)
     res["controls"]["portrait"] = lead.portrait_key
-    res["long_run"], long_curves = run_long(model, lead.portrait, emb, lead.pcm, args.long_frames, args.seed, group,
+    n_long = args.train_long_frames if group == "train" and args.train_long_frames else args.long_frames
+    res["long_run"], long_curves = run_long(model, lead.portrait, emb, lead.pcm, n_long, args.seed, group,
                                              args.temperature)
     res["long_run"]["portrait"] = lead.portrait_key
     res["identities"] = sorted({c.identity for c in cases})

@@ -5,7 +5,8 @@
     ground-truth openness label (and the measure of the corpus's own video), each z-scored so the shapes
     can be compared (the label is 0..1, the measured inner-lip ratio is not);
   * ``identity.png``: dlib identity distance to the portrait over the long run (sparse samples plus the
-    dense windows around frame 10 and frame N), one line per group, same-person line at 0.6;
+    dense windows around frame 10 and frame N), one line per group, same-person line at 0.6; below it the
+    per-frame PyTorch streaming cost over the same run (median per bucket of frames);
   * ``controls.png``: eye openness with requested / measured blinks, requested vs measured yaw;
   * ``contact_sheet.png``: per case its portrait and three generated frames (many identities at a glance).
 ``plot_data[group]`` = ``{"cases": [...], "controls": {...}, "long": {...}, "lead": key}`` from report.py.
@@ -66,7 +67,8 @@ def openness_plot(plot_data: dict, path: Path) -> Path:
 
 def identity_plot(plot_data: dict, path: Path) -> Path:
     plt = _plt()
-    fig, ax = plt.subplots(1, 2, figsize=(12, 3.6), gridspec_kw={"width_ratios": [3, 1]})
+    fig, axes = plt.subplots(2, 2, figsize=(12, 6.4), gridspec_kw={"width_ratios": [3, 1]})
+    ax = axes[0]
     for i, (g, d) in enumerate(plot_data.items()):
         lg = d["long"]
         xs, ys = lg["sparse"]
@@ -76,6 +78,8 @@ def identity_plot(plot_data: dict, path: Path) -> Path:
             ax[0].plot(wx, wy, "-", color=f"C{i}", alpha=0.6, lw=0.8)
             ax[1].plot(np.array(wx) - wx[0], wy, "-" if name == "early" else "--", color=f"C{i}",
                        label=f"{g} {name} (from frame {wx[0]})")
+    if not any(np.isfinite(_arr(d["long"]["sparse"][1])).any() for d in plot_data.values()):
+        ax[0].text(0.5, 0.5, "no face measured in the generated frames", transform=ax[0].transAxes, ha="center")
     for a in ax:
         a.axhline(0.6, color="C3", ls=":", label="same person < 0.6")
         a.grid(alpha=0.3)
@@ -83,6 +87,18 @@ def identity_plot(plot_data: dict, path: Path) -> Path:
     ax[0].set_xlabel("frame of the long continuous run")
     ax[0].set_ylabel("dlib identity distance to portrait")
     ax[1].set_xlabel("frame within window")
+    for i, (g, d) in enumerate(plot_data.items()):
+        tm = d["long"].get("timing") or {}
+        if tm.get("ms_curve"):
+            b = tm["ms_curve_bucket"]
+            axes[1, 0].plot(np.arange(len(tm["ms_curve"])) * b + b / 2, tm["ms_curve"], color=f"C{i}",
+                            label=f"{g}: median ms per frame (buckets of {b})")
+    axes[1, 0].set_xlabel("frame of the long continuous run")
+    axes[1, 0].set_ylabel("ms per frame (PyTorch streaming)")
+    axes[1, 0].set_ylim(bottom=0)
+    axes[1, 0].grid(alpha=0.3)
+    axes[1, 0].legend(fontsize=6, loc="upper right")
+    axes[1, 1].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
