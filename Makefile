@@ -11,6 +11,8 @@ ONNX_DIR ?= build/onnx
 ENGINE_DIR ?= build/engines
 TRITON_REPO ?= build/triton_repo
 FLAVOR ?= cpu
+# build_engines.py needs only the standard library + tensorrt: inside NVIDIA's container use its python3
+TRT_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 CORPUS ?= corpus
 CLIPS ?= 200
 SEED ?= 0
@@ -18,8 +20,8 @@ APT_PKGS := espeak-ng libespeak-ng1 flite ffmpeg
 STAMP := $(VENV)/.setup-stamp
 PROTO_STAMP := eartalking/_proto/.stamp
 
-.PHONY: help setup protos assets corpus train-tokenizer train evaluate demo test test-all export verify engines \
-        triton-repo serve bench bench-triton lint clean
+.PHONY: help setup protos assets corpus train-tokenizer train-audio train evaluate demo test test-all export verify engines \
+        triton-repo serve grpc-serve bench bench-triton lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -46,10 +48,13 @@ train-tokenizer: setup  ## train the tokenizer on $(CORPUS)
 	$(ET) train-tokenizer --data $(CORPUS) --out runs/tokenizer
 
 train: setup  ## train audio encoder + decoder on $(CORPUS)
-	$(ET) train --data $(CORPUS) --tokenizer runs/tokenizer --out runs/decoder
+	$(ET) train --data $(CORPUS) --tokenizer runs/tokenizer --out runs/decoder $(if $(wildcard runs/audio/audio.safetensors),--init-audio runs/audio)
 
-evaluate: setup  ## evaluate the shipped checkpoint on held-out people and voices
-	$(ET) evaluate --checkpoint $(CHECKPOINT) --json out/evaluate.json --plots out/evaluate
+train-audio: setup  ## (optional) pretrain the audio encoder on mouth openness
+	$(ET) train-audio --data $(CORPUS) --out runs/audio
+
+evaluate: setup  ## evaluate the shipped checkpoint on held-out people and voices of $(CORPUS)
+	$(ET) evaluate --checkpoint $(CHECKPOINT) --data $(CORPUS) --json out/evaluate.json --plots out/evaluate
 
 export: setup  ## ONNX graphs + manifest from the shipped checkpoint
 	$(ET) export --checkpoint $(CHECKPOINT) --out $(ONNX_DIR)
@@ -58,9 +63,9 @@ verify: setup  ## ONNX graphs vs PyTorch (streaming, window wrap, end-to-end fra
 	@[ -f $(ONNX_DIR)/manifest.json ] || $(MAKE) --no-print-directory export
 	$(ET) verify --checkpoint $(CHECKPOINT) --onnx $(ONNX_DIR)
 
-engines: setup  ## TensorRT plans (needs TensorRT + a GPU; prints how to use NVIDIA's container otherwise)
-	@[ -f $(ONNX_DIR)/manifest.json ] || $(MAKE) --no-print-directory export
-	$(BIN)/python export/build_engines.py --onnx $(ONNX_DIR) --out $(ENGINE_DIR)
+engines:  ## TensorRT plans from build/onnx (run inside NVIDIA's TensorRT container; see README)
+	@[ -f $(ONNX_DIR)/manifest.json ] || { echo "engines: $(ONNX_DIR)/manifest.json missing: run 'make export' first"; exit 2; }
+	$(TRT_PY) export/build_engines.py --onnx $(ONNX_DIR) --out $(ENGINE_DIR)
 
 triton-repo: setup  ## render the Triton model repository: make triton-repo FLAVOR=cpu|gpu
 	@[ -f $(ONNX_DIR)/manifest.json ] || $(MAKE) --no-print-directory export
@@ -76,6 +81,10 @@ demo: setup  ## bundled portrait + sentence -> out/demo.mp4 and out/demo_control
 bench: setup  ## embedded runtime benchmark table (+ out/bench.json, out/bench.png)
 	@[ -f $(ONNX_DIR)/manifest.json ] || $(MAKE) --no-print-directory export
 	$(ET) bench --onnx $(ONNX_DIR) --checkpoint $(CHECKPOINT) --json out/bench.json --plot out/bench.png
+
+grpc-serve: setup  ## start the EARTalking gRPC API server on 127.0.0.1:50051 over the embedded runtime
+	@[ -f $(ONNX_DIR)/manifest.json ] || $(MAKE) --no-print-directory export
+	$(ET) serve --onnx $(ONNX_DIR)
 
 bench-triton: triton-repo  ## perf_analyzer + streaming client against tritonserver
 	$(BIN)/python -m eartalking.triton_repo.bench --repo $(TRITON_REPO) --json out/bench_triton.json
