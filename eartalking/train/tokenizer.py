@@ -100,6 +100,43 @@ def evaluate(tok, clips: list[common.MemClip], device: torch.device, max_frames:
     return {"eval_psnr": float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()), "eval_frames": n}
 
 
+class CodebookKeeper:
+    """Keeps every code in use: k-means-style init from encoder latents, and re-seeding of codes whose
+    batch-usage EMA falls below ``floor`` / K with latents of the current batch (a plain straight-through
+    VQ collapsed to one code, perplexity 1.0, within 400 steps without it)."""
+
+    def __init__(self, tok, device: torch.device, decay: float = 0.95, floor: float = 0.05):
+        K = tok.cfg.codebook_size
+        self.tok, self.decay, self.floor = tok, decay, floor / K
+        self.ema = torch.full((K,), 1.0 / K, device=device)
+
+    @torch.no_grad()
+    def init_from(self, img: torch.Tensor) -> None:
+        z = self.tok.encode_latent(img).flatten(2).transpose(1, 2).reshape(-1, self.tok.cfg.code_dim)
+        pick = torch.randint(0, z.shape[0], (self.ema.numel(),), device=z.device)
+        self.tok.codebook.data.copy_(z[pick] + 0.01 * z.std() * torch.randn_like(z[pick]))
+
+    @torch.no_grad()
+    def update(self, indices: torch.Tensor) -> None:
+        counts = torch.bincount(indices.flatten(), minlength=self.ema.numel()).float()
+        self.ema.mul_(self.decay).add_(counts / counts.sum(), alpha=1 - self.decay)
+
+    @torch.no_grad()
+    def restart(self, img: torch.Tensor) -> int:
+        dead = torch.nonzero(self.ema < self.floor).flatten()
+        if dead.numel() == 0:
+            return 0
+        z = self.tok.encode_latent(img).flatten(2).transpose(1, 2).reshape(-1, self.tok.cfg.code_dim)
+        pick = torch.randint(0, z.shape[0], (dead.numel(),), device=z.device)
+        self.tok.codebook.data[dead] = z[pick] + 0.01 * z.std() * torch.randn_like(z[pick])
+        self.ema[dead] = 1.0 / self.ema.numel()
+        return int(dead.numel())
+
+    def perplexity(self) -> float:
+        p = self.ema / self.ema.sum()
+        return float(torch.exp(-(p * torch.log(p + 1e-10)).sum()))
+
+
 def run(args: argparse.Namespace) -> int:
     from eartalking.model.tokenizer import Tokenizer
 
@@ -125,8 +162,12 @@ def run(args: argparse.Namespace) -> int:
     amp = common.use_bf16(device, args.bf16)
     print(f"tokenizer: {sum(p.numel() for p in tok.parameters()) / 1e6:.2f} M params, {len(train)} train clips, "
           f"{len(held)} eval clips, device {device}, from step {step}")
+    keeper = CodebookKeeper(tok, device)
+    if step == 0:
+        keeper.init_from(common.to_image_tensor(sampler.batch(64)[0], device))
     bar = tqdm(total=args.steps, initial=step, desc="train-tokenizer", unit="step")
     tok.train()
+    restarted = 0
     while not budget.done(step):
         for g in opt.param_groups:
             g["lr"] = common.cosine_lr(step, args.steps, args.lr)
@@ -141,12 +182,16 @@ def run(args: argparse.Namespace) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tok.parameters(), 1.0)
         opt.step()
+        keeper.update(L["indices"])
         step += 1
         bar.update(1)
+        if step % 25 == 0 and step < 0.8 * args.steps:
+            restarted += keeper.restart(img)
         if step % 200 == 0:
-            restarted = tok.restart_dead_codes(img) if step < 0.8 * args.steps else 0
             row = {"step": step, "loss": float(loss), "l1": float(L["l1"]), "psnr": common.psnr(rec.detach(), img),
-                   "usage": tok.codebook_usage(), "perplexity": float(L["perplexity"]), "restarted": restarted}
+                   "usage": float((keeper.ema >= keeper.floor).float().mean()), "perplexity": keeper.perplexity(),
+                   "batch_perplexity": float(L["perplexity"]), "restarted": restarted}
+            restarted = 0
             bar.set_postfix(psnr=f"{row['psnr']:.2f}", usage=f"{row['usage']:.2f}")
             if step % args.eval_every == 0:
                 row.update(evaluate(tok, held, device))
@@ -156,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     _save(out, tok, cfg, opt, step)
     final = evaluate(tok, held, device, max_frames=1024)
-    final.update(step=step, usage=tok.codebook_usage())
+    final.update(step=step, usage=float((keeper.ema >= keeper.floor).float().mean()), perplexity=keeper.perplexity())
     log.write(**final)
     (out / "summary.json").write_text(json.dumps(final, indent=1))
     log.plot(out / "loss.png", ("loss", "psnr", "eval_psnr", "usage"))
