@@ -121,9 +121,13 @@ class Tokenizer(nn.Module):
 
     def quantize_indices(self, z: torch.Tensor) -> torch.Tensor:
         """latent [B, code_dim, g, g] -> nearest codebook index, int64 [B, g*g] (row-major)."""
-        flat = z.flatten(2).transpose(1, 2)  # [B, N, code_dim]
-        dist = (self.codebook ** 2).sum(-1) - 2.0 * torch.matmul(flat, self.codebook.t())  # ||z||^2 omitted
-        return dist.argmin(-1)
+        flat = F.normalize(z.flatten(2).transpose(1, 2), dim=-1)  # [B, N, code_dim], unit length
+        return torch.matmul(flat, self.codes().t()).argmax(-1)  # cosine similarity (l2-normalised VQ)
+
+    def codes(self) -> torch.Tensor:
+        """The codebook as unit vectors [K, code_dim]: lookup by cosine similarity keeps every code in
+        reach of the encoder (a plain Euclidean straight-through VQ collapsed to a few codes here)."""
+        return F.normalize(self.codebook, dim=-1)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """image [B,3,S,S] in 0..1 -> tokens int64 [B, N]."""
@@ -150,7 +154,7 @@ class Tokenizer(nn.Module):
     def decode(self, tokens: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         """tokens int [B, N] + refs -> image [B,3,S,S] in 0..1."""
         g = self.cfg.grid
-        codes = F.embedding(tokens.long(), self.codebook)  # [B, N, code_dim]
+        codes = F.embedding(tokens.long(), self.codes())  # [B, N, code_dim]
         return self.decode_codes(codes.transpose(1, 2).reshape(tokens.shape[0], -1, g, g), refs)
 
     # ---- training ----
@@ -161,9 +165,9 @@ class Tokenizer(nn.Module):
         ``vq_total`` = vq + commitment * commit, ``l1`` (recon), ``perplexity``, ``usage`` (fraction of
         codes used in the batch) and ``indices`` int64 [B, N]. In training mode also updates ``code_usage``.
         """
-        z = self.encode_latent(image)
+        z = F.normalize(self.encode_latent(image), dim=1)
         idx = self.quantize_indices(z)
-        q = F.embedding(idx, self.codebook).transpose(1, 2).reshape(z.shape)
+        q = F.embedding(idx, self.codes()).transpose(1, 2).reshape(z.shape)
         vq = F.mse_loss(q, z.detach())
         commit = F.mse_loss(z, q.detach())
         z_q = z + (q - z).detach()

@@ -105,7 +105,7 @@ class CodebookKeeper:
     batch-usage EMA falls below ``floor`` / K with latents of the current batch (a plain straight-through
     VQ collapsed to one code, perplexity 1.0, within 400 steps without it)."""
 
-    def __init__(self, tok, device: torch.device, decay: float = 0.95, floor: float = 0.05):
+    def __init__(self, tok, device: torch.device, decay: float = 0.98, floor: float = 0.03):
         K = tok.cfg.codebook_size
         self.tok, self.decay, self.floor = tok, decay, floor / K
         self.ema = torch.full((K,), 1.0 / K, device=device)
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         keeper.update(L["indices"])
         step += 1
         bar.update(1)
-        if step % 25 == 0 and step < 0.8 * args.steps:
+        if step % 50 == 0 and step < 0.8 * args.steps:
             restarted += keeper.restart(img)
         if step % 200 == 0:
             row = {"step": step, "loss": float(loss), "l1": float(L["l1"]), "psnr": common.psnr(rec.detach(), img),
