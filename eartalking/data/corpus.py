@@ -18,6 +18,7 @@ Re-running into the same folder skips clips already written with the same plan (
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -53,14 +54,27 @@ class Tools:
     eval_sentences: list
 
 
+def _photo_order(ident) -> tuple:
+    """Sort key of one appearance that depends only on the photo: its source path, then (several faces in
+    one photo) its embedding rounded to 1e-3, then its crop's landmarks. No dependence on load order."""
+    emb = np.round(np.asarray(getattr(ident, "embedding", np.zeros(0)), np.float64).ravel(), 3)
+    lm = np.round(np.asarray(getattr(ident, "landmarks", np.zeros(0)), np.float64).ravel(), 1)
+    return (str(getattr(ident, "path", "")), tuple(emb.tolist()), tuple(lm.tolist()))
+
+
 def portrait_keys(identities: list) -> dict[str, object]:
-    """Portrait key per appearance: the person id for the first photo of a person, ``id-2``, ``id-3`` ... after."""
-    out: dict[str, object] = {}
-    seen: dict[str, int] = {}
+    """Portrait key per appearance: the person id for the first photo of a person, ``id-2``, ``id-3`` ... after.
+
+    "First" is by ``_photo_order`` (source path, then face), never by list order, so a key names the same
+    photo in every run and resume whatever order ``faces.load_identities`` returns (keys come back sorted).
+    """
+    groups: dict[str, list] = {}
     for ident in identities:
-        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(ident.id))
-        seen[base] = seen.get(base, 0) + 1
-        out[base if seen[base] == 1 else f"{base}-{seen[base]}"] = ident
+        groups.setdefault(re.sub(r"[^A-Za-z0-9_.-]+", "_", str(ident.id)), []).append(ident)
+    out: dict[str, object] = {}
+    for base in sorted(groups):
+        for n, ident in enumerate(sorted(groups[base], key=_photo_order), 1):
+            out[base if n == 1 else f"{base}-{n}"] = ident
     return out
 
 
@@ -200,14 +214,43 @@ def _work(job: Job) -> dict:
     return make_clip(job, _W["tools"], _W["out"], _W["size"], _W["wav"])
 
 
+def _photo_hash(ident) -> str:
+    """Short hash of ``_photo_order`` (path + face): tells two faces of one photo apart in the sidecar."""
+    return hashlib.sha1(repr(_photo_order(ident)).encode()).hexdigest()[:12]
+
+
+def _portrait_kept(pdir: Path, key: str, ident) -> bool:
+    """True when portraits/<key>.png + .json already hold this very photo (a resume: leave them alone).
+    Raises RuntimeError when they hold a different photo: rewriting would silently relabel finished clips."""
+    js, png = pdir / f"{key}.json", pdir / f"{key}.png"
+    if not (js.exists() and png.exists()):
+        return False
+    try:
+        old = json.loads(js.read_text())
+    except (OSError, ValueError):
+        return False  # unreadable sidecar: rewrite both
+    same_photo = (str(old.get("identity")) == str(ident.id) and old.get("path") == getattr(ident, "path", "")
+                  and old.get("photo_hash", _photo_hash(ident)) == _photo_hash(ident))
+    if not same_photo:
+        raise RuntimeError(f"{js}: portrait key {key!r} already names photo {old.get('path')!r} "
+                           f"(identity {old.get('identity')}), this run maps it to {getattr(ident, 'path', '')!r}; "
+                           f"refusing to overwrite (the clips labelled {key!r} were rendered from the old one)")
+    return True
+
+
 def write_portraits(tools: Tools, keys: list[str], out: Path, size: int) -> None:
-    """portraits/<key>.png (neutral: mouth closed, eyes open, frontal, no smile) + <key>.json (landmarks)."""
+    """portraits/<key>.png (neutral: mouth closed, eyes open, frontal, no smile) + <key>.json (landmarks).
+
+    Write-if-absent: an existing portrait of the same photo is kept byte for byte; one of another photo
+    stops the run (``_portrait_kept``)."""
     from PIL import Image
 
     pdir = out / "portraits"
     pdir.mkdir(parents=True, exist_ok=True)
     neutral = tools.viseme_track([], 1, FPS)
     for key in keys:
+        if _portrait_kept(pdir, key, tools.appearances[key]):
+            continue
         rig = _rig(tools, key)
         kw = {"openness": 0.0, "width": float(neutral["width"][0]), "blink": 0.0, "yaw": 0.0, "pitch": 0.0,
               "roll": 0.0, "expression": 0.0}
@@ -218,7 +261,8 @@ def write_portraits(tools: Tools, keys: list[str], out: Path, size: int) -> None
         ident = tools.appearances[key]
         (pdir / f"{key}.json").write_text(json.dumps({
             "identity": str(ident.id), "source": getattr(ident, "source", ""), "path": getattr(ident, "path", ""),
-            "size": size, "landmarks": np.asarray(lm, np.float64).round(2).tolist()}) + "\n")
+            "photo_hash": _photo_hash(ident), "size": size,
+            "landmarks": np.asarray(lm, np.float64).round(2).tolist()}) + "\n")
 
 
 def _provenance(assets: str | None) -> dict:

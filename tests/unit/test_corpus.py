@@ -110,6 +110,62 @@ def test_deterministic_for_a_seed(corpus_dir, tmp_path):
                for n in _names(corpus_dir))
 
 
+def _multi_photo_people(rng: np.random.Generator) -> list[FakeIdentity]:
+    """3 people x 4 photos (two faces share one photo) with fresh random pixels, embeddings and landmarks."""
+    out = []
+    for person in range(3):
+        for photo in range(4):
+            path = f"faces/src/{person}_{min(photo, 2)}.png"  # photos 2 and 3: two faces of one file
+            out.append(FakeIdentity(f"p{person:03d}_x", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+                                    rng.uniform(0, 64, (68, 2)).astype(np.float32),
+                                    rng.standard_normal(128).astype(np.float32), "test", path))
+    return out
+
+
+def test_portrait_keys_do_not_depend_on_identity_order():
+    """Regression: a resumed run got the photos of a person in another order and relabelled them."""
+    rng = np.random.default_rng()
+    idents = _multi_photo_people(rng)
+    ref = {k: id(v) for k, v in corpus.portrait_keys(idents).items()}
+    assert len(ref) == len(idents) and set(ref.values()) == {id(i) for i in idents}
+    for _ in range(5):
+        shuffled = [idents[i] for i in rng.permutation(len(idents))]
+        assert {k: id(v) for k, v in corpus.portrait_keys(shuffled).items()} == ref
+    # the first key of a person is the alphabetically first photo path
+    keys = corpus.portrait_keys(idents)
+    assert keys["p000_x"].path == "faces/src/0_0.png" and keys["p000_x-2"].path == "faces/src/0_1.png"
+
+
+def test_resume_never_rewrites_a_portrait_with_another_photo(tmp_path):
+    from eartalking.data.visemes import viseme_track
+
+    rng = np.random.default_rng()
+    idents = _multi_photo_people(rng)
+    t = corpus.Tools({}, corpus.portrait_keys(idents), FakeRig, viseme_track, SENTS_TRAIN, SENTS_EVAL)
+    corpus.write_portraits(t, sorted(t.appearances), tmp_path, 64)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "portraits").iterdir()}
+    # same photos, shuffled load order (a resume): keys match, nothing is rewritten
+    t2 = corpus.Tools({}, corpus.portrait_keys([idents[i] for i in rng.permutation(len(idents))]), FakeRig,
+                      viseme_track, SENTS_TRAIN, SENTS_EVAL)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "portraits").iterdir()}
+    corpus.write_portraits(t2, sorted(t2.appearances), tmp_path, 64)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "portraits").iterdir()} == before
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "portraits").iterdir()} == mtimes  # not rewritten
+    # a key that now maps to another photo (the old bug) stops the run instead of overwriting
+    swapped = dict(t.appearances)
+    swapped["p001_x"], swapped["p001_x-2"] = swapped["p001_x-2"], swapped["p001_x"]
+    t3 = corpus.Tools({}, swapped, FakeRig, viseme_track, SENTS_TRAIN, SENTS_EVAL)
+    with pytest.raises(RuntimeError, match="refusing to overwrite"):
+        corpus.write_portraits(t3, sorted(t3.appearances), tmp_path, 64)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "portraits").iterdir()} == before
+    # two faces of one photo are told apart too
+    swapped = dict(t.appearances)
+    swapped["p002_x-3"], swapped["p002_x-4"] = swapped["p002_x-4"], swapped["p002_x-3"]
+    with pytest.raises(RuntimeError, match="refusing to overwrite"):
+        corpus.write_portraits(corpus.Tools({}, swapped, FakeRig, viseme_track, SENTS_TRAIN, SENTS_EVAL),
+                               ["p002_x-3"], tmp_path, 64)
+
+
 def test_same_corpus_with_two_worker_processes(corpus_dir, tmp_path):
     corpus.generate(tmp_path / "w2", 3, 7, size=64, workers=2, wav=True, progress=False, tools=tools())
     for n in _names(corpus_dir):
