@@ -1,18 +1,22 @@
 """Portrait-conditioned VQ tokenizer (the ``tokenizer_encoder`` / ``tokenizer_decoder`` graphs).
 
 - encoder: image [B,3,S,S] in 0..1 -> stride-2 conv stages (GroupNorm+SiLU resblocks) -> [B, code_dim, g, g]
-  with g = S / downsample (8 for tiny) -> nearest codebook entry -> tokens int64 [B, N = g*g].
+  with g = S / downsample (8 for tiny) -> FSQ: d = 3 bounded scalars per position, each rounded to one of
+  L = K^(1/3) levels (8 for K = 512) -> token = mixed-radix index of the d digits, int64 [B, N = g*g].
 - reference encoder (run once per session on the portrait): its own conv stack, features at
   S/2, S/4, S/8, S/16 with ``cfg.ref_channels`` channels (finest first, ``cfg.ref_shapes``).
-- decoder: codebook vectors at g x g -> stages coarse to fine (S/16 .. S/2): 1x1 channel change and
+- decoder: code vectors (a learned linear map of the K grid points) at g x g -> stages coarse to fine
+  (S/16 .. S/2): 1x1 channel change and
   nearest x2 (from the second stage on), concat the reference feature of that scale, fuse by a 3x3 conv,
   a resblock; one cross-attention from the decoder map to the reference map at ``cfg.attn_at`` px;
   -> nearest x2 -> GN-SiLU-3x3 conv to RGB -> sigmoid.
 Tokens carry what changes (mouth, eyes, pose); the portrait carries identity.
 
-Export-friendly: Conv, GroupNorm, nearest Upsample by 2, MatMul, Softmax, Gather, ArgMin; no shape
-depends on data. Training: straight-through VQ with codebook + commitment losses, a usage EMA buffer,
-``restart_dead_codes`` and ``codebook_usage`` helpers.
+Export-friendly: Conv, GroupNorm, nearest Upsample by 2, MatMul, Softmax, Gather, Sigmoid, Round; no
+shape depends on data. Quantisation is finite scalar quantisation (Mentzer et al. 2023) with a
+straight-through rounding gradient: no codebook to collapse and no auxiliary losses (a learned Euclidean
+and then a cosine VQ both collapsed to one code within 200 steps here, the decoder copying the portrait).
+A usage EMA buffer feeds ``codebook_usage``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from eartalking.config import TokenizerConfig
+
+FSQ_DIMS = 3  # scalars per token position; codebook_size = levels ** FSQ_DIMS
 
 
 def _gn(ch: int) -> nn.GroupNorm:
@@ -97,7 +103,17 @@ class Tokenizer(nn.Module):
         self.encoder = DownStack(cfg.enc_channels)
         c_top = cfg.enc_channels[-1]
         self.to_code = nn.Sequential(_gn(c_top), nn.SiLU(), nn.Conv2d(c_top, cfg.code_dim, 1))
-        self.codebook = nn.Parameter(torch.randn(cfg.codebook_size, cfg.code_dim) * cfg.code_dim ** -0.5)
+        levels = round(cfg.codebook_size ** (1 / FSQ_DIMS))
+        if levels ** FSQ_DIMS != cfg.codebook_size or levels < 2:
+            raise ValueError(f"codebook_size {cfg.codebook_size} must be L^{FSQ_DIMS} (FSQ with {FSQ_DIMS} digits)")
+        self.levels = levels
+        self.to_fsq = nn.Conv2d(cfg.code_dim, FSQ_DIMS, 1)
+        digits = torch.stack(torch.meshgrid(*[torch.arange(levels)] * FSQ_DIMS, indexing="ij"), -1)
+        # grid[k] = the digits of token k (digit i has weight L^i), mapped to [-1, 1]
+        grid = digits.flip(-1).reshape(-1, FSQ_DIMS).float() * (2.0 / (levels - 1)) - 1.0
+        self.register_buffer("grid", grid, persistent=False)
+        self.register_buffer("radix", levels ** torch.arange(FSQ_DIMS).float(), persistent=False)
+        self.from_fsq = nn.Linear(FSQ_DIMS, cfg.code_dim)
         self.register_buffer("code_usage", torch.full((cfg.codebook_size,), 1.0 / cfg.codebook_size))
         self.ref_encoder = DownStack(cfg.ref_channels)
         # decoder stages coarse -> fine; stage i works at S/downsample * 2^i and fuses ref index n-1-i
@@ -119,15 +135,19 @@ class Tokenizer(nn.Module):
         """image [B,3,S,S] -> continuous latent [B, code_dim, g, g]."""
         return self.to_code(self.encoder(image * 2.0 - 1.0)[-1])
 
+    def bounded(self, z: torch.Tensor) -> torch.Tensor:
+        """latent [B, code_dim, g, g] -> continuous digits in (-0.5, L-0.5), [B, FSQ_DIMS, g, g]."""
+        return torch.sigmoid(self.to_fsq(z)) * self.levels - 0.5
+
     def quantize_indices(self, z: torch.Tensor) -> torch.Tensor:
-        """latent [B, code_dim, g, g] -> nearest codebook index, int64 [B, g*g] (row-major)."""
-        flat = F.normalize(z.flatten(2).transpose(1, 2), dim=-1)  # [B, N, code_dim], unit length
-        return torch.matmul(flat, self.codes().t()).argmax(-1)  # cosine similarity (l2-normalised VQ)
+        """latent [B, code_dim, g, g] -> token int64 [B, g*g] (row-major): mixed-radix index of the digits."""
+        digits = torch.round(self.bounded(z)).clamp(0, self.levels - 1)  # [B, d, g, g]
+        idx = (digits.flatten(2) * self.radix[None, :, None]).sum(1)
+        return idx.long()
 
     def codes(self) -> torch.Tensor:
-        """The codebook as unit vectors [K, code_dim]: lookup by cosine similarity keeps every code in
-        reach of the encoder (a plain Euclidean straight-through VQ collapsed to a few codes here)."""
-        return F.normalize(self.codebook, dim=-1)
+        """Code vector of every token [K, code_dim] (the grid point mapped by ``from_fsq``)."""
+        return self.from_fsq(self.grid)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """image [B,3,S,S] in 0..1 -> tokens int64 [B, N]."""
@@ -159,18 +179,21 @@ class Tokenizer(nn.Module):
 
     # ---- training ----
     def forward(self, image: torch.Tensor, ref_image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Straight-through VQ autoencoding of ``image`` conditioned on ``ref_image`` (both [B,3,S,S]).
+        """FSQ autoencoding of ``image`` conditioned on ``ref_image`` (both [B,3,S,S]).
 
-        Returns (recon [B,3,S,S], losses) with losses: ``vq`` (codebook), ``commit`` (raw commitment MSE),
-        ``vq_total`` = vq + commitment * commit, ``l1`` (recon), ``perplexity``, ``usage`` (fraction of
+        Returns (recon [B,3,S,S], losses) with losses: ``vq``, ``commit`` and ``vq_total`` (zero: FSQ needs
+        no codebook or commitment loss; kept so training code can add them unconditionally), ``l1`` (recon),
+        ``perplexity``, ``usage`` (fraction of
         codes used in the batch) and ``indices`` int64 [B, N]. In training mode also updates ``code_usage``.
         """
-        z = F.normalize(self.encode_latent(image), dim=1)
-        idx = self.quantize_indices(z)
-        q = F.embedding(idx, self.codes()).transpose(1, 2).reshape(z.shape)
-        vq = F.mse_loss(q, z.detach())
-        commit = F.mse_loss(z, q.detach())
-        z_q = z + (q - z).detach()
+        zb = self.bounded(self.encode_latent(image))  # [B, d, g, g]
+        digits = torch.round(zb).clamp(0, self.levels - 1)
+        idx = (digits.flatten(2) * self.radix[None, :, None]).sum(1).long()
+        q = zb + (digits - zb).detach()  # straight-through rounding
+        vals = q * (2.0 / (self.levels - 1)) - 1.0
+        z_q = self.from_fsq(vals.movedim(1, -1)).movedim(-1, 1)  # [B, code_dim, g, g]
+        zero = zb.sum() * 0.0
+        vq, commit = zero, zero
         recon = self.decode_codes(z_q, self.reference(ref_image))
         counts = torch.bincount(idx.flatten(), minlength=self.cfg.codebook_size).float()
         probs = counts / counts.sum()
@@ -193,18 +216,6 @@ class Tokenizer(nn.Module):
         thr = 0.01 / self.cfg.codebook_size if threshold is None else threshold
         return float((self.code_usage > thr).float().mean())
 
-    @torch.no_grad()
     def restart_dead_codes(self, image: torch.Tensor, threshold: float | None = None) -> int:
-        """Re-seed codes whose usage EMA fell below ``threshold`` with encoder latents of ``image``.
-
-        Returns how many codes were restarted. Call every few hundred steps during tokenizer training.
-        """
-        thr = 0.01 / self.cfg.codebook_size if threshold is None else threshold
-        dead = torch.nonzero(self.code_usage < thr).flatten()
-        if dead.numel() == 0:
-            return 0
-        flat = self.encode_latent(image).flatten(2).transpose(1, 2).reshape(-1, self.cfg.code_dim)
-        pick = torch.randint(0, flat.shape[0], (dead.numel(),), device=flat.device)
-        self.codebook.data[dead] = flat[pick] + 0.01 * flat.std() * torch.randn_like(flat[pick])
-        self.code_usage[dead] = 1.0 / self.cfg.codebook_size
-        return int(dead.numel())
+        """FSQ has no learned codebook, so there is nothing to re-seed; kept for API stability (returns 0)."""
+        return 0

@@ -2,10 +2,10 @@
 
 Usage: eartalking train-tokenizer --data corpus --out runs/tokenizer [--preset tiny] [--minutes 60] [--steps 20000]
 
-Each step reconstructs a batch of random clip frames through the VQ bottleneck, with the decoder conditioned
-on a reference of the same person: the clip's neutral portrait or (half the time) another frame of the same
-clip, so identity comes from the reference and the tokens only carry what changes. Loss: L1 weighted toward
-the mouth and eyes + image-gradient L1 + VQ/commitment; dead codes are re-seeded from encoder latents.
+Each step reconstructs a batch of random clip frames through the FSQ bottleneck, with the decoder conditioned
+on a reference of the same person: the clip's neutral portrait (70%) or another frame of the same clip,
+shifted and gain-jittered so it cannot simply be copied. Identity comes from the reference and the tokens
+only carry what changes. Loss: L1 weighted toward the mouth and eyes + image-gradient L1 (FSQ quantisation needs no codebook losses).
 Writes ``tokenizer.safetensors`` + ``config.json`` (resumable with the optimizer state), ``metrics.jsonl``
 and ``loss.png``; held-out identities (split ``eval``) give the PSNR that is logged.
 """
@@ -67,12 +67,21 @@ class FrameSampler:
     def __init__(self, clips: list[common.MemClip], seed: int):
         self.clips, self.rng = clips, np.random.default_rng(seed)
 
+    def jitter(self, ref: np.ndarray) -> np.ndarray:
+        """Shift the reference by up to 6 px and change its gain/offset by up to 10%: the decoder must take
+        pose and mouth from the tokens instead of copying reference pixels."""
+        dy, dx = self.rng.integers(-6, 7, size=2)
+        out = np.roll(ref, (int(dy), int(dx)), axis=(0, 1)).astype(np.float32)
+        out = out * self.rng.uniform(0.9, 1.1) + self.rng.uniform(-12, 12)
+        return np.clip(out, 0, 255).astype(np.uint8)
+
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         imgs, refs = [], []
         for _ in range(n):
             c = self.clips[self.rng.integers(len(self.clips))]
             img = c.frames[self.rng.integers(len(c.frames))]
-            ref = c.portrait if self.rng.random() < 0.5 else c.frames[self.rng.integers(len(c.frames))]
+            ref = c.portrait if self.rng.random() < 0.7 else c.frames[self.rng.integers(len(c.frames))]
+            ref = self.jitter(ref)
             if self.rng.random() < 0.5:
                 img, ref = img[:, ::-1], ref[:, ::-1]
             imgs.append(img)
@@ -100,37 +109,19 @@ def evaluate(tok, clips: list[common.MemClip], device: torch.device, max_frames:
     return {"eval_psnr": float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()), "eval_frames": n}
 
 
-class CodebookKeeper:
-    """Keeps every code in use: k-means-style init from encoder latents, and re-seeding of codes whose
-    batch-usage EMA falls below ``floor`` / K with latents of the current batch (a plain straight-through
-    VQ collapsed to one code, perplexity 1.0, within 400 steps without it)."""
+class UsageMeter:
+    """Batch-usage EMA of the K tokens: the fraction in use and the perplexity, for the metrics log."""
 
-    def __init__(self, tok, device: torch.device, decay: float = 0.98, floor: float = 0.03):
-        K = tok.cfg.codebook_size
-        self.tok, self.decay, self.floor = tok, decay, floor / K
-        self.ema = torch.full((K,), 1.0 / K, device=device)
-
-    @torch.no_grad()
-    def init_from(self, img: torch.Tensor) -> None:
-        z = self.tok.encode_latent(img).flatten(2).transpose(1, 2).reshape(-1, self.tok.cfg.code_dim)
-        pick = torch.randint(0, z.shape[0], (self.ema.numel(),), device=z.device)
-        self.tok.codebook.data.copy_(z[pick] + 0.01 * z.std() * torch.randn_like(z[pick]))
+    def __init__(self, K: int, device: torch.device, decay: float = 0.98):
+        self.ema, self.decay = torch.full((K,), 1.0 / K, device=device), decay
 
     @torch.no_grad()
     def update(self, indices: torch.Tensor) -> None:
         counts = torch.bincount(indices.flatten(), minlength=self.ema.numel()).float()
         self.ema.mul_(self.decay).add_(counts / counts.sum(), alpha=1 - self.decay)
 
-    @torch.no_grad()
-    def restart(self, img: torch.Tensor) -> int:
-        dead = torch.nonzero(self.ema < self.floor).flatten()
-        if dead.numel() == 0:
-            return 0
-        z = self.tok.encode_latent(img).flatten(2).transpose(1, 2).reshape(-1, self.tok.cfg.code_dim)
-        pick = torch.randint(0, z.shape[0], (dead.numel(),), device=z.device)
-        self.tok.codebook.data[dead] = z[pick] + 0.01 * z.std() * torch.randn_like(z[pick])
-        self.ema[dead] = 1.0 / self.ema.numel()
-        return int(dead.numel())
+    def usage(self) -> float:
+        return float((self.ema >= 0.03 / self.ema.numel()).float().mean())
 
     def perplexity(self) -> float:
         p = self.ema / self.ema.sum()
@@ -162,12 +153,9 @@ def run(args: argparse.Namespace) -> int:
     amp = common.use_bf16(device, args.bf16)
     print(f"tokenizer: {sum(p.numel() for p in tok.parameters()) / 1e6:.2f} M params, {len(train)} train clips, "
           f"{len(held)} eval clips, device {device}, from step {step}")
-    keeper = CodebookKeeper(tok, device)
-    if step == 0:
-        keeper.init_from(common.to_image_tensor(sampler.batch(64)[0], device))
+    meter = UsageMeter(cfg.tokenizer.codebook_size, device)
     bar = tqdm(total=args.steps, initial=step, desc="train-tokenizer", unit="step")
     tok.train()
-    restarted = 0
     while not budget.done(step):
         for g in opt.param_groups:
             g["lr"] = common.cosine_lr(step, args.steps, args.lr)
@@ -182,16 +170,13 @@ def run(args: argparse.Namespace) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tok.parameters(), 1.0)
         opt.step()
-        keeper.update(L["indices"])
+        meter.update(L["indices"])
         step += 1
         bar.update(1)
-        if step % 50 == 0 and step < 0.8 * args.steps:
-            restarted += keeper.restart(img)
         if step % 200 == 0:
             row = {"step": step, "loss": float(loss), "l1": float(L["l1"]), "psnr": common.psnr(rec.detach(), img),
-                   "usage": float((keeper.ema >= keeper.floor).float().mean()), "perplexity": keeper.perplexity(),
-                   "batch_perplexity": float(L["perplexity"]), "restarted": restarted}
-            restarted = 0
+                   "usage": meter.usage(), "perplexity": meter.perplexity(),
+                   "batch_perplexity": float(L["perplexity"])}
             bar.set_postfix(psnr=f"{row['psnr']:.2f}", usage=f"{row['usage']:.2f}")
             if step % args.eval_every == 0:
                 row.update(evaluate(tok, held, device))
@@ -201,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     _save(out, tok, cfg, opt, step)
     final = evaluate(tok, held, device, max_frames=1024)
-    final.update(step=step, usage=float((keeper.ema >= keeper.floor).float().mean()), perplexity=keeper.perplexity())
+    final.update(step=step, usage=meter.usage(), perplexity=meter.perplexity())
     log.write(**final)
     (out / "summary.json").write_text(json.dumps(final, indent=1))
     log.plot(out / "loss.png", ("loss", "psnr", "eval_psnr", "usage"))

@@ -303,9 +303,20 @@ def test_tokenizer_forward_losses_and_gradients(model):
     assert {"vq", "commit", "vq_total", "l1", "perplexity", "usage", "indices"} <= set(losses)
     (losses["l1"] + losses["vq_total"]).backward()
     assert tok.encoder.stages[0][0].weight.grad.abs().sum() > 0  # straight-through reaches the encoder
-    assert tok.codebook.grad.abs().sum() > 0
-    tok.code_usage.zero_()
-    assert tok.restart_dead_codes(img) == tok.cfg.codebook_size and tok.codebook_usage() == 1.0
+    assert tok.from_fsq.weight.grad.abs().sum() > 0
+    # FSQ: every token index decodes through the grid; indices are in range and match encode()
+    assert int(losses["indices"].min()) >= 0 and int(losses["indices"].max()) < tok.cfg.codebook_size
+    assert torch.equal(losses["indices"], tok.encode(img))
+    assert tok.codes().shape == (tok.cfg.codebook_size, tok.cfg.code_dim)
+
+
+def test_fsq_grid_matches_token_index():
+    """grid[k] holds the digits of token k, so decode(encode(x)) sees exactly the quantised values."""
+    tok = checkpoint.random_model("test_small", seed=2).tokenizer
+    L, d = tok.levels, tok.grid.shape[1]
+    k = torch.arange(tok.cfg.codebook_size)
+    digits = torch.stack([(k // L ** i) % L for i in range(d)], -1).float()
+    assert torch.equal(tok.grid, digits * (2.0 / (L - 1)) - 1.0)
 
 
 # ---------------------------------------------------------------- checkpoint
