@@ -5,7 +5,8 @@ Usage: eartalking train-tokenizer --data corpus --out runs/tokenizer [--preset t
 Each step reconstructs a batch of random clip frames through the FSQ bottleneck, with the decoder conditioned
 on a reference of the same person: the clip's neutral portrait (70%) or another frame of the same clip,
 shifted and gain-jittered so it cannot simply be copied. Identity comes from the reference and the tokens
-only carry what changes. Loss: L1 weighted toward the mouth and eyes + image-gradient L1 (FSQ quantisation needs no codebook losses).
+only carry what changes. Loss: L1 weighted toward the mouth and eyes + image-gradient L1 (FSQ quantisation
+needs no codebook losses).
 Writes ``tokenizer.safetensors`` + ``config.json`` (resumable with the optimizer state), ``metrics.jsonl``
 and ``loss.png``; held-out identities (split ``eval``) give the PSNR that is logged.
 """
