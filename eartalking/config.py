@@ -43,7 +43,7 @@ class TokenizerConfig:
     code_dim: int = 64
     enc_channels: tuple[int, ...] = (32, 64, 128, 256)  # one stride-2 stage each
     ref_channels: tuple[int, ...] = (32, 64, 128, 256)  # reference features at S/2, S/4, S/8, S/16
-    dec_channels: tuple[int, ...] = (256, 128, 64, 32)  # decoder stages, coarse to fine
+    dec_channels: tuple[int, ...] = (128, 64, 32, 16)  # decoder stages, coarse to fine (runs per frame: kept thin)
     attn_at: int = 16  # cross-attention to the reference at this resolution (0 = none)
     commitment: float = 0.25
 
