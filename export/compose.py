@@ -22,9 +22,10 @@ import hashlib
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
+
 from eartalking.export.specs import GraphSpec
 from eartalking.export.wrappers import EFFECTIVE, SINK_OUTPUTS
-from onnx import TensorProto, helper, numpy_helper
 
 PREFIX = "sink/"
 

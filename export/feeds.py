@@ -9,9 +9,9 @@ uniforms, state K/V ~ N(0, 0.5), frame counters spanning several window wraps, `
 from __future__ import annotations
 
 import numpy as np
-from eartalking.export.specs import GraphSpec, resolve_shape
 
 from eartalking.config import CONTROL_NAMES, CONTROL_RANGES, ModelConfig
+from eartalking.export.specs import GraphSpec, resolve_shape
 
 
 def random_feed(spec: GraphSpec, cfg: ModelConfig, sizes: dict[str, int], rng: np.random.Generator,

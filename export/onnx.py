@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+
+from eartalking.config import ModelConfig
 from eartalking.export import specs as S
 from eartalking.export import trt_ops_data, trt_support
 from eartalking.export.compose import compose_step
@@ -38,8 +40,6 @@ from eartalking.export.wrappers import (
     SinkGraph,
     StepCoreGraph,
 )
-
-from eartalking.config import ModelConfig
 from eartalking.model.model import EARTalking
 
 MANIFEST = "manifest.json"

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from eartalking.config import ModelConfig
 from eartalking.export import specs as S
 from eartalking.export.compare import FLOAT_ATOL, FLOAT_RTOL, PIXEL_TOL, Check, Runner, compare  # noqa: F401
 from eartalking.export.feeds import random_feed
 from eartalking.export.wrappers import torch_reference
-
-from eartalking.config import ModelConfig
 from eartalking.model.generate import StreamingGenerator
 from eartalking.model.model import EARTalking
 from eartalking.sampling import gumbel_noise

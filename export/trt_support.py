@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from eartalking.export import trt_ops_data
 from onnx import numpy_helper
+
+from eartalking.export import trt_ops_data
 
 _TYPE_NAMES = {
     onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.FLOAT16: "FP16", onnx.TensorProto.BFLOAT16: "BF16",

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
+from eartalking.config import ModelConfig
 from eartalking.export import specs as S
 from eartalking.export import trt_support
 from eartalking.export.build_engines import CONTAINER_TAG, sha256_file
-
-from eartalking.config import ModelConfig
 
 MANIFEST = "manifest.json"
 
@@ -102,11 +102,12 @@ def static_checks(cfg, model, onnx_dir: Path, manifest: dict) -> list:
 
 def polygraphy_checks(onnx_dir: Path, cfg, cases: dict) -> list:
     """Re-check each graph with ``polygraphy run --onnxrt`` against saved PyTorch outputs (exit code decides)."""
-    from eartalking.export.compare import FLOAT_ATOL, FLOAT_RTOL, Check
     from polygraphy.comparator import RunResults
     from polygraphy.comparator.struct import IterationResult
     from polygraphy.json import save_json
     from polygraphy.logger import G_LOGGER
+
+    from eartalking.export.compare import FLOAT_ATOL, FLOAT_RTOL, Check
 
     G_LOGGER.module_severity = G_LOGGER.ERROR  # keep our report readable
     exe = Path(sys.executable).with_name("polygraphy")
@@ -133,10 +134,11 @@ def polygraphy_checks(onnx_dir: Path, cfg, cases: dict) -> list:
 
 def tensorrt_checks(cfg, onnx_dir: Path, engine_dir: Path, rng: np.random.Generator) -> list:
     """Each plan vs ONNX Runtime on random inputs (batch 3); fp16 plans get float tolerance 1e-2."""
-    from eartalking.export.compare import Check, compare
-    from eartalking.export.feeds import random_feed
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    from eartalking.export.compare import Check, compare
+    from eartalking.export.feeds import random_feed
 
     ort_run = ort_runner(onnx_dir)
     rows = []

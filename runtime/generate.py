@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from eartalking.runtime import media
 
 from eartalking.cli import UserError
 from eartalking.config import CONTROL_RANGES
+from eartalking.runtime import media
 
 MAX_TEXT_CHARS = 5000
 CHUNK_SECONDS = 0.2
@@ -131,8 +131,9 @@ def make_engine(args):
 def generate(engine, portrait: np.ndarray, pcm: np.ndarray, out: str | Path, controls=(), crop_only: bool = False,
              temperature: float = 0.0, seed: int = 0, progress: bool = True) -> dict:
     """Stream ``pcm`` (float32 16 kHz) through a Session and write the MP4. Returns timing stats."""
-    from eartalking.runtime.session import Session
     from tqdm import tqdm
+
+    from eartalking.runtime.session import Session
 
     t0 = time.perf_counter()
     s = Session(engine, portrait, crop_only=crop_only, temperature=temperature, seed=seed)

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from eartalking.runtime.backends import Backend, load_backend
-from eartalking.runtime.media import to_float_pcm
 
 from eartalking.cli import UserError
 from eartalking.config import CONTROL_NAMES, CONTROL_RANGES
+from eartalking.runtime.backends import Backend, load_backend
+from eartalking.runtime.media import to_float_pcm
 
 #: Most audio frames per ``audio_encoder`` call (export/specs.py AUDIO_FRAMES_PROFILE max).
 MAX_AUDIO_FRAMES = 64

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from eartalking.runtime.backends import Backend
 
 

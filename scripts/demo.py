@@ -38,11 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
 
+    from eartalking.cli import UserError
     from eartalking.runtime import media
     from eartalking.runtime.generate import generate
     from eartalking.runtime.session import Engine
-
-    from eartalking.cli import UserError
 
     t0 = time.perf_counter()
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
 from eartalking.runtime.session import STATE_NAMES, Engine
 
 from .sequences import Controls, SequenceError, SequenceStore

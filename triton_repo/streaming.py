@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from eartalking.runtime.session import Engine, Frame, Session, step_many
 
 from eartalking.cli import UserError
+from eartalking.runtime.session import Engine, Frame, Session, step_many
 
 from .sequences import SequenceStore
 

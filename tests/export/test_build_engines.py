@@ -11,10 +11,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from eartalking.export import build_engines as BE
-from eartalking.export import specs as S
 
 from eartalking.config import preset
+from eartalking.export import build_engines as BE
+from eartalking.export import specs as S
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import onnx
+
 from eartalking.export import specs as S
 from eartalking.export import trt_support
 from eartalking.export.onnx import MANIFEST, export_all, weights_sha256

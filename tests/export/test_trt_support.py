@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
 from eartalking.export import trt_ops_data
 from eartalking.export.trt_support import check_model, load_table
-from onnx import TensorProto, helper, numpy_helper
 
 
 def _model(nodes, inputs, outputs, inits=(), opset=17):

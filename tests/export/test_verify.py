@@ -9,9 +9,10 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
+
 from eartalking.export import parity
 from eartalking.export import verify as V
-from onnx import numpy_helper
 
 
 def _failed(checks):

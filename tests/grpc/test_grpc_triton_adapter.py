@@ -11,12 +11,12 @@ from collections import defaultdict
 import numpy as np
 import pytest
 from conftest import ServerProc, speech_like
-from eartalking.runtime import triton_session as ts
-from eartalking.triton_repo.client import Event
 from fake_backend import FakeSession
 from helpers import decode, reference_frames
 
 from eartalking.client import TalkingHeadClient
+from eartalking.runtime import triton_session as ts
+from eartalking.triton_repo.client import Event
 
 
 class FakeStreamClient:

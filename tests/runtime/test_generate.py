@@ -8,10 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
-from eartalking.runtime import media
 from runtime_helpers import speechlike
 
 from eartalking.cli import main
+from eartalking.runtime import media
 
 
 @pytest.fixture(scope="module")

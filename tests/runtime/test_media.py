@@ -6,9 +6,9 @@ import struct
 
 import numpy as np
 import pytest
-from eartalking.runtime import media
 
 from eartalking.cli import UserError
+from eartalking.runtime import media
 
 
 def wav_bytes(samples: np.ndarray, rate: int, bits: int, tag: int = 1, extensible: bool = False) -> bytes:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from eartalking.runtime import faces
 
 from eartalking.cli import UserError
+from eartalking.runtime import faces
 
 
 def hopper() -> np.ndarray:

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from eartalking.runtime.session import Session, step_many
 from runtime_helpers import speechlike
 
 from eartalking.cli import UserError
+from eartalking.runtime.session import Session, step_many
 
 
 def run_chunks(engine, face, pcm, chunk, **kw):

@@ -16,7 +16,6 @@ IDLE_S = 2.0  # keep in sync with test_triton_server.py
 @pytest.fixture(scope="session")
 def th_onnx(tmp_path_factory):
     from eartalking.export.onnx import export_all
-
     from eartalking.model.checkpoint import random_model
 
     model = random_model("test_small", seed=0)

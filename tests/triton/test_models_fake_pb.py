@@ -14,10 +14,11 @@ import types
 
 import numpy as np
 import pytest
-from eartalking.triton_repo import adapter
-from eartalking.triton_repo.render import Options, render
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
+
+from eartalking.triton_repo import adapter
+from eartalking.triton_repo.render import Options, render
 
 FINAL = 1
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from eartalking.triton_repo.render import MODELS, Options, fill, read_graphs, render, render_configs
-from eartalking.triton_repo.sequences import SequenceError, SequenceStore
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from eartalking.cli import UserError
+from eartalking.triton_repo.render import MODELS, Options, fill, read_graphs, render, render_configs
+from eartalking.triton_repo.sequences import SequenceError, SequenceStore
 
 
 def _parse(text: str) -> mc.ModelConfig:

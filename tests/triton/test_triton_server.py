@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+
 from eartalking.triton_repo.client import StreamClient, run_steps, run_utterance
 
 IDLE_S = 2.0  # the render in conftest.py uses this idle timeout
@@ -124,8 +125,9 @@ def test_end_frees_at_once_and_idle_sequences_are_reaped(triton, sc, portrait):
 
 def test_bad_inputs_get_clear_errors_and_server_keeps_serving(triton, sc, portrait):
     import tritonclient.grpc as grpcclient
-    from eartalking.triton_repo.client import _input
     from tritonclient.utils import InferenceServerException
+
+    from eartalking.triton_repo.client import _input
 
     c = grpcclient.InferenceServerClient(triton.grpc_url)
     bad = [

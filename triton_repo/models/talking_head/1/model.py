@@ -7,6 +7,7 @@ end status and the final flag. The protocol is documented in ``eartalking.triton
 
 import numpy as np
 import triton_python_backend_utils as pb
+
 from eartalking.triton_repo import adapter
 from eartalking.triton_repo.streaming import Chunk, StreamingHost
 
