@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=common.env_threads_default(), help="CPU threads (0 = all)")
     p.add_argument("--limit-clips", type=int, default=0, help="use at most this many clips (0 = all)")
     p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="train only the reference encoder and the image decoder: token indices stay exactly as they "
+                        "are, so a decoder trained on them stays valid (fine-tune beside `eartalking train`)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
@@ -145,7 +148,11 @@ def run(args: argparse.Namespace) -> int:
     tok = Tokenizer(cfg.tokenizer).to(device)
     if (out / WEIGHTS).is_file():
         tok.load_state_dict(load_file(str(out / WEIGHTS), device=str(device)))
-    opt = torch.optim.AdamW(tok.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    if args.freeze_encoder:
+        for part in (tok.encoder, tok.to_code, tok.to_fsq):
+            part.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in tok.parameters() if p.requires_grad], lr=args.lr, betas=(0.9, 0.99),
+                            weight_decay=0.0)
     step = common.load_state(out, opt, device)
     log = common.MetricsLog(out / "metrics.jsonl")
     sampler = FrameSampler(train, args.seed + step)
@@ -169,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         loss = l1w + 0.5 * grad_l1(rec, img) + L["vq_total"].float()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(tok.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in tok.parameters() if p.requires_grad], 1.0)
         opt.step()
         meter.update(L["indices"])
         step += 1
