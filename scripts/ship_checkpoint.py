@@ -1,0 +1,61 @@
+"""Assemble the shipped checkpoint from the training runs.
+
+Usage: .venv/bin/python scripts/ship_checkpoint.py --decoder runs/decoder [--tokenizer-ft runs/tokenizer_ft]
+       [--out checkpoints/tiny]
+
+Takes the full model written by `eartalking train` (audio encoder + step decoder + the tokenizer it was
+trained against) and, when given, the image side of `eartalking train-tokenizer --freeze-encoder` (reference
+encoder + image decoder fine-tuned beside it). The tokenizer's encoder must be bit-identical in both, so the
+token indices the step decoder learned are exactly the ones the shipped tokenizer produces; anything else is
+refused. Writes config.json + model.safetensors and copies each run's metrics, summary and loss plot into
+OUT/training/ for the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ENCODER_PARTS = ("encoder.", "to_code.", "to_fsq.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--decoder", default="runs/decoder")
+    p.add_argument("--tokenizer-ft", default="")
+    p.add_argument("--runs", nargs="*", default=["runs/audio", "runs/tokenizer", "runs/tokenizer_ft", "runs/decoder"],
+                   help="run folders whose metrics/summary/loss plot go into OUT/training/")
+    p.add_argument("--out", default="checkpoints/tiny")
+    args = p.parse_args(argv)
+    from eartalking.model import checkpoint
+
+    model, cfg = checkpoint.load(args.decoder)
+    if args.tokenizer_ft:
+        ft = load_file(str(Path(args.tokenizer_ft) / "tokenizer.safetensors"))
+        current = model.tokenizer.state_dict()
+        changed = [k for k in current if k.startswith(ENCODER_PARTS) and not torch.equal(current[k], ft[k])]
+        if changed:
+            print(f"refusing: the fine-tuned tokenizer's encoder differs ({changed[:3]}...): tokens would change",
+                  file=sys.stderr)
+            return 1
+        model.tokenizer.load_state_dict(ft)
+    out = Path(args.out)
+    checkpoint.save(out, model, cfg, metadata={"source": f"{args.decoder} + {args.tokenizer_ft or 'same tokenizer'}"})
+    train_dir = out / "training"
+    train_dir.mkdir(exist_ok=True)
+    for run in map(Path, args.runs):
+        for name in ("metrics.jsonl", "summary.json", "loss.png"):
+            if (run / name).is_file():
+                shutil.copy(run / name, train_dir / f"{run.name}_{name}")
+    size = (out / checkpoint.WEIGHTS_FILE).stat().st_size / 2**20
+    print(f"wrote {out} ({size:.1f} MiB weights) with {sum(1 for _ in train_dir.iterdir())} training logs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
