@@ -52,6 +52,30 @@ class GraphModel:
         return out
 
 
+    def admit(self, reqs: list[Feeds], ctrls: list, on_start: Callable[[Feeds], object]
+              ) -> tuple[list[Feeds | Exception], list[int]]:
+        """Open sequences whose request has START (state = ``on_start(request)``) and return the answer list
+        (pre-filled with each failing request's SequenceError) and the indices of the requests with state."""
+        self.store.reap()
+        out: list[Feeds | Exception] = [ValueError("not run")] * len(reqs)
+        live: list[int] = []
+        for i, (r, c) in enumerate(zip(reqs, ctrls, strict=True)):
+            try:
+                if c.start:
+                    self.store.start(c.corrid, on_start(r))
+                self.store.get(c.corrid)
+                live.append(i)
+            except SequenceError as e:
+                out[i] = e
+        return out, live
+
+    def finish(self, ctrls: list) -> None:
+        """Free the state of every sequence that ended with this batch."""
+        for c in ctrls:
+            if c.end:
+                self.store.end(c.corrid)
+
+
 class TokenizerEncoder(GraphModel):
     stateful = True
 
@@ -75,18 +99,13 @@ class TokenizerDecoder(GraphModel):
     stateful = True
 
     def execute(self, reqs, ctrls):
-        self.store.reap()
-        out: list[Feeds | Exception] = [ValueError("not run")] * len(reqs)
-        live: list[int] = []
-        for i, (r, c) in enumerate(zip(reqs, ctrls, strict=True)):
-            try:
-                if c.start:
-                    res = self.engine.backend.run("tokenizer_encoder", {"image": r["image"].astype(np.float32)})
-                    self.store.start(c.corrid, [res[f"ref_{k}"] for k in range(len(self.engine.dims["ref_shapes"]))])
-                self.store.get(c.corrid)
-                live.append(i)
-            except SequenceError as e:
-                out[i] = e
+        n_refs = len(self.engine.dims["ref_shapes"])
+
+        def refs(r: Feeds) -> list[np.ndarray]:
+            res = self.engine.backend.run("tokenizer_encoder", {"image": r["image"].astype(np.float32)})
+            return [res[f"ref_{k}"] for k in range(n_refs)]
+
+        out, live = self.admit(reqs, ctrls, refs)
         if live:
             refs = [self.store.get(ctrls[i].corrid) for i in live]
             feeds = {"tokens": np.concatenate([reqs[i]["tokens"] for i in live]).astype(np.int32)}
@@ -94,9 +113,7 @@ class TokenizerDecoder(GraphModel):
             img = self.engine.backend.run(self.graph, feeds)["image"]
             for j, i in enumerate(live):
                 out[i] = {"image": img[j : j + 1]}
-        for c in ctrls:
-            if c.end:
-                self.store.end(c.corrid)
+        self.finish(ctrls)
         return out
 
 
@@ -104,17 +121,7 @@ class StepDecoder(GraphModel):
     stateful = True
 
     def execute(self, reqs, ctrls):
-        self.store.reap()
-        out: list[Feeds | Exception] = [ValueError("not run")] * len(reqs)
-        live: list[int] = []
-        for i, (r, c) in enumerate(zip(reqs, ctrls, strict=True)):
-            try:
-                if c.start:
-                    self.store.start(c.corrid, self.engine.initial_state(r["ref_tokens"].astype(np.int32)))
-                self.store.get(c.corrid)
-                live.append(i)
-            except SequenceError as e:
-                out[i] = e
+        out, live = self.admit(reqs, ctrls, lambda r: self.engine.initial_state(r["ref_tokens"].astype(np.int32)))
         if live:
             states = [self.store.get(ctrls[i].corrid) for i in live]
             feeds = {k: np.concatenate([reqs[i][k] for i in live]) for k in reqs[live[0]]}
@@ -125,9 +132,7 @@ class StepDecoder(GraphModel):
             for j, i in enumerate(live):
                 self.store.start(ctrls[i].corrid, {n: res[f"out_{n}"][j : j + 1] for n in STATE_NAMES})
                 out[i] = {"tokens": res["tokens"][j : j + 1].astype(np.int32)}
-        for c in ctrls:
-            if c.end:
-                self.store.end(c.corrid)
+        self.finish(ctrls)
         return out
 
 
