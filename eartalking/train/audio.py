@@ -78,10 +78,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train = common.load_corpus(args.data, "train")
-    try:
-        held = common.load_corpus(args.data, "eval", 30)
-    except (FileNotFoundError, KeyError, SystemExit):
-        held = train[-4:]
+    held = common.load_heldout(args.data, train, 30)
     audio = AudioEncoder(cfg.audio).to(device)
     aux = torch.nn.Linear(cfg.audio.tokens_per_frame * cfg.audio.dim, 1).to(device)
     if (out / WEIGHTS).is_file():
@@ -101,10 +98,7 @@ def run(args: argparse.Namespace) -> int:
         pred = aux(audio(augment_audio(b["pcm"], gen)).flatten(2)).squeeze(-1)
         known = ~torch.isnan(b["openness"])
         loss = F.mse_loss(pred[known], b["openness"][known])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        common.optimizer_step(opt, loss, params)
         step += 1
         bar.update(1)
         if step % 100 == 0:

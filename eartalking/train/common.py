@@ -91,6 +91,23 @@ def load_corpus(data: str | Path, split: str = "train", limit: int = 0, size: in
     return clips
 
 
+def load_heldout(data: str | Path, train: list[MemClip], limit: int, size: int | None = None) -> list[MemClip]:
+    """The ``eval`` split (unseen people, voices, sentences) for metrics; a corpus without one falls back to
+    the last training clips, so a user's own unsplit data still trains."""
+    try:
+        return load_corpus(data, "eval", limit, size=size)
+    except (FileNotFoundError, KeyError, SystemExit):
+        return train[-4:]
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, clip: float = 1.0) -> None:
+    """zero_grad, backward, clip the gradient norm of ``params`` to ``clip``, step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+
+
 def to_image_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 [...,S,S,3] -> float [...,3,S,S] in 0..1 on ``device``."""
     t = torch.from_numpy(np.ascontiguousarray(frames)).to(device)

@@ -180,10 +180,7 @@ def run(args: argparse.Namespace) -> int:
         load_pretrained(args.init_audio, model.audio, aux, device)
     size = cfg.tokenizer.image_size
     train = common.load_corpus(args.data, "train", args.limit_clips, size=size)
-    try:
-        held = common.load_corpus(args.data, "eval", 24, size=size)
-    except (FileNotFoundError, KeyError, SystemExit):
-        held = train[-4:]
+    held = common.load_heldout(args.data, train, 24, size=size)
     sampler = WindowSampler(cfg, train, *tokenize_clips(model.tokenizer, train, device), args.frames, args.seed)
     held_sampler = WindowSampler(cfg, held, *tokenize_clips(model.tokenizer, held, device), args.frames, 7)
     params = list(model.audio.parameters()) + list(model.decoder.parameters()) + list(aux.parameters())
@@ -218,10 +215,7 @@ def run(args: argparse.Namespace) -> int:
         aux_loss = (F.mse_loss(pred_open.float()[known], b["openness"][known]) if known.any()
                     else pred_open.sum() * 0)
         loss = ce + 2.0 * aux_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        common.optimizer_step(opt, loss, params)
         step += 1
         bar.update(1)
         if step % 100 == 0:

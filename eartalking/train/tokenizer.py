@@ -141,10 +141,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train = common.load_corpus(args.data, "train", args.limit_clips, size=cfg.tokenizer.image_size)
-    try:
-        held = common.load_corpus(args.data, "eval", 24, size=cfg.tokenizer.image_size)
-    except (FileNotFoundError, KeyError, SystemExit):
-        held = train[-4:]
+    held = common.load_heldout(args.data, train, 24, size=cfg.tokenizer.image_size)
     tok = Tokenizer(cfg.tokenizer).to(device)
     if (out / WEIGHTS).is_file():
         tok.load_state_dict(load_file(str(out / WEIGHTS), device=str(device)))
@@ -174,10 +171,7 @@ def run(args: argparse.Namespace) -> int:
         rec = rec.float()
         l1w = ((rec - img).abs() * weights).mean()
         loss = l1w + 0.5 * grad_l1(rec, img) + L["vq_total"].float()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in tok.parameters() if p.requires_grad], 1.0)
-        opt.step()
+        common.optimizer_step(opt, loss, [p for p in tok.parameters() if p.requires_grad])
         meter.update(L["indices"])
         step += 1
         bar.update(1)
