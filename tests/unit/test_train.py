@@ -95,3 +95,24 @@ def test_decoder_needs_a_trained_tokenizer(corpus_dir, tmp_path):
     with pytest.raises(SystemExit, match="train-tokenizer"):
         main(["train", "--data", str(corpus_dir), "--tokenizer", str(tmp_path / "none"), "--out",
               str(tmp_path / "dec"), "--steps", "1", "--threads", "1"])
+
+
+def test_audio_pretraining_initialises_decoder_training(tokenizer_runs, corpus_dir, tmp_path):
+    """train-audio writes an encoder + openness head that `train --init-audio` starts from (0 steps: the
+    loaded weights must be exactly the pretrained ones)."""
+    audio_out = tmp_path / "audio"
+    rc = main(["train-audio", "--data", str(corpus_dir), "--out", str(audio_out), "--preset", "test_small",
+               "--steps", "3", "--batch", "2", "--frames", "8", "--threads", "1", "--device", "cpu", "--minutes", "0"])
+    assert rc == 0 and _rows(audio_out / "metrics.jsonl")[-1]["step"] == 3
+    pre = load_file(str(audio_out / "audio.safetensors"))
+    assert any(k.startswith("aux.") for k in pre) and any(k.startswith("audio.") for k in pre)
+    out = tmp_path / "dec"
+    rc = main(["train", "--data", str(corpus_dir), "--tokenizer", str(tokenizer_runs["out"]), "--out", str(out),
+               "--init-audio", str(audio_out), "--steps", "0", "--batch", "2", "--frames", "8", "--threads", "1",
+               "--device", "cpu", "--minutes", "0"])
+    assert rc == 0
+    from eartalking.model import checkpoint
+
+    model, _ = checkpoint.load(out)
+    for k, v in model.audio.state_dict().items():
+        assert torch.equal(v, pre[f"audio.{k}"]), k
