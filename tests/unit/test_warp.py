@@ -69,15 +69,23 @@ def test_face_stays_detectable_under_random_controls(rig):
         rig.render(openness=rng.uniform(0, 1), blink=rng.uniform(0, 1), yaw=rng.uniform(-30, 30),
                    expression=rng.uniform(0, 1))
     print(f"FaceRig.render at 128 px: {(time.perf_counter() - t0) / n * 1000:.1f} ms/frame (not asserted)")
-    for _ in range(6):
+    # dlib's HOG detector itself misses the astronaut in ~3% of random combined extreme poses (measured 5 of
+    # 150 draws; 0 of 150 for Grace Hopper), so one failing draw would make this test flaky: over 60 draws at
+    # most 8 misses are allowed (P(fail) ~ 2e-4 at the measured rate), and every face found must sit where
+    # the rig says its landmarks are.
+    missed = []
+    for _ in range(60):
         kw = dict(openness=rng.uniform(0, 1), width=rng.uniform(0, 1), blink=rng.uniform(0, 1),
                   yaw=rng.uniform(-25, 25), pitch=rng.uniform(-15, 15), roll=rng.uniform(-15, 15),
                   expression=rng.uniform(0, 1))
         img, lm = rig.render(**kw)
         det = F.landmarks68(img)
-        assert det is not None, kw
+        if det is None:
+            missed.append(kw)
+            continue
         # the returned landmarks are where dlib finds them (mean error in 128 px frame pixels)
         assert np.abs(det - lm).mean() < 4.0, kw
+    assert len(missed) <= 8, missed
 
 
 def test_mouth_openness_follows_request(rig):
