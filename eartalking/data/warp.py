@@ -410,6 +410,17 @@ def _bilinear(src: np.ndarray, mx: np.ndarray, my: np.ndarray) -> np.ndarray:
     return top + (bot - top) * fy
 
 
+def _corner_axes(c0: np.ndarray, c1: np.ndarray) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """(length, u axis along c0->c1, v axis perpendicular and downward) of a mouth/eye corner line; None when
+    the corners are under 2 px apart (nothing to paint)."""
+    axis = c1 - c0
+    length = float(np.hypot(*axis))
+    if length < 2:
+        return None
+    ex = axis / length
+    return length, ex, np.array([-ex[1], ex[0]])
+
+
 def _paint_mouth(frame: np.ndarray, Q: np.ndarray, lip_rgb: np.ndarray, d: float, openness: float) -> None:
     """Paint the mouth interior (cavity, teeth, tongue) inside the warped inner-lip contour, in place.
 
@@ -418,12 +429,10 @@ def _paint_mouth(frame: np.ndarray, Q: np.ndarray, lip_rgb: np.ndarray, d: float
     anti-aliased analytically (coverage = distance to the nearer lip curve + 0.5 px).
     """
     c0, c1 = Q[60], Q[64]
-    axis = c1 - c0
-    length = float(np.hypot(*axis))
-    if length < 2:
+    frame_axes = _corner_axes(c0, c1)
+    if frame_axes is None:
         return
-    ex = axis / length
-    ey = np.array([-ex[1], ex[0]])
+    length, ex, ey = frame_axes
     up_k, dn_k = [60, 61, 62, 63, 64], [60, 67, 66, 65, 64]
     up = (Q[up_k] - c0) @ ex, (Q[up_k] - c0) @ ey
     dn = (Q[dn_k] - c0) @ ex, (Q[dn_k] - c0) @ ey
@@ -499,12 +508,10 @@ def _paint_lid(frame: np.ndarray, Q: np.ndarray, Qopen: np.ndarray, a: int, c: i
     grows with ``blink``. Keeps blinks visible even where dlib's eye contour misses part of the eye (glasses).
     """
     c0, c1 = Q[a], Q[c]
-    axis = c1 - c0
-    length = float(np.hypot(*axis))
-    if length < 2:
+    frame_axes = _corner_axes(c0, c1)
+    if frame_axes is None:
         return
-    ex = axis / length
-    ey = np.array([-ex[1], ex[0]])
+    length, ex, ey = frame_axes
     up_idx = (a, a + 1, a + 2, c)
     lo_idx = (a, a + 5, a + 4, c)
 
