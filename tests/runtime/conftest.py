@@ -1,4 +1,4 @@
-"""Shared fixtures for the runtime tests (the ``test_small`` model and export come from tests/conftest.py)."""
+"""Shared fixtures for the runtime tests: one random-weight ``test_small`` export (the real exporter) per run."""
 
 from __future__ import annotations
 
@@ -6,8 +6,19 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def onnx_dir(small_onnx):
-    return small_onnx
+def small_model():
+    from eartalking.model.checkpoint import random_model
+
+    return random_model("test_small", seed=0)
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(tmp_path_factory, small_model):
+    from eartalking.export.onnx import export_all
+
+    out = tmp_path_factory.mktemp("onnx_small")
+    export_all(small_model, small_model.cfg, out, {"preset": "test_small", "random_seed": 0})
+    return out
 
 
 @pytest.fixture(scope="session")

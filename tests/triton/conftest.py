@@ -14,8 +14,14 @@ IDLE_S = 2.0  # keep in sync with test_triton_server.py
 
 
 @pytest.fixture(scope="session")
-def th_onnx(small_onnx):
-    return small_onnx
+def th_onnx(tmp_path_factory):
+    from eartalking.export.onnx import export_all
+    from eartalking.model.checkpoint import random_model
+
+    model = random_model("test_small", seed=0)
+    out = tmp_path_factory.mktemp("th_onnx")
+    export_all(model, model.cfg, out, {"preset": "test_small", "random_seed": 0})
+    return out
 
 
 @pytest.fixture(scope="session")
