@@ -35,12 +35,12 @@ from eartalking.cli import UserError
 from eartalking.config import CONTROL_NAMES, CONTROL_RANGES
 from eartalking.runtime.backends import Backend, load_backend
 from eartalking.runtime.media import to_float_pcm
+from eartalking.runtime.remote import STATE_NAMES, LocalStepper  # STATE_NAMES is re-exported
 
 #: Most audio frames per ``audio_encoder`` call (export/specs.py AUDIO_FRAMES_PROFILE max).
 MAX_AUDIO_FRAMES = 64
 #: Most distinct future frames with control events pending in one session (bounds per-session memory).
 MAX_PENDING_EVENTS = 100_000
-STATE_NAMES: tuple[str, ...] = ("sink_k", "sink_v", "window_k", "window_v", "prev_tokens", "frame")
 
 
 @dataclass
@@ -74,8 +74,10 @@ class Engine:
 
     def __init__(self, source: str | Path | Backend, device: str = "cpu", kind: str | None = None,
                  threads: int | None = None, load_faces: bool = True, warmup: bool = True,
-                 overlap: bool | None = None) -> None:
+                 overlap: bool | None = None, stepper=None) -> None:
         self.backend = source if isinstance(source, Backend) else load_backend(source, device, kind, threads)
+        #: how step_decoder runs: in process with explicit state (default) or as a remote stateful model
+        self.stepper = stepper if stepper is not None else LocalStepper()
         meta: dict = {}
         for g in ("tokenizer_encoder", "audio_encoder", "step_decoder"):  # graph-specific facts are left out
             meta.update({k: _parse(v) for k, v in self.backend.metadata(g).items() if k not in _GRAPH_KEYS})
@@ -125,6 +127,9 @@ class Engine:
         kernel selection (measured here: 290 ms vs 59 ms for a first frame), not a user's first frame."""
         rng = np.random.default_rng(0)
         tokens, refs = self.encode_portrait(rng.integers(0, 255, (self.S, self.S, 3), dtype=np.uint8))
+        self.decode(tokens, refs)
+        if self.stepper.remote or getattr(self.backend, "is_remote", lambda g: False)("audio_encoder"):
+            return  # remote graphs are warmed by their own server (and BLS is not allowed at model load)
         audio = self.encode_audio(np.zeros((1, self.left + self.hop), np.float32))
         feeds = {"start": np.ones((1, 1), np.int32), "ref_tokens": tokens, "audio_tokens": audio[:, 0],
                  "controls": np.zeros((1, len(self.control_names)), np.float32),
@@ -132,7 +137,6 @@ class Engine:
                  "temperature": np.zeros((1, 1), np.float32), "gumbel": np.zeros((1, self.N, self.K), np.float32)}
         feeds |= {f"in_{k}": v for k, v in self.initial_state(tokens).items()}
         self.backend.run("step_decoder", feeds)
-        self.decode(tokens, refs)
 
     # ---- graph calls (batch axis first everywhere) ----
     def encode_portrait(self, crop: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -182,7 +186,8 @@ class Session:
         self.engine, self.crop_only, self.temperature, self.seed = engine, crop_only, float(temperature), int(seed)
         self.face = face if face is not None else faces.prepare(portrait_rgb, engine.S, need_paste=not crop_only)
         self.ref_tokens, self.refs = engine.encode_portrait(self.face.crop)
-        self.state: dict[str, np.ndarray] | None = engine.initial_state(self.ref_tokens)
+        #: step_decoder state: explicit tensors (LocalStepper) or the remote sequence's id (RemoteStepper)
+        self.state = engine.stepper.initial(engine, self.ref_tokens)
         self._pcm = np.zeros(engine.left, np.float32)  # stream buffer; [0] is stream sample self._pcm_at
         self._pcm_at = 0
         self._samples = 0  # real samples pushed
@@ -378,13 +383,7 @@ def step_many(sessions: Sequence[Session]) -> list[list[Frame]]:
             feeds["temperature"].append(np.full((1, 1), s.temperature, np.float32))
             feeds["gumbel"].append(_gumbel(s, t, engine.N, engine.K)[None])
         arrays = {k: (v[0] if len(v) == 1 else np.concatenate(v)) for k, v in feeds.items()}
-        for name in STATE_NAMES:
-            parts = [s.state[name] for s in batch]
-            arrays[f"in_{name}"] = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        res = engine.backend.run("step_decoder", arrays)
-        for j, s in enumerate(batch):
-            s.state = {name: res[f"out_{name}"][j : j + 1] for name in STATE_NAMES}
-        tokens = res["tokens"].astype(np.int32)
+        tokens = engine.stepper.step(engine, batch, arrays)
         refs = [np.concatenate([s.refs[r] for s in batch]) if len(batch) > 1 else batch[0].refs[r]
                 for r in range(len(batch[0].refs))]
         job = (idx, batch, [s.next_frame for s in batch], given, tokens)

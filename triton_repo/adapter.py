@@ -74,8 +74,12 @@ def params(args: dict) -> dict[str, str]:
     return {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
 
 
-def load_engine(args: dict, load_faces: bool = False):
-    """Engine over ``<repository>/<model>/<version>/graphs``; ``threads`` from the config parameters."""
+def load_engine(args: dict, load_faces: bool = False, transport: Any = None):
+    """Engine over ``<repository>/<model>/<version>/graphs``; ``threads`` from the config parameters.
+
+    With a ``transport`` (``bls.BlsTransport``), ``audio_encoder`` and ``step_decoder`` run as requests to the
+    server's graph models (decoder state kept there, per correlation id); the portrait graphs stay in process.
+    """
     from eartalking.runtime.backends import load_backend
     from eartalking.runtime.session import Engine
 
@@ -88,7 +92,11 @@ def load_engine(args: dict, load_faces: bool = False):
     kind = p.get("graph_backend") or None
     onnx = graphs / "onnx" if (graphs / "onnx").is_dir() else None
     backend = load_backend(graphs, device=p.get("device", "cpu"), kind=kind, threads=threads, onnx_dir=onnx)
-    return Engine(backend, load_faces=load_faces), p
+    if transport is None:
+        return Engine(backend, load_faces=load_faces), p
+    from eartalking.runtime.remote import RemoteStepper, RoutedBackend
+
+    return Engine(RoutedBackend(backend, transport), load_faces=load_faces, stepper=RemoteStepper(transport)), p
 
 
 def idle_seconds(p: dict[str, str]) -> float:

@@ -14,7 +14,13 @@ ensemble, one frame per request).
   correlation id under ``sequence_batching`` (oldest), freed at END and after the idle timeout.
 - gpu: ``tensorrt_plan`` models (plans from ``--engines``); ``step_decoder`` under ``sequence_batching``
   (oldest) with implicit state ``in_*`` -> ``out_*`` and START mapped to its ``start`` input; the stateless
-  graphs use dynamic batching; ``talking_head`` runs the plans in process through the runtime's TensorRT backend.
+  graphs use dynamic batching.
+- ``talking_head`` (``--talking-head-graphs``): with ``bls`` (the gpu default) it sends ``audio_encoder`` and
+  ``step_decoder`` requests to those models (BLS, one correlation id per session, START on its first frame and
+  END on its last), so Triton batches the decoder across every session and instance and keeps its state;
+  with ``process`` (the cpu default: one CPU gains nothing from the extra hop) it runs every graph itself.
+  The portrait graphs (``tokenizer_encoder``/``tokenizer_decoder``) always run in its process, so the
+  reference features never cross a process boundary per frame.
 """
 
 from __future__ import annotations
@@ -45,6 +51,16 @@ class Options:
     queue_delay_us: int = 100
     instances: int = 1
     threads: int = 1
+    #: how ``talking_head`` runs audio_encoder/step_decoder: "bls" (requests to the graph models, batched by
+    #: Triton across sessions and instances), "process" (in its own process), "auto" (gpu: bls, cpu: process)
+    talking_head_graphs: str = "auto"
+
+    def graph_calls(self) -> str:
+        if self.talking_head_graphs not in ("auto", "bls", "process"):
+            raise UserError(f"--talking-head-graphs must be auto, bls or process, got {self.talking_head_graphs!r}")
+        if self.talking_head_graphs != "auto":
+            return self.talking_head_graphs
+        return "bls" if self.flavor == "gpu" else "process"
 
 
 def read_graphs(onnx_dir: Path) -> dict[str, dict]:
@@ -178,7 +194,7 @@ def render_configs(graphs: dict[str, dict], o: Options, templates: Path = HERE /
     base = {**{k: v for k, v in dims.items()}, "flavor": o.flavor, "max_batch_size": batch_max,
             "idle_us": int(o.idle_s * 1e6), "idle_s": o.idle_s, "max_sequences": o.max_sequences,
             "queue_delay_us": o.queue_delay_us, "threads": o.threads,
-            "graph_backend": "tensorrt" if gpu else "onnxruntime",
+            "graph_backend": "tensorrt" if gpu else "onnxruntime", "graph_calls": o.graph_calls(),
             "frame_pcm": dims["audio_left_context"] + dims["samples_per_frame"],
             "encoder_ref_outputs": "\n      ".join(f'output_map {{ key: "ref_{i}" value: "ref_{i}" }}'
                                                    for i in range(n_refs)) if gpu else "",
@@ -250,12 +266,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue-delay-us", type=int, default=100, help="batcher max_queue_delay_microseconds")
     p.add_argument("--instances", type=int, default=1, help="instances per graph model")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per Python model (cpu)")
+    p.add_argument("--talking-head-graphs", choices=("auto", "bls", "process"), default="auto",
+                   help="where talking_head runs audio_encoder and step_decoder: bls = BLS requests to the graph "
+                        "models (Triton batches all sessions of all instances; decoder state stays in the server), "
+                        "process = in talking_head's own process (fewest hops on one CPU); auto = bls on gpu, "
+                        "process on cpu. The portrait graphs always run in process (their features stay local)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.idle_timeout_s <= 0 or args.max_sequences < 1 or args.instances < 1 or args.threads < 1:
         raise UserError("--idle-timeout-s must be > 0 and --max-sequences/--instances/--threads >= 1")
-    o = Options(args.flavor, args.idle_timeout_s, args.max_sequences, args.queue_delay_us, args.instances, args.threads)
+    o = Options(args.flavor, args.idle_timeout_s, args.max_sequences, args.queue_delay_us, args.instances, args.threads,
+                args.talking_head_graphs)
     engines = Path(args.engines) if args.engines else None
     notes = render(Path(args.onnx), Path(args.out), o, engines)
     for n in notes:

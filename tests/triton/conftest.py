@@ -55,6 +55,24 @@ def triton(th_repo):
 
 
 @pytest.fixture(scope="session")
+def triton_bls(th_onnx, tmp_path_factory):
+    """A second server whose ``talking_head`` calls audio_encoder/step_decoder through BLS (the GPU layout)."""
+    from eartalking.triton_repo import serve
+    from eartalking.triton_repo.render import Options, render
+
+    try:
+        serve.wheel_root()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"tritonserver is not installed: {e}")
+    repo = tmp_path_factory.mktemp("th_repo_bls") / "repo"
+    render(th_onnx, repo, Options("cpu", idle_s=IDLE_S, max_sequences=8, queue_delay_us=2000,
+                                  talking_head_graphs="bls"))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with serve.TritonServer(repo, log_path=repo.parent / "tritonserver.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
 def portrait():
     from skimage import data
 

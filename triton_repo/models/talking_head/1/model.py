@@ -9,6 +9,7 @@ import numpy as np
 import triton_python_backend_utils as pb
 
 from eartalking.triton_repo import adapter
+from eartalking.triton_repo.bls import BlsTransport
 from eartalking.triton_repo.streaming import Chunk, StreamingHost
 
 INPUTS = ["portrait", "pcm", "control_frame", "controls", "control_mask", "crop_only", "temperature", "seed"]
@@ -29,7 +30,10 @@ def _chunk(c, x):
 
 class TritonPythonModel:
     def initialize(self, args):
-        engine, p = adapter.load_engine(args, load_faces=True)
+        # graph_calls = bls: audio_encoder/step_decoder go to the server's graph models (batched across
+        # sessions and instances, decoder state kept there); process: every graph runs in this process
+        bls = adapter.params(args).get("graph_calls", "process") == "bls"
+        engine, p = adapter.load_engine(args, load_faces=True, transport=BlsTransport(pb) if bls else None)
         self.host = StreamingHost(engine, adapter.idle_seconds(p), on_change=adapter.gauge(pb, "talking_head"))
         self.host.store.start_reaper()
 
