@@ -37,6 +37,13 @@ def test_every_config_parses_and_dims_come_from_metadata(th_onnx, flavor):
     assert list(pcm.dims) == [meta["audio_left_context"] + meta["samples_per_frame"]]
     th = cfgs["talking_head"]
     assert th.model_transaction_policy.decoupled and th.HasField("sequence_batching")
+    # gpu: BLS to the graph models (Triton batches the decoder across sessions); cpu: in process by default
+    assert th.parameters["graph_calls"].string_value == ("bls" if flavor == "gpu" else "process")
+    other = "process" if flavor == "gpu" else "bls"
+    th2 = _parse(render_configs(graphs, Options(flavor, talking_head_graphs=other))["talking_head"])
+    assert th2.parameters["graph_calls"].string_value == other
+    with pytest.raises(UserError, match="talking-head-graphs"):
+        render_configs(graphs, Options(flavor, talking_head_graphs="remote"))
     if flavor == "gpu":
         assert step.platform == "tensorrt_plan"
         states = {(s.input_name, s.output_name) for s in step.sequence_batching.state}
