@@ -85,8 +85,14 @@ class TritonServer:
 
     def __init__(self, repo: str | Path, http_port: int | None = None, grpc_port: int | None = None,
                  metrics_port: int | None = None, log_path: str | Path | None = None, verbose: int = 0,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, binary: str | Path | None = None) -> None:
         self.repo = Path(repo).resolve()
+        #: another tritonserver (e.g. NGC's /opt/tritonserver/bin/tritonserver, which has the TensorRT backend);
+        #: it then uses its own backends and memory pools. Default: $EARTALKING_TRITONSERVER, else the wheel's.
+        self.binary = Path(binary or os.environ.get("EARTALKING_TRITONSERVER", "")) if (
+            binary or os.environ.get("EARTALKING_TRITONSERVER")) else None
+        if self.binary is not None and not self.binary.is_file():
+            raise UserError(f"tritonserver binary {self.binary} not found (EARTALKING_TRITONSERVER / --binary)")
         if not (self.repo.is_dir() and any(self.repo.glob("*/config.pbtxt"))):
             raise UserError(f"{self.repo}: not a model repository (no */config.pbtxt); run `eartalking triton-repo`")
         self._auto_ports = not (http_port or grpc_port or metrics_port)
@@ -110,17 +116,22 @@ class TritonServer:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def command(self) -> list[str]:
+        net = ["--http-address=127.0.0.1", f"--http-port={self.http_port}", "--grpc-address=127.0.0.1",
+               f"--grpc-port={self.grpc_port}", "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
+               "--exit-timeout-secs=10", f"--log-verbose={self.verbose}", "--strict-readiness=true"]
+        if self.binary is not None:  # a full server install: its own backends, GPU memory pools and metrics
+            return [str(self.binary), f"--model-repository={self.repo}", *net, *self.extra]
         return [
             str(wheel_root() / "bin" / "tritonserver"), f"--model-repository={self.repo}",
-            f"--backend-directory={backend_dir()}", "--http-address=127.0.0.1", f"--http-port={self.http_port}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}", "--metrics-address=127.0.0.1",
-            f"--metrics-port={self.metrics_port}", "--allow-gpu-metrics=false", "--allow-cpu-metrics=false",
-            "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0", "--exit-timeout-secs=10",
-            f"--log-verbose={self.verbose}", "--strict-readiness=true", *self.extra,
+            f"--backend-directory={backend_dir()}", *net, "--allow-gpu-metrics=false", "--allow-cpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0", *self.extra,
         ]
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
+        if self.binary is not None:
+            env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+            return env
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs_dir()), env.get("LD_LIBRARY_PATH", "")]))
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -204,10 +215,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--log", default=None, help="server log file (default: beside the repository)")
     p.add_argument("--verbose", type=int, default=0, help="tritonserver --log-verbose level")
+    p.add_argument("--binary", default=None,
+                   help="another tritonserver binary, e.g. /opt/tritonserver/bin/tritonserver in NVIDIA's container "
+                        "(needed for the gpu flavour's TensorRT models; default: $EARTALKING_TRITONSERVER, else the "
+                        "CPU binary from the nvidia-pytriton wheel)")
 
 
 def run(args: argparse.Namespace) -> int:
-    srv = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, args.log, args.verbose)
+    srv = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, args.log, args.verbose,
+                       binary=args.binary)
     for port in (srv.http_port, srv.grpc_port, srv.metrics_port):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
