@@ -85,7 +85,8 @@ class TritonServer:
 
     def __init__(self, repo: str | Path, http_port: int | None = None, grpc_port: int | None = None,
                  metrics_port: int | None = None, log_path: str | Path | None = None, verbose: int = 0,
-                 extra_args: list[str] | None = None, binary: str | Path | None = None) -> None:
+                 extra_args: list[str] | None = None, binary: str | Path | None = None,
+                 exit_timeout_s: int = 10) -> None:
         self.repo = Path(repo).resolve()
         #: another tritonserver (e.g. NGC's /opt/tritonserver/bin/tritonserver, which has the TensorRT backend);
         #: it then uses its own backends and memory pools. Default: $EARTALKING_TRITONSERVER, else the wheel's.
@@ -101,6 +102,7 @@ class TritonServer:
         self.metrics_port = metrics_port or free_port()
         self.log_path = Path(log_path) if log_path else self.repo.parent / "tritonserver.log"
         self.verbose, self.extra = verbose, list(extra_args or [])
+        self.exit_timeout_s = int(exit_timeout_s)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -118,7 +120,7 @@ class TritonServer:
     def command(self) -> list[str]:
         net = ["--http-address=127.0.0.1", f"--http-port={self.http_port}", "--grpc-address=127.0.0.1",
                f"--grpc-port={self.grpc_port}", "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
-               "--exit-timeout-secs=10", f"--log-verbose={self.verbose}", "--strict-readiness=true"]
+               f"--exit-timeout-secs={self.exit_timeout_s}", f"--log-verbose={self.verbose}", "--strict-readiness=true"]
         if self.binary is not None:  # a full server install: its own backends, GPU memory pools and metrics
             return [str(self.binary), f"--model-repository={self.repo}", *net, *self.extra]
         return [
@@ -188,8 +190,18 @@ class TritonServer:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
             return r.read().decode()
 
-    def stop(self, timeout_s: float = 20.0) -> None:
+    def stop(self, timeout_s: float | None = None) -> None:
+        """SIGINT, then SIGKILL to the whole process group if it has not exited ``exit_timeout_s`` + 5 s later.
+
+        Triton's shutdown is sequence-aware: a sequence without END (a client still streaming, or gone without
+        END and not yet idle-reaped) counts as in flight, so the server waits its exit timeout, then forces
+        its exit, which can abort inside Triton (malloc error, triton-inference-server/server#8390) and leave
+        the process hanging. The kill bounds that; sequences idle longer than
+        ``max_sequence_idle_microseconds`` are freed earlier and let it exit cleanly.
+        """
         p, self.proc = self.proc, None
+        if timeout_s is None:
+            timeout_s = self.exit_timeout_s + 5.0
         if p is not None and p.poll() is None:
             p.send_signal(signal.SIGINT)
             try:
@@ -215,6 +227,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--log", default=None, help="server log file (default: beside the repository)")
     p.add_argument("--verbose", type=int, default=0, help="tritonserver --log-verbose level")
+    p.add_argument("--exit-timeout-s", type=int, default=10,
+                   help="on Ctrl-C, wait this long for in-flight requests and open sequences (streams without END) "
+                        "before Triton exits anyway; the server is killed 5 s after that")
     p.add_argument("--binary", default=None,
                    help="another tritonserver binary, e.g. /opt/tritonserver/bin/tritonserver in NVIDIA's container "
                         "(needed for the gpu flavour's TensorRT models; default: $EARTALKING_TRITONSERVER, else the "
@@ -223,7 +238,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     srv = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, args.log, args.verbose,
-                       binary=args.binary)
+                       binary=args.binary, exit_timeout_s=args.exit_timeout_s)
     for port in (srv.http_port, srv.grpc_port, srv.metrics_port):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:

@@ -4,6 +4,7 @@ flavour's Python models, whose per-sequence store stands in for TensorRT's impli
 
 The frames must equal the embedded runtime's (identical tokens), the decoder's sequences must live in
 ``step_decoder`` (its live-sequence gauge) and be freed by the END of each talking_head sequence.
+Also here: stopping a server while a client is still streaming is bounded and leaves no processes behind.
 """
 
 from __future__ import annotations
@@ -58,3 +59,59 @@ def test_bls_talking_head_matches_embedded_and_end_frees_decoder_state(triton_bl
     finally:
         sc.close()
 
+
+
+def _stub_pids(repo) -> list[int]:
+    """Python-backend stub processes serving models of ``repo`` (their command line names the model path)."""
+    import os
+
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cmd = open(f"/proc/{d}/cmdline", "rb").read().decode(errors="replace")
+            except OSError:
+                continue
+            if "triton_python_backend_stub" in cmd and str(repo) in cmd:
+                pids.append(int(d))
+    return pids
+
+
+def test_stop_with_a_stream_in_flight_is_bounded_and_leaves_no_processes(th_onnx, portrait, tmp_path):
+    """A client still streaming holds Triton's sequence-aware shutdown; stop() must still end everything."""
+    import threading
+
+    from eartalking.triton_repo import serve
+    from eartalking.triton_repo.render import Options, render
+
+    repo = tmp_path / "repo"  # its own repository, so only this server's stubs name it
+    render(th_onnx, repo, Options("cpu", idle_s=60.0))
+    srv = serve.TritonServer(repo, log_path=tmp_path / "stop.log", exit_timeout_s=2).start()
+    sc = StreamClient(srv.grpc_url)
+    sc.open(5, portrait, crop_only=True)
+    halt = threading.Event()
+
+    def pump() -> None:
+        for i in range(10_000):
+            if halt.is_set():
+                return
+            try:
+                sc.push(5, _pcm(100 + i, 1))
+            except Exception:  # noqa: BLE001 (the server going away ends the stream)
+                return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    time.sleep(1.0)
+    assert _stub_pids(repo), "the stubs should be running before the stop"
+    proc, t0 = srv.proc, time.monotonic()
+    srv.stop()
+    took = time.monotonic() - t0
+    halt.set()
+    sc.close()
+    assert proc.poll() is not None and took < 2 + 5 + 3
+    deadline = time.monotonic() + 5
+    while _stub_pids(repo) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _stub_pids(repo) == []
