@@ -73,7 +73,8 @@ def test_decoder_training_writes_loadable_checkpoint(tokenizer_runs, corpus_dir,
     tok = tokenizer_runs["out"]
     out = tmp_path / "dec"
     rc = main(["train", "--data", str(corpus_dir), "--tokenizer", str(tok), "--out", str(out), "--steps", "3",
-               "--batch", "2", "--frames", "8", "--threads", "1", "--device", "cpu", "--minutes", "0"])
+               "--batch", "2", "--frames", "8", "--threads", "1", "--device", "cpu", "--minutes", "0",
+               "--change-weight", "4", "--max-corrupt", "0.5"])
     assert rc == 0
     model, cfg = checkpoint.load(out)
     assert cfg.name == "test_small" and cfg.tokenizer.image_size == 64
@@ -87,6 +88,7 @@ def test_decoder_training_writes_loadable_checkpoint(tokenizer_runs, corpus_dir,
                                                       fresh.decoder.state_dict().values(), strict=True))
     rows = _rows(out / "metrics.jsonl")
     assert rows and rows[-1]["step"] == 3 and 0 <= rows[-1]["eval_acc"] <= 1 and rows[-1]["eval_ce"] > 0
+    assert 0 <= rows[-1]["eval_acc_changed"] <= 1  # accuracy on tokens that differ from the previous frame
     assert json.loads((out / "trainer_state.json").read_text())["step"] == 3
     assert (out / "loss.png").stat().st_size > 1000
 
@@ -116,3 +118,23 @@ def test_audio_pretraining_initialises_decoder_training(tokenizer_runs, corpus_d
     model, _ = checkpoint.load(out)
     for k, v in model.audio.state_dict().items():
         assert torch.equal(v, pre[f"audio.{k}"]), k
+
+
+def test_frame_sampler_mixes_real_video_clips_at_the_requested_share():
+    import numpy as np
+
+    from eartalking.train.common import MemClip
+    from eartalking.train.tokenizer import FrameSampler
+
+    def clip(value: int) -> MemClip:
+        frames = np.full((4, 8, 8, 3), value, np.uint8)
+        return MemClip(str(value), frames, np.zeros(0, np.float32), np.zeros((4, 0), np.float32),
+                       np.full(4, np.nan, np.float32), frames[0], str(value))
+
+    corpus, real = [clip(10)], [clip(200)]
+    imgs, _ = FrameSampler(corpus, 0, real, 0.25).batch(400)
+    share = float((imgs[:, 0, 0, 0] == 200).mean())
+    assert 0.18 < share < 0.32  # binomial(400, 0.25): 5 sigma either side
+    assert set(np.unique(imgs[:, 0, 0, 0])) == {10, 200}
+    imgs, _ = FrameSampler(corpus, 0).batch(50)
+    assert set(np.unique(imgs[:, 0, 0, 0])) == {10}
