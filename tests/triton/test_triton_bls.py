@@ -12,10 +12,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from test_triton_server import _embedded, _gauge, _pcm, _same
 
 from eartalking.triton_repo.client import StreamClient
-
-from test_triton_server import _embedded, _gauge, _pcm, _same
 
 pytestmark = pytest.mark.triton
 

@@ -14,7 +14,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from test_triton_server import _embedded, _gauge, _pcm
 
 pytestmark = [pytest.mark.gpu, pytest.mark.triton]
@@ -29,7 +28,8 @@ def _why_not() -> str | None:
         return "needs an NVIDIA GPU (nvidia-smi not found)"
     binary = os.environ.get("EARTALKING_TRITONSERVER", "")
     if not (binary and os.path.isfile(binary)):
-        return "needs EARTALKING_TRITONSERVER = a tritonserver with the TensorRT backend (/opt/tritonserver/bin/tritonserver)"
+        return ("needs EARTALKING_TRITONSERVER = a tritonserver with the TensorRT backend "
+                "(/opt/tritonserver/bin/tritonserver)")
     return None
 
 
