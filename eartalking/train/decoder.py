@@ -48,6 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--change-weight", type=float, default=0.0,
                    help="extra loss weight on tokens that differ from the previous frame's (0 = plain CE); "
                         "counters the copy-the-previous-frame optimum so the mouth follows the audio")
+    p.add_argument("--region-drop", type=float, default=0.0,
+                   help="per window, with this probability the previous-frame tokens over the mouth and eyes are "
+                        "replaced by the portrait's: the model must draw the mouth from the audio and the eyes "
+                        "from the blink control instead of copying them")
+    p.add_argument("--region-weight", type=float, default=0.0,
+                   help="extra loss weight on mouth/eye tokens (0 = plain CE): weight = 1 + this x region share")
     p.add_argument("--max-corrupt", type=float, default=0.3,
                    help="previous-frame tokens are replaced at random with a per-window rate in [0, this]")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
@@ -133,6 +139,15 @@ def augment_audio(pcm: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x.clamp(-1.0, 1.0)
 
 
+def region_tokens(image_size: int, grid: int, device: torch.device) -> torch.Tensor:
+    """float [grid*grid] in 0..1: how much of each token's cell is mouth or eyes (the tokenizer's loss
+    weights, pooled to the token grid and scaled so the strongest cell is 1)."""
+    from eartalking.train.tokenizer import region_weights
+
+    w = F.adaptive_avg_pool2d(region_weights(image_size, device) - 1.0, grid)[0, 0].flatten()
+    return (w / w.max().clamp_min(1e-6)).clamp(0, 1)
+
+
 def control_masks(controls: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Known labels kept with p=0.5 per (window, control), all dropped for 25% of windows; NaN -> absent."""
     B, T, C = controls.shape
@@ -144,11 +159,13 @@ def control_masks(controls: torch.Tensor, gen: torch.Generator) -> tuple[torch.T
 
 
 @torch.no_grad()
-def evaluate(model, sampler: WindowSampler, device: torch.device, batches: int = 4) -> dict[str, float]:
+def evaluate(model, sampler: WindowSampler, device: torch.device, batches: int = 4,
+             in_region: torch.Tensor | None = None) -> dict[str, float]:
     """Teacher-forced token accuracy and CE on held-out windows (no augmentation, no controls);
-    ``eval_acc_changed`` is the accuracy on tokens that differ from the previous frame's (copying scores 0)."""
+    ``eval_acc_changed`` is the accuracy on tokens that differ from the previous frame's (copying scores 0),
+    ``eval_acc_region`` the accuracy over the mouth and eye cells."""
     model.eval()
-    acc, ce, acc_changed = [], [], []
+    acc, ce, acc_changed, acc_region = [], [], [], []
     for _ in range(batches):
         b = {k: torch.from_numpy(v).to(device) for k, v in sampler.batch(8).items()}
         audio = model.audio(b["pcm"])
@@ -159,10 +176,13 @@ def evaluate(model, sampler: WindowSampler, device: torch.device, batches: int =
         changed = b["tokens"] != b["prev"]
         if changed.any():
             acc_changed.append(float(hit[changed].float().mean()))
+        if in_region is not None and in_region.any():
+            acc_region.append(float(hit[..., in_region].float().mean()))
         ce.append(float(F.cross_entropy(logits.flatten(0, 2), b["tokens"].flatten())))
     model.train()
     return {"eval_acc": float(np.mean(acc)), "eval_ce": float(np.mean(ce)),
-            "eval_acc_changed": float(np.mean(acc_changed)) if acc_changed else float("nan")}
+            "eval_acc_changed": float(np.mean(acc_changed)) if acc_changed else float("nan"),
+            "eval_acc_region": float(np.mean(acc_region)) if acc_region else float("nan")}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -203,6 +223,9 @@ def run(args: argparse.Namespace) -> int:
     budget = common.Budget(args.steps, args.minutes)
     amp = common.use_bf16(device, args.bf16)
     K = cfg.tokenizer.codebook_size
+    grid = cfg.tokenizer.image_size // cfg.tokenizer.downsample
+    region = region_tokens(cfg.tokenizer.image_size, grid, device)  # [N]
+    in_region = region > 0.2  # mouth/eye cells whose previous tokens --region-drop replaces
     print(f"decoder: {model.param_counts()} params, {len(train)} train clips, device {device}, from step {step}")
     bar = tqdm(total=args.steps, initial=step, desc="train", unit="step")
     model.audio.train()
@@ -217,12 +240,16 @@ def run(args: argparse.Namespace) -> int:
         p = torch.rand(prev.shape[0], 1, 1, generator=gen).to(device) * args.max_corrupt
         noise = torch.rand(prev.shape, generator=gen).to(device) < p
         prev = torch.where(noise, torch.randint(0, K, prev.shape, generator=gen).to(device), prev)
+        if args.region_drop > 0:
+            drop = (torch.rand(prev.shape[0], 1, 1, generator=gen) < args.region_drop).to(device) & in_region
+            prev = torch.where(drop, b["ref"][:, None, :].expand_as(prev), prev)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             audio = model.audio(pcm)  # [B, T, A, Da]
             logits = model.decoder.forward_train(b["ref"], audio, ctrl, mask, prev)
             pred_open = aux(audio.flatten(2)).squeeze(-1)
         ce_tok = F.cross_entropy(logits.float().flatten(0, 2), b["tokens"].flatten(), reduction="none")
-        weight = 1.0 + args.change_weight * (b["tokens"] != b["prev"]).flatten().float()
+        weight = 1.0 + args.change_weight * (b["tokens"] != b["prev"]).float() + args.region_weight * region
+        weight = weight.flatten()
         ce = (ce_tok * weight).sum() / weight.sum()
         known = ~torch.isnan(b["openness"])
         aux_loss = (F.mse_loss(pred_open.float()[known], b["openness"][known]) if known.any()
@@ -235,14 +262,14 @@ def run(args: argparse.Namespace) -> int:
             acc = float((logits.argmax(-1) == b["tokens"]).float().mean())
             row = {"step": step, "loss": float(loss), "ce": float(ce), "aux": float(aux_loss), "acc": acc}
             if step % args.eval_every == 0:
-                row.update(evaluate(model, held_sampler, device))
+                row.update(evaluate(model, held_sampler, device, in_region=in_region))
             bar.set_postfix(ce=f"{row['ce']:.3f}", acc=f"{acc:.3f}")
             log.write(**row)
         if step % 1000 == 0:
             _save(out, model, cfg, aux, opt, step)
     bar.close()
     _save(out, model, cfg, aux, opt, step)
-    final = evaluate(model, held_sampler, device, batches=8)
+    final = evaluate(model, held_sampler, device, batches=8, in_region=in_region)
     final["step"] = step
     log.write(**final)
     (out / "summary.json").write_text(json.dumps(final, indent=1))

@@ -74,7 +74,7 @@ def test_decoder_training_writes_loadable_checkpoint(tokenizer_runs, corpus_dir,
     out = tmp_path / "dec"
     rc = main(["train", "--data", str(corpus_dir), "--tokenizer", str(tok), "--out", str(out), "--steps", "3",
                "--batch", "2", "--frames", "8", "--threads", "1", "--device", "cpu", "--minutes", "0",
-               "--change-weight", "4", "--max-corrupt", "0.5"])
+               "--change-weight", "4", "--max-corrupt", "0.5", "--region-drop", "0.5", "--region-weight", "2"])
     assert rc == 0
     model, cfg = checkpoint.load(out)
     assert cfg.name == "test_small" and cfg.tokenizer.image_size == 64
@@ -89,6 +89,7 @@ def test_decoder_training_writes_loadable_checkpoint(tokenizer_runs, corpus_dir,
     rows = _rows(out / "metrics.jsonl")
     assert rows and rows[-1]["step"] == 3 and 0 <= rows[-1]["eval_acc"] <= 1 and rows[-1]["eval_ce"] > 0
     assert 0 <= rows[-1]["eval_acc_changed"] <= 1  # accuracy on tokens that differ from the previous frame
+    assert 0 <= rows[-1]["eval_acc_region"] <= 1  # accuracy over the mouth and eye cells
     assert json.loads((out / "trainer_state.json").read_text())["step"] == 3
     assert (out / "loss.png").stat().st_size > 1000
 
@@ -138,3 +139,12 @@ def test_frame_sampler_mixes_real_video_clips_at_the_requested_share():
     assert set(np.unique(imgs[:, 0, 0, 0])) == {10, 200}
     imgs, _ = FrameSampler(corpus, 0).batch(50)
     assert set(np.unique(imgs[:, 0, 0, 0])) == {10}
+
+
+def test_region_tokens_mark_mouth_and_eyes_on_the_token_grid():
+    from eartalking.train.decoder import region_tokens
+
+    r = region_tokens(128, 8, torch.device("cpu")).reshape(8, 8)
+    assert float(r.max()) == 1.0 and float(r.min()) >= 0.0
+    mouth, eyes, forehead = r[5:6, 3:5], r[3, 2:6], r[0]
+    assert float(mouth.min()) > 0.5 and float(eyes.max()) > 0.25 and float(forehead.max()) < 0.05
