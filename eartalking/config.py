@@ -114,6 +114,10 @@ class DecoderConfig:
     rope_base: float = 10000.0
     dropout: float = 0.0
     top_k: int = 32  # used only when sampling (temperature > 0)
+    #: token cells (row-major on the token grid) whose *previous-frame* input is always the portrait's token:
+    #: with the mouth and eyes here the decoder cannot copy them forward, so it must draw the mouth from the
+    #: audio and the eyes from the blink control (trained with ``train --region-drop``). () = none.
+    anchor_cells: tuple[int, ...] = ()
 
     @property
     def head_dim(self) -> int:

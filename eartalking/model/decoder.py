@@ -121,6 +121,19 @@ class StepDecoder(nn.Module):
         self.register_buffer("win_cos", cos[slot_pos], persistent=False)
         self.register_buffer("win_sin", sin[slot_pos], persistent=False)
         self.register_buffer("win_age", (self.W + 1 - slot_pos).float(), persistent=False)  # age of each slot
+        bad = [c for c in d.anchor_cells if not 0 <= c < self.N]
+        if bad:
+            raise ValueError(f"anchor_cells {bad} outside the {self.N} token cells")
+        anchored = torch.zeros(self.N, dtype=torch.bool)
+        anchored[list(d.anchor_cells)] = True
+        self.register_buffer("anchored", anchored, persistent=False)
+
+    def anchor(self, prev_tokens: torch.Tensor, ref_tokens: torch.Tensor) -> torch.Tensor:
+        """prev_tokens [..., N] with the ``anchor_cells`` replaced by the portrait's ref_tokens (broadcast to
+        [..., N]); unchanged when no cell is anchored. Every path (train, stream, export) calls it."""
+        if not bool(self.anchored.any()):
+            return prev_tokens
+        return torch.where(self.anchored, ref_tokens.to(prev_tokens.dtype), prev_tokens)
 
     # ---- block embedding ----
     def embed_block(self, audio: torch.Tensor, controls: torch.Tensor, mask: torch.Tensor,
@@ -199,6 +212,7 @@ class StepDecoder(nn.Module):
         """
         B, T = audio.shape[:2]
         sink_k, sink_v = self.sink(ref_tokens)
+        prev_tokens = self.anchor(prev_tokens, ref_tokens[:, None])
         x = self.embed_block(audio, controls, mask, prev_tokens)  # [B, T, BL, D]
         attn = self._attend_dense if dense else self._attend_ages
         for i, layer in enumerate(self.layers):

@@ -53,7 +53,7 @@ class StreamingGenerator:
             control_mask = torch.ones_like(controls)
         logits, self.window_k, self.window_v = self.dec.step(
             audio_tokens, controls, control_mask, self.sink_k, self.sink_v, self.window_k, self.window_v,
-            self.prev_tokens, self.frame)
+            self.dec.anchor(self.prev_tokens, self.ref_tokens), self.frame)
         frame = int(self.frame[0, 0])
         gumbel = frame_noise(self.seed, frame, self.dec.N, self.dec.K, B, dev)
         temp = torch.full((B, 1), self.temperature, device=dev)

@@ -366,3 +366,35 @@ def test_print_tiny_sizes_and_step_time(capsys):
     with capsys.disabled():
         print(f"\n[tiny] params {m.param_counts()}  step_decoder eager {ms:.1f} ms/frame "
               f"({torch.get_num_threads()} threads)")
+
+
+# ---------------------------------------------------------------- anchored previous tokens
+def test_anchored_cells_ignore_previous_tokens_on_every_path():
+    """With ``anchor_cells`` the previous-frame input of those cells is the portrait's token: what the model
+    produced there before has no effect, and streaming still equals the full recompute."""
+    cfg = config.preset("test_small")
+    cfg.decoder.anchor_cells = (1, 2, 5)
+    m = checkpoint.random_model(cfg, seed=3)
+    d = m.decoder
+    T = 2 * d.W + 3
+    portrait, audio, controls, mask = _inputs(m, T=T, seed=40)
+    ref = m.tokenizer.encode(portrait)
+    g = torch.Generator().manual_seed(41)
+    prev = torch.randint(0, d.K, (1, T, d.N), generator=g)
+    other = prev.clone()
+    other[..., [1, 2, 5]] = torch.randint(0, d.K, (1, T, 3), generator=g)  # only anchored cells differ
+    with torch.no_grad():
+        a = d.forward_train(ref, audio, controls, mask, prev)
+        b = d.forward_train(ref, audio, controls, mask, other)
+        assert torch.equal(a, b)
+        changed = prev.clone()
+        changed[..., 0] = (changed[..., 0] + 1) % d.K  # a free cell still matters
+        assert not torch.equal(a, d.forward_train(ref, audio, controls, mask, changed))
+    _, toks, logs = _stream(m, portrait, audio, controls, mask)
+    ref_toks, ref_logs = reference_generate(m, portrait, audio, controls, mask)
+    torch.testing.assert_close(logs, ref_logs, atol=LOGIT_ATOL, rtol=0)
+    assert torch.equal(toks, ref_toks)
+    with pytest.raises(ValueError, match="anchor_cells"):
+        bad = config.preset("test_small")
+        bad.decoder.anchor_cells = (d.N,)
+        checkpoint.random_model(bad, seed=0)
