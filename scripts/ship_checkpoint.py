@@ -1,7 +1,7 @@
 """Assemble the shipped checkpoint from the training runs.
 
 Usage: .venv/bin/python scripts/ship_checkpoint.py --decoder runs/decoder [--tokenizer-ft runs/tokenizer_ft]
-       [--out checkpoints/tiny]
+       [--anchor-regions] [--out checkpoints/tiny]
 
 Takes the full model written by `eartalking train` (audio encoder + step decoder + the tokenizer it was
 trained against) and, when given, the image side of `eartalking train-tokenizer --freeze-encoder` (reference
@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", nargs="*", default=["runs/audio", "runs/tokenizer", "runs/tokenizer_ft", "runs/decoder"],
                    help="run folders whose metrics/summary/loss plot go into OUT/training/")
     p.add_argument("--out", default="checkpoints/tiny")
+    p.add_argument("--anchor-regions", action="store_true",
+                   help="ship with the mouth/eye token cells anchored to the portrait (decoder.anchor_cells): "
+                        "for a decoder trained with `eartalking train --region-drop`")
     args = p.parse_args(argv)
     from eartalking.model import checkpoint
 
@@ -44,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         model.tokenizer.load_state_dict(ft)
+    if args.anchor_regions:
+        from eartalking.train.decoder import region_cells
+
+        cfg.decoder.anchor_cells = tuple(region_cells(cfg))
+        fresh = checkpoint.random_model(cfg, seed=0)  # same weights, the new anchors as buffers
+        fresh.load_state_dict(model.state_dict())
+        model = fresh
+        print(f"anchor cells {list(cfg.decoder.anchor_cells)}")
     out = Path(args.out)
     checkpoint.save(out, model, cfg, metadata={"source": f"{args.decoder} + {args.tokenizer_ft or 'same tokenizer'}"})
     train_dir = out / "training"

@@ -28,6 +28,7 @@ from eartalking.config import ModelConfig
 from eartalking.train import common
 
 AUX = "aux_head.safetensors"
+REGION_THRESHOLD = 0.2  # share of a token cell over the mouth/eyes that makes it a region cell
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -148,6 +149,14 @@ def region_tokens(image_size: int, grid: int, device: torch.device) -> torch.Ten
     return (w / w.max().clamp_min(1e-6)).clamp(0, 1)
 
 
+def region_cells(cfg: ModelConfig) -> list[int]:
+    """Token cells (row-major) over the mouth and eyes: the ones ``--region-drop`` replaces in training and
+    the ``anchor_cells`` a checkpoint trained that way is shipped with (scripts/ship_checkpoint.py)."""
+    t = cfg.tokenizer
+    r = region_tokens(t.image_size, t.image_size // t.downsample, torch.device("cpu"))
+    return [int(i) for i in torch.nonzero(r > REGION_THRESHOLD).flatten()]
+
+
 def control_masks(controls: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Known labels kept with p=0.5 per (window, control), all dropped for 25% of windows; NaN -> absent."""
     B, T, C = controls.shape
@@ -225,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     K = cfg.tokenizer.codebook_size
     grid = cfg.tokenizer.image_size // cfg.tokenizer.downsample
     region = region_tokens(cfg.tokenizer.image_size, grid, device)  # [N]
-    in_region = region > 0.2  # mouth/eye cells whose previous tokens --region-drop replaces
+    in_region = region > REGION_THRESHOLD  # mouth/eye cells whose previous tokens --region-drop replaces
     print(f"decoder: {model.param_counts()} params, {len(train)} train clips, device {device}, from step {step}")
     bar = tqdm(total=args.steps, initial=step, desc="train", unit="step")
     model.audio.train()
