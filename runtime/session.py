@@ -35,7 +35,7 @@ from eartalking.cli import UserError
 from eartalking.config import CONTROL_NAMES, CONTROL_RANGES
 from eartalking.runtime.backends import Backend, load_backend
 from eartalking.runtime.media import to_float_pcm
-from eartalking.runtime.remote import LocalStepper  # STATE_NAMES is re-exported
+from eartalking.runtime.remote import LocalStepper
 
 #: Most audio frames per ``audio_encoder`` call (export/specs.py AUDIO_FRAMES_PROFILE max).
 MAX_AUDIO_FRAMES = 64

@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from eartalking.runtime.session import STATE_NAMES, Engine
+from eartalking.runtime.remote import STATE_NAMES
+from eartalking.runtime.session import Engine
 
 from .sequences import Controls, SequenceError, SequenceStore
 
