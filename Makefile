@@ -48,7 +48,7 @@ train-tokenizer: setup  ## train the tokenizer on $(CORPUS)
 	$(ET) train-tokenizer --data $(CORPUS) --out runs/tokenizer
 
 train: setup  ## train audio encoder + decoder on $(CORPUS)
-	$(ET) train --data $(CORPUS) --tokenizer runs/tokenizer --out runs/decoder $(if $(wildcard runs/audio/audio.safetensors),--init-audio runs/audio)
+	$(ET) train --data $(CORPUS) --tokenizer runs/tokenizer --out runs/decoder --region-drop 0.5 --region-weight 3 $(if $(wildcard runs/audio/audio.safetensors),--init-audio runs/audio)
 
 train-audio: setup  ## (optional) pretrain the audio encoder on mouth openness
 	$(ET) train-audio --data $(CORPUS) --out runs/audio
