@@ -40,6 +40,10 @@ class Backend:
     def close(self) -> None:
         """Release sessions / engines."""
 
+    def is_remote(self, graph: str) -> bool:
+        """Whether ``graph`` runs in another server (runtime/remote.py); such graphs are not warmed here."""
+        return False
+
 
 def physical_cores() -> int:
     """Physical cores this process may run on (CPU affinity respected: taskset, containers' cpusets)."""

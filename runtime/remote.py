@@ -24,7 +24,7 @@ import itertools
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -106,9 +106,7 @@ class RemoteState:
     """What a session holds when its decoder state lives in the server: the sequence's correlation id."""
 
     corrid: int
-    started: bool = False
-    ended: bool = False
-    sent: int = field(default=0)  # frames stepped
+    ended: bool = False  # END was sent: the server has freed the sequence
 
 
 class RemoteStepper:
@@ -139,9 +137,8 @@ class RemoteStepper:
             last = s.total_frames is not None and s.next_frame == s.total_frames - 1
             one = {k: feeds[k][j : j + 1] for k in self.SENT}
             one["audio_tokens"] = one["audio_tokens"][:, None]  # [1, 1, A, D_a]: the model's per-frame dims
-            reqs.append(Request(one, ("tokens",), st.corrid, start=not st.started, end=last))
+            reqs.append(Request(one, ("tokens",), st.corrid, start=s.next_frame == 0, end=last))
         res = self.transport.infer("step_decoder", reqs)
         for s, r in zip(batch, reqs, strict=True):
-            s.state.started, s.state.ended = True, r.end
-            s.state.sent += 1
+            s.state.ended = r.end
         return np.concatenate([r["tokens"].reshape(1, -1) for r in res]).astype(np.int32)

@@ -128,7 +128,7 @@ class Engine:
         rng = np.random.default_rng(0)
         tokens, refs = self.encode_portrait(rng.integers(0, 255, (self.S, self.S, 3), dtype=np.uint8))
         self.decode(tokens, refs)
-        if self.stepper.remote or getattr(self.backend, "is_remote", lambda g: False)("audio_encoder"):
+        if self.stepper.remote or self.backend.is_remote("audio_encoder"):
             return  # remote graphs are warmed by their own server (and BLS is not allowed at model load)
         audio = self.encode_audio(np.zeros((1, self.left + self.hop), np.float32))
         feeds = {"start": np.ones((1, 1), np.int32), "ref_tokens": tokens, "audio_tokens": audio[:, 0],

@@ -153,7 +153,7 @@ def region_cells(cfg: ModelConfig) -> list[int]:
     """Token cells (row-major) over the mouth and eyes: the ones ``--region-drop`` replaces in training and
     the ``anchor_cells`` a checkpoint trained that way is shipped with (scripts/ship_checkpoint.py)."""
     t = cfg.tokenizer
-    r = region_tokens(t.image_size, t.image_size // t.downsample, torch.device("cpu"))
+    r = region_tokens(t.image_size, t.grid, torch.device("cpu"))
     return [int(i) for i in torch.nonzero(r > REGION_THRESHOLD).flatten()]
 
 
@@ -232,9 +232,9 @@ def run(args: argparse.Namespace) -> int:
     budget = common.Budget(args.steps, args.minutes)
     amp = common.use_bf16(device, args.bf16)
     K = cfg.tokenizer.codebook_size
-    grid = cfg.tokenizer.image_size // cfg.tokenizer.downsample
-    region = region_tokens(cfg.tokenizer.image_size, grid, device)  # [N]
-    in_region = region > REGION_THRESHOLD  # mouth/eye cells whose previous tokens --region-drop replaces
+    region = region_tokens(cfg.tokenizer.image_size, cfg.tokenizer.grid, device)  # [N]
+    in_region = torch.zeros_like(region, dtype=torch.bool)  # mouth/eye cells whose previous tokens
+    in_region[region_cells(cfg)] = True  # --region-drop replaces
     print(f"decoder: {model.param_counts()} params, {len(train)} train clips, device {device}, from step {step}")
     bar = tqdm(total=args.steps, initial=step, desc="train", unit="step")
     model.audio.train()

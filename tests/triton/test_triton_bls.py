@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_triton_server import _embedded, _gauge, _pcm, _same
+from test_triton_server import _embedded, _gauge, _open_and_push, _pcm, _same
 
 from eartalking.triton_repo.client import StreamClient
 
@@ -32,12 +32,7 @@ def test_bls_talking_head_matches_embedded_and_end_frees_decoder_state(triton_bl
     assert len({tuple(r[-1].tokens) for r in refs.values()}) > 1, "references must differ to show no cross-talk"
     sc = StreamClient(triton_bls.grpc_url)
     try:
-        for k in pcms:
-            sc.open(k, portrait, crop_only=True)
-        for a in range(0, max(len(p) for p in pcms.values()), 900):  # interleaved, unaligned chunks
-            for k, p in pcms.items():
-                if a < len(p):
-                    sc.push(k, p[a : a + 900])
+        _open_and_push(sc, portrait, pcms, 900)  # interleaved, unaligned chunks
         # mid-stream: each session's decoder state is a live sequence of the step_decoder model
         assert _wait(triton_bls, "step_decoder", 3) == 3
         assert _gauge(triton_bls, "talking_head") == 3

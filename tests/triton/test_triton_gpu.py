@@ -14,7 +14,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_triton_server import _embedded, _gauge, _pcm
+from test_triton_server import _embedded, _gauge, _open_and_push, _pcm
 
 pytestmark = [pytest.mark.gpu, pytest.mark.triton]
 
@@ -64,12 +64,7 @@ def test_gpu_talking_head_bls_and_ensemble_match_embedded(triton_gpu, th_engine,
     refs = {k: np.stack([f.tokens for f in _embedded(th_engine, portrait, p, crop_only=True)]) for k, p in pcms.items()}
     sc = StreamClient(triton_gpu.grpc_url)
     try:
-        for k in pcms:
-            sc.open(k, portrait, crop_only=True)
-        for a in range(0, max(len(p) for p in pcms.values()), 800):
-            for k, p in pcms.items():
-                if a < len(p):
-                    sc.push(k, p[a : a + 800])
+        _open_and_push(sc, portrait, pcms, 800)
         for k in pcms:
             sc.end(k)
         for k, ref in refs.items():

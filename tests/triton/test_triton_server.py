@@ -47,6 +47,16 @@ def _same(got_frames, ref_frames):
         assert np.abs(g.image.astype(int) - r.image.astype(int)).max() <= 1
 
 
+def _open_and_push(sc, portrait, pcms: dict, chunk: int) -> None:
+    """Open every sequence (crop only), then send their audio round-robin, ``chunk`` samples at a time."""
+    for k in pcms:
+        sc.open(k, portrait, crop_only=True)
+    for a in range(0, max(len(p) for p in pcms.values()), chunk):
+        for k, p in pcms.items():
+            if a < len(p):
+                sc.push(k, p[a : a + chunk])
+
+
 def _gauge(srv, model: str) -> float:
     m = re.search(rf'eartalking_live_sequences\{{model="{model}"\}} (\S+)', srv.metrics())
     assert m, "live-sequence gauge missing from the metrics endpoint"
@@ -88,12 +98,7 @@ def test_four_interleaved_sequences(triton, sc, th_engine, portrait):
     pcms = {30 + i: _pcm(10 + i, 6 + 2 * i) for i in range(4)}
     refs = {k: _embedded(th_engine, portrait, p, crop_only=True) for k, p in pcms.items()}
     assert len({tuple(r[-1].tokens) for r in refs.values()}) > 1, "references must differ to show no cross-talk"
-    for k in pcms:
-        sc.open(k, portrait, crop_only=True)
-    for a in range(0, max(len(p) for p in pcms.values()), 640):  # round-robin, one frame of audio each
-        for k, p in pcms.items():
-            if a < len(p):
-                sc.push(k, p[a : a + 640])
+    _open_and_push(sc, portrait, pcms, 640)  # round-robin, one frame of audio each
     for k in pcms:
         sc.end(k)
     for k, ref in refs.items():
