@@ -45,6 +45,9 @@ class TokenizerConfig:
     ref_channels: tuple[int, ...] = (32, 64, 128, 256)  # reference features at S/2, S/4, S/8, S/16
     dec_channels: tuple[int, ...] = (128, 64, 32, 16)  # decoder stages, coarse to fine (runs per frame: kept thin)
     attn_at: int = 16  # cross-attention to the reference at this resolution (0 = none)
+    #: reference alignment: a flow predicted from the decoder map at this resolution resamples the portrait's
+    #: finer reference features into the current frame's pose before they are fused (0 = no alignment)
+    flow_at: int = 0
     commitment: float = 0.25
 
     @property
@@ -114,6 +117,10 @@ class DecoderConfig:
     rope_base: float = 10000.0
     dropout: float = 0.0
     top_k: int = 32  # used only when sampling (temperature > 0)
+    #: temperature-0 token choice: "argmax" (the most likely token) or "code_mean" (round the expected FSQ
+    #: digits under the predicted distribution: the token nearest the mean code, which moves with the
+    #: probability mass instead of sticking to the modal, usually closed, mouth). Both are in the graph.
+    greedy: str = "argmax"
     #: token cells (row-major on the token grid) whose *previous-frame* input is always the portrait's token:
     #: with the mouth and eyes here the decoder cannot copy them forward, so it must draw the mouth from the
     #: audio and the eyes from the blink control (trained with ``train --region-drop``). () = none.
@@ -212,7 +219,7 @@ def _from_dict(cls, d: dict):
 
 def tiny() -> ModelConfig:
     """The shipped CPU model: 128 px, 8x8 tokens, 4 layers of width 256, window 4."""
-    return ModelConfig(name="tiny")
+    return ModelConfig(name="tiny", tokenizer=TokenizerConfig(flow_at=16), decoder=DecoderConfig(greedy="code_mean"))
 
 
 def base() -> ModelConfig:
@@ -228,14 +235,17 @@ def base() -> ModelConfig:
             ref_channels=(64, 128, 256, 512),
             dec_channels=(512, 256, 128, 64),
             attn_at=32,
+            flow_at=32,
         ),
         audio=AudioConfig(channels=384, dim=256),
-        decoder=DecoderConfig(dim=768, layers=12, heads=12, window=8),
+        decoder=DecoderConfig(dim=768, layers=12, heads=12, window=8, greedy="code_mean"),
     )
 
 
 def test_small() -> ModelConfig:
-    """A very small random-weight model for fast tests (same topology as tiny)."""
+    """A very small random-weight model for fast tests (same topology as tiny). Greedy stays argmax: a
+    random head's near-uniform logits give code_mean one constant token, which would blunt token-parity tests
+    (tests that cover code_mean sharpen the head)."""
     return ModelConfig(
         name="test_small",
         tokenizer=TokenizerConfig(
@@ -247,6 +257,7 @@ def test_small() -> ModelConfig:
             ref_channels=(8, 16, 16, 32),
             dec_channels=(32, 16, 16, 8),
             attn_at=8,
+            flow_at=8,
         ),
         audio=AudioConfig(channels=32, dim=32, dilations=(1, 2)),
         decoder=DecoderConfig(dim=64, layers=2, heads=2, window=3, top_k=8),

@@ -104,7 +104,9 @@ def graph_metadata(cfg: ModelConfig, spec: S.GraphSpec, weights_sha: str) -> dic
         "trt_profiles": json.dumps(S.trt_profiles(spec)),
         "axes": json.dumps({k: list(v) for k, v in spec.axes.items()}),
         "weights_sha256": weights_sha,
-        "sampling": "greedy argmax at temperature 0; else argmax(topk(logits, top_k)/temperature + gumbel)",
+        "greedy": cfg.decoder.greedy,
+        "sampling": f"{cfg.decoder.greedy} at temperature 0 (code_mean: round the expected FSQ digits); "
+                    "else argmax(topk(logits, top_k)/temperature + gumbel)",
     })
     return meta
 

@@ -123,7 +123,8 @@ def graph_specs(cfg: ModelConfig) -> dict[str, GraphSpec]:
         TensorSpec("audio_tokens", "float32", ("batch", A, Da), "this frame's audio tokens"),
         TensorSpec("controls", "float32", ("batch", C), "raw control values (CONTROL_RANGES units)"),
         TensorSpec("control_mask", "float32", ("batch", C), "1 = control given, 0 = absent"),
-        TensorSpec("temperature", "float32", ("batch", 1), "0 = greedy argmax; > 0 = top-k Gumbel sampling"),
+        TensorSpec("temperature", "float32", ("batch", 1),
+                   "0 = greedy (decoder.greedy: argmax | code_mean); > 0 = top-k sampling"),
         TensorSpec("gumbel", "float32", ("batch", N, K), "host Gumbel noise from (seed, frame); unused when greedy"),
         *(TensorSpec(f"in_{s}", dt, shp, "state") for s, (dt, shp) in state_shapes.items()),
     )

@@ -87,7 +87,7 @@ class StepCoreGraph(nn.Module):
         prev = torch.where(s, ref_tokens, in_prev_tokens)
         logits, wk, wv = self.dec.step(audio_tokens, controls, control_mask, sink_k, sink_v, window_k, window_v,
                                        self.dec.anchor(prev, ref_tokens), frame)
-        tokens = select(logits, temperature, gumbel, self.dec.top_k).to(torch.int32)
+        tokens = select(logits, temperature, gumbel, self.dec.top_k, self.dec.greedy).to(torch.int32)
         return tokens, wk, wv, tokens, frame + 1
 
 

@@ -1,14 +1,15 @@
 """Assemble the shipped checkpoint from the training runs.
 
 Usage: .venv/bin/python scripts/ship_checkpoint.py --decoder runs/decoder [--tokenizer-ft runs/tokenizer_ft]
-       [--anchor-regions] [--out checkpoints/tiny]
+       [--anchor-regions] [--greedy code_mean] [--out checkpoints/tiny]
 
 Takes the full model written by `eartalking train` (audio encoder + step decoder + the tokenizer it was
 trained against) and, when given, the image side of `eartalking train-tokenizer --freeze-encoder` (reference
 encoder + image decoder fine-tuned beside it). The tokenizer's encoder must be bit-identical in both, so the
 token indices the step decoder learned are exactly the ones the shipped tokenizer produces; anything else is
-refused. Writes config.json + model.safetensors and copies each run's metrics, summary and loss plot into
-OUT/training/ for the model card.
+refused. The fine-tuned image side may add the reference aligner (its run's ``tokenizer.flow_at``), which
+the shipped config then carries. Writes config.json + model.safetensors and copies each run's metrics,
+summary and loss plot into OUT/training/ for the model card.
 """
 
 from __future__ import annotations
@@ -34,10 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--anchor-regions", action="store_true",
                    help="ship with the mouth/eye token cells anchored to the portrait (decoder.anchor_cells): "
                         "for a decoder trained with `eartalking train --region-drop`")
+    p.add_argument("--greedy", choices=("argmax", "code_mean"), default=None,
+                   help="temperature-0 token choice to ship (decoder.greedy; default: keep the run's)")
     args = p.parse_args(argv)
+    from eartalking.config import ModelConfig
     from eartalking.model import checkpoint
 
     model, cfg = checkpoint.load(args.decoder)
+    state = model.state_dict()
     if args.tokenizer_ft:
         ft = load_file(str(Path(args.tokenizer_ft) / "tokenizer.safetensors"))
         current = model.tokenizer.state_dict()
@@ -46,15 +51,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"refusing: the fine-tuned tokenizer's encoder differs ({changed[:3]}...): tokens would change",
                   file=sys.stderr)
             return 1
-        model.tokenizer.load_state_dict(ft)
+        cfg.tokenizer.flow_at = ModelConfig.load(Path(args.tokenizer_ft) / "config.json").tokenizer.flow_at
+        state = {k: v for k, v in state.items() if not k.startswith("tokenizer.")}
+        state.update({f"tokenizer.{k}": v for k, v in ft.items()})
+        if cfg.tokenizer.flow_at:
+            print(f"reference aligner at {cfg.tokenizer.flow_at} px")
     if args.anchor_regions:
         from eartalking.train.decoder import region_cells
 
         cfg.decoder.anchor_cells = tuple(region_cells(cfg))
-        fresh = checkpoint.random_model(cfg, seed=0)  # same weights, the new anchors as buffers
-        fresh.load_state_dict(model.state_dict())
-        model = fresh
         print(f"anchor cells {list(cfg.decoder.anchor_cells)}")
+    if args.greedy:
+        cfg.decoder.greedy = args.greedy
+    model = checkpoint.random_model(cfg, seed=0)  # the final config's modules and buffers (anchors) ...
+    missing, unexpected = model.load_state_dict(state, strict=False)  # ... with the trained weights
+    if missing or unexpected:
+        print(f"refusing: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})",
+              file=sys.stderr)
+        return 1
     out = Path(args.out)
     checkpoint.save(out, model, cfg, metadata={"source": f"{args.decoder} + {args.tokenizer_ft or 'same tokenizer'}"})
     train_dir = out / "training"

@@ -20,6 +20,9 @@ DETECT_MAX_SIDE = 640  # first detection runs on a copy at most this big (HOG co
 TARGET_FACE_PX = 120  # later frames: the region around the last face is scaled so it is about this wide
 LANDMARK_FACE_PX = 200  # landmarks of smaller faces are found on an enlarged crop
 MAX_ROI_SCALE = 2.0  # small faces are enlarged up to this factor (cheaper than dlib's 2x upsampling)
+#: when some detection scores at least this, weaker ones are not faces to pick (measured on the astronaut:
+#: her face 1.2-1.7, a false box on her suit 0.06-0.12 that is sometimes the larger of the two)
+CONFIDENT_SCORE = 0.5
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,9 +105,12 @@ class FaceFinder:
             seen.add((s, up))
             boxes, scores, _ = det.run(_resize(img, s), up, 0.0)
             if len(boxes):
-                # the largest face; among faces of about that size, the most face-like (HOG score)
-                big = max(r.area() for r in boxes)
-                b = max((p for p in zip(boxes, scores, strict=True) if p[0].area() >= 0.7 * big), key=lambda p: p[1])[0]
+                # the largest face; among faces of about that size, the most face-like (HOG score); weak
+                # detections compete only when no confident one exists
+                floor = min(CONFIDENT_SCORE, max(scores))
+                cands = [p for p in zip(boxes, scores, strict=True) if p[1] >= floor]
+                big = max(r.area() for r, _ in cands)
+                b = max((p for p in cands if p[0].area() >= 0.7 * big), key=lambda p: p[1])[0]
                 ox, oy = offset
                 rect = dlib.rectangle(
                     int(b.left() / s) + ox, int(b.top() / s) + oy, int(b.right() / s) + ox, int(b.bottom() / s) + oy

@@ -98,6 +98,9 @@ class StepDecoder(nn.Module):
         self.C, self.A, self.N = d.n_controls, cfg.audio.tokens_per_frame, cfg.tokens_per_frame
         self.BL, self.W, self.L, self.H, self.dh = cfg.block_len, d.window, d.layers, d.heads, d.head_dim
         self.K, self.top_k, self.rope_base, D = cfg.tokenizer.codebook_size, d.top_k, d.rope_base, d.dim
+        if d.greedy not in GREEDY:
+            raise ValueError(f"decoder.greedy {d.greedy!r}: choose one of {GREEDY}")
+        self.greedy = d.greedy
         std = 0.02
         self.null_embedding = nn.Parameter(torch.randn(self.C, D) * std)
         self.control_weight = nn.Parameter(torch.randn(self.C, D) * std)
@@ -260,11 +263,40 @@ def teacher_prev_tokens(ref_tokens: torch.Tensor, frame_tokens: torch.Tensor) ->
     return torch.cat([ref_tokens[:, None], frame_tokens[:, :-1]], dim=1)
 
 
-def select(logits: torch.Tensor, temperature: torch.Tensor, gumbel: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Pick tokens from logits [B,N,K]: greedy argmax where temperature [B,1] == 0, else
-    argmax over the top_k logits of (logit / temperature + gumbel) with gumbel [B,N,K] from
-    ``eartalking.sampling.gumbel_noise``. No data-dependent control flow; TopK sorted. -> int64 [B,N]."""
-    greedy = logits.argmax(-1)
+GREEDY = ("argmax", "code_mean")
+
+
+def code_mean(logits: torch.Tensor) -> torch.Tensor:
+    """logits [..., K] with K = L**FSQ_DIMS -> the token whose FSQ digits are the rounded expected digits, int64 [...].
+
+    Token k has digits (k // L**i) % L (``Tokenizer.quantize_indices``) and its code vector is linear in them,
+    so rounding the expected digits picks the grid point nearest the mean code under the predicted
+    distribution. Unlike argmax it follows the probability mass: 40% spread over open-mouth tokens moves the
+    choice toward them even when one closed-mouth token is the single most likely.
+    """
+    from eartalking.model.tokenizer import FSQ_DIMS
+
+    K = int(logits.shape[-1])  # static in every graph (codebook size)
+    L = round(K ** (1 / FSQ_DIMS))
+    if L ** FSQ_DIMS != K:
+        raise ValueError(f"code_mean needs K = L^{FSQ_DIMS} tokens, got K={K}")
+    k = torch.arange(K, device=logits.device)
+    radix = [L ** i for i in range(FSQ_DIMS)]
+    digits = torch.stack([torch.div(k, r, rounding_mode="floor") % L for r in radix], -1).to(torch.float32)  # [K,d]
+    p = torch.softmax(logits.float(), dim=-1)
+    e = torch.round(torch.matmul(p, digits)).clamp(0, L - 1)  # [..., d]
+    return (e * torch.tensor(radix, dtype=torch.float32, device=logits.device)).sum(-1).to(torch.int64)
+
+
+def select(logits: torch.Tensor, temperature: torch.Tensor, gumbel: torch.Tensor, top_k: int,
+           greedy: str = "argmax") -> torch.Tensor:
+    """Pick tokens from logits [B,N,K]: where temperature [B,1] == 0 the ``greedy`` choice (argmax, or
+    ``code_mean``), else argmax over the top_k logits of (logit / temperature + gumbel) with gumbel
+    [B,N,K] from ``eartalking.sampling.gumbel_noise``. No data-dependent control flow; TopK sorted.
+    -> int64 [B,N]."""
+    if greedy not in GREEDY:
+        raise ValueError(f"greedy {greedy!r}: choose one of {GREEDY}")
+    greedy = logits.argmax(-1) if greedy == "argmax" else code_mean(logits)
     vals, idx = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1, largest=True, sorted=True)
     t = temperature[..., None].to(logits.dtype)  # [B,1,1]
     z = vals / torch.where(t > 0, t, torch.ones_like(t)) + torch.gather(gumbel, -1, idx)

@@ -10,10 +10,15 @@
   nearest x2 (from the second stage on), concat the reference feature of that scale, fuse by a 3x3 conv,
   a resblock; one cross-attention from the decoder map to the reference map at ``cfg.attn_at`` px;
   -> nearest x2 -> GN-SiLU-3x3 conv to RGB -> sigmoid.
+- reference alignment (``cfg.flow_at`` > 0, ``RefAlign``): after the stage at ``flow_at`` px the decoder map
+  predicts a flow [B,2,h,w] (normalised coordinates, bounded to +-0.5, zero at initialisation); the finer
+  stages fuse the reference features resampled along it (bilinear GridSample) instead of the raw ones, so
+  the portrait's detail lands where the frame's pose puts it rather than where the portrait had it.
 Tokens carry what changes (mouth, eyes, pose); the portrait carries identity.
 
-Export-friendly: Conv, GroupNorm, nearest Upsample by 2, MatMul, Softmax, Gather, Sigmoid, Round; no
-shape depends on data. Quantisation is finite scalar quantisation (Mentzer et al. 2023) with a
+Export-friendly: Conv, GroupNorm, nearest Upsample by 2, MatMul, Softmax, Gather, Sigmoid, Round, and with
+alignment Tanh, linear Resize and GridSample (opset 16+, TensorRT IGridSampleLayer); no shape depends on
+data. Quantisation is finite scalar quantisation (Mentzer et al. 2023) with a
 straight-through rounding gradient: no codebook to collapse and no auxiliary losses (a learned Euclidean
 and then a cosine VQ both collapsed to one code within 200 steps here, the decoder copying the portrait).
 A usage EMA buffer feeds ``codebook_usage``.
@@ -88,6 +93,39 @@ class CrossAttention(nn.Module):
         return x + self.out(y)
 
 
+class RefAlign(nn.Module):
+    """Flow from a decoder map [B,C,h,w] -> [B,2,h,w]; ``warp`` resamples a reference map along it.
+
+    The flow is an offset in GridSample's normalised coordinates (-1..1 across the image), so one flow
+    serves every finer scale after a bilinear resize. Its conv starts at zero: an untrained aligner is the
+    identity (sampling exactly at pixel centres), so a tokenizer trained without alignment loads into one
+    with it unchanged and fine-tuning starts from the same output.
+    """
+
+    MAX_SHIFT = 0.5  # a quarter of the image each way
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.norm = _gn(ch)
+        self.conv = nn.Conv2d(ch, 2, 3, padding=1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def flow(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(F.silu(self.norm(x)))) * self.MAX_SHIFT
+
+    @staticmethod
+    def warp(ref: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        """ref [B,R,H,W], flow [B,2,h,w] -> ref sampled at (pixel centre + flow), [B,R,H,W]."""
+        b, _, h, w = ref.shape
+        f = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
+        ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=ref.device, dtype=ref.dtype)
+        xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=ref.device, dtype=ref.dtype)
+        base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)  # [H,W,2] as (x, y)
+        grid = base[None] + f.permute(0, 2, 3, 1).to(ref.dtype)
+        return F.grid_sample(ref, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class Tokenizer(nn.Module):
     """See module docstring. ``N = cfg.tokens_per_frame``, ``K = cfg.codebook_size``."""
 
@@ -128,6 +166,12 @@ class Tokenizer(nn.Module):
             raise ValueError(f"attn_at {cfg.attn_at} must be one of the decoder resolutions {res} (or 0)")
         self.attn_stage = res.index(cfg.attn_at) if cfg.attn_at else -1
         self.attn = CrossAttention(dec[self.attn_stage], ref[self.attn_stage]) if cfg.attn_at else None
+        flow_at = getattr(cfg, "flow_at", 0)
+        if flow_at and flow_at not in res[:-1]:
+            raise ValueError(f"flow_at {flow_at} must be a decoder resolution with a finer one after it "
+                             f"{res[:-1]} (or 0)")
+        self.flow_stage = res.index(flow_at) if flow_at else -1
+        self.align = RefAlign(dec[self.flow_stage]) if flow_at else None
         self.head = nn.Sequential(_gn(dec[-1]), nn.SiLU(), nn.Conv2d(dec[-1], 3, 3, padding=1))
 
     # ---- encoder side ----
@@ -162,12 +206,16 @@ class Tokenizer(nn.Module):
         """code vectors [B, code_dim, g, g] + refs -> image [B,3,S,S] in 0..1."""
         x = self.from_code(codes)
         refs = refs[::-1]  # coarse first
+        flow = None
         for i, (up, fuse, block) in enumerate(zip(self.ups, self.fuse, self.blocks, strict=True)):
             if i:
                 x = F.interpolate(up(x), scale_factor=2.0, mode="nearest")
-            x = block(fuse(torch.cat([x, refs[i]], dim=1)))
+            r = refs[i] if flow is None else RefAlign.warp(refs[i], flow)
+            x = block(fuse(torch.cat([x, r], dim=1)))
             if i == self.attn_stage:
                 x = self.attn(x, refs[i])
+            if i == self.flow_stage:
+                flow = self.align.flow(x)
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         return torch.sigmoid(self.head(x))
 

@@ -49,6 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--freeze-encoder", action="store_true",
                    help="train only the reference encoder and the image decoder: token indices stay exactly as they "
                         "are, so a decoder trained on them stays valid (fine-tune beside `eartalking train`)")
+    p.add_argument("--init", default="",
+                   help="start from these tokenizer weights (a tokenizer.safetensors or a run folder) with a fresh "
+                        "optimizer; parts the source lacks (e.g. the reference aligner of flow_at) start at their "
+                        "identity initialisation")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
@@ -168,6 +172,20 @@ class UsageMeter:
         return float(torch.exp(-(p * torch.log(p + 1e-10)).sum()))
 
 
+def load_init(tok, src: str, device: torch.device) -> None:
+    """Load ``src`` (file or folder holding tokenizer.safetensors) into ``tok``; only the aligner may be missing."""
+    path = Path(src)
+    path = path / WEIGHTS if path.is_dir() else path
+    if not path.is_file():
+        raise SystemExit(f"--init {src}: no {WEIGHTS} there")
+    missing, unexpected = tok.load_state_dict(load_file(str(path), device=str(device)), strict=False)
+    bad = [k for k in missing if not k.startswith("align.")] + list(unexpected)
+    if bad:
+        raise SystemExit(f"--init {src}: weights do not fit this preset ({len(bad)} keys differ, e.g. {bad[:3]})")
+    if missing:
+        print(f"--init {src}: {len(missing)} aligner weights start at identity")
+
+
 def run(args: argparse.Namespace) -> int:
     from eartalking.model.tokenizer import Tokenizer
 
@@ -181,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
     tok = Tokenizer(cfg.tokenizer).to(device)
     if (out / WEIGHTS).is_file():
         tok.load_state_dict(load_file(str(out / WEIGHTS), device=str(device)))
+    elif args.init:
+        load_init(tok, args.init, device)
     if args.freeze_encoder:
         for part in (tok.encoder, tok.to_code, tok.to_fsq):
             part.requires_grad_(False)

@@ -15,7 +15,7 @@ import torch
 
 from eartalking import config
 from eartalking.model import checkpoint
-from eartalking.model.decoder import select, teacher_prev_tokens
+from eartalking.model.decoder import code_mean, select, teacher_prev_tokens
 from eartalking.model.generate import StreamingGenerator, reference_generate
 from eartalking.sampling import gumbel_noise
 
@@ -226,6 +226,31 @@ def test_select_greedy_and_seeded(model):
     assert a.dtype == np.float32 and np.array_equal(a, gumbel_noise(3, 9, (4, 5))) and not np.array_equal(a, b)
 
 
+def test_code_mean_is_the_token_nearest_the_expected_code():
+    """code_mean == brute force (digits of every token, probability-weighted mean, rounded) on fresh random
+    logits; a sharp distribution gives its argmax; a 50/50 mix of two tokens lands between them."""
+    g = torch.Generator().manual_seed(51)
+    K, L = 64, 4  # test_small: 4 levels x 3 digits
+    logits = torch.randn(3, 16, K, generator=g) * 3.0
+    p = torch.softmax(logits, -1).numpy().astype(np.float64)
+    digits = np.array([[(k // L ** i) % L for i in range(3)] for k in range(K)], np.float64)
+    want = (np.clip(np.round(p @ digits), 0, L - 1) @ np.array([1, L, L * L])).astype(np.int64)
+    assert np.array_equal(code_mean(logits).numpy(), want)
+    sharp = torch.full((1, K), -30.0)
+    sharp[0, 37] = 30.0
+    assert int(code_mean(sharp)[0]) == 37
+    mix = torch.full((1, K), -30.0)
+    mix[0, 0] = mix[0, 2] = 5.0  # digits (0,0,0) and (2,0,0): mean digit 1.0 -> token 1
+    assert int(code_mean(mix)[0]) == 1 and int(mix.argmax(-1)[0]) in (0, 2)
+    temp = torch.tensor([[0.0], [1.0], [0.0]])
+    noise = torch.from_numpy(np.stack([gumbel_noise(4, 2, (16, K))] * 3))
+    out = select(logits, temp, noise, top_k=8, greedy="code_mean")
+    assert torch.equal(out[0], code_mean(logits[0])) and torch.equal(out[2], code_mean(logits[2]))
+    assert torch.equal(out[1], select(logits, temp, noise, top_k=8)[1])  # sampling is unchanged
+    with pytest.raises(ValueError, match="greedy"):
+        select(logits, temp, noise, top_k=8, greedy="mode")
+
+
 # ---------------------------------------------------------------- audio encoder
 def test_audio_chunked_equals_whole(model):
     enc, c = model.audio, model.cfg.audio
@@ -308,6 +333,39 @@ def test_tokenizer_forward_losses_and_gradients(model):
     assert int(losses["indices"].min()) >= 0 and int(losses["indices"].max()) < tok.cfg.codebook_size
     assert torch.equal(losses["indices"], tok.encode(img))
     assert tok.codes().shape == (tok.cfg.codebook_size, tok.cfg.code_dim)
+
+
+def test_reference_alignment_starts_as_identity_and_learns():
+    """flow_at: an untrained aligner reproduces the unaligned tokenizer exactly (so older weights load into
+    it), a constant flow of one pixel shifts the reference features by one pixel, and the aligner gets a
+    gradient from the reconstruction loss."""
+    import dataclasses
+
+    from eartalking.model.tokenizer import RefAlign, Tokenizer
+
+    cfg = config.preset("test_small").tokenizer
+    assert cfg.flow_at
+    torch.manual_seed(3)
+    tok = Tokenizer(cfg)
+    plain = Tokenizer(dataclasses.replace(cfg, flow_at=0))
+    missing, unexpected = plain.load_state_dict(tok.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith("align.") for k in unexpected)
+    g = torch.Generator().manual_seed(52)
+    S = cfg.image_size
+    img, ref = torch.rand(2, 3, S, S, generator=g), torch.rand(2, 3, S, S, generator=g)
+    with torch.no_grad():
+        t = tok.encode(img)
+        assert torch.equal(tok.decode(t, tok.reference(ref)), plain.decode(t, plain.reference(ref)))
+    fmap = torch.randn(1, 5, 16, 16, generator=g)
+    one_px = torch.zeros(1, 2, 4, 4)
+    one_px[:, 0] = 2.0 / 16  # +1 pixel in x (normalised units: 2 / width)
+    moved = RefAlign.warp(fmap, one_px)
+    torch.testing.assert_close(moved[..., :, :-1], fmap[..., :, 1:], atol=1e-5, rtol=1e-5)
+    rec, _ = tok(img, ref)
+    (rec - img).abs().mean().backward()
+    assert tok.align.conv.weight.grad is not None and float(tok.align.conv.weight.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="flow_at"):
+        Tokenizer(dataclasses.replace(cfg, flow_at=S))
 
 
 def test_fsq_grid_matches_token_index():
