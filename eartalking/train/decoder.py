@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from eartalking.config import ModelConfig
+from eartalking.config import CONTROL_NAMES, ModelConfig
 from eartalking.train import common
 
 AUX = "aux_head.safetensors"
+BLINK = CONTROL_NAMES.index("blink")
 REGION_THRESHOLD = 0.2  # share of a token cell over the mouth/eyes that makes it a region cell
 
 
@@ -55,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "from the blink control instead of copying them")
     p.add_argument("--region-weight", type=float, default=0.0,
                    help="extra loss weight on mouth/eye tokens (0 = plain CE): weight = 1 + this x region share")
+    p.add_argument("--blink-weight", type=float, default=0.0,
+                   help="extra loss weight on the eye cells in frames whose blink label is above 0.2 (0 = none): "
+                        "blinks are ~5%% of frames and 4 of 64 cells, too rare for plain CE to learn the control")
     p.add_argument("--max-corrupt", type=float, default=0.3,
                    help="previous-frame tokens are replaced at random with a per-window rate in [0, this]")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
@@ -157,6 +161,12 @@ def region_cells(cfg: ModelConfig) -> list[int]:
     return [int(i) for i in torch.nonzero(r > REGION_THRESHOLD).flatten()]
 
 
+def eye_cells(cfg: ModelConfig) -> list[int]:
+    """The upper half of ``region_cells``: the token cells over the eyes (the rest are the mouth's)."""
+    g = cfg.tokenizer.grid
+    return [c for c in region_cells(cfg) if c // g < g // 2]
+
+
 def control_masks(controls: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Known labels kept with p=0.5 per (window, control), all dropped for 25% of windows; NaN -> absent."""
     B, T, C = controls.shape
@@ -169,12 +179,13 @@ def control_masks(controls: torch.Tensor, gen: torch.Generator) -> tuple[torch.T
 
 @torch.no_grad()
 def evaluate(model, sampler: WindowSampler, device: torch.device, batches: int = 4,
-             in_region: torch.Tensor | None = None) -> dict[str, float]:
+             in_region: torch.Tensor | None = None, in_eyes: torch.Tensor | None = None) -> dict[str, float]:
     """Teacher-forced token accuracy and CE on held-out windows (no augmentation, no controls);
     ``eval_acc_changed`` is the accuracy on tokens that differ from the previous frame's (copying scores 0),
-    ``eval_acc_region`` the accuracy over the mouth and eye cells."""
+    ``eval_acc_region`` the accuracy over the mouth and eye cells, ``eval_acc_blink`` the accuracy over the
+    eye cells in blinking frames with only the blink control given."""
     model.eval()
-    acc, ce, acc_changed, acc_region = [], [], [], []
+    acc, ce, acc_changed, acc_region, acc_blink = [], [], [], [], []
     for _ in range(batches):
         b = {k: torch.from_numpy(v).to(device) for k, v in sampler.batch(8).items()}
         audio = model.audio(b["pcm"])
@@ -188,10 +199,20 @@ def evaluate(model, sampler: WindowSampler, device: torch.device, batches: int =
         if in_region is not None and in_region.any():
             acc_region.append(float(hit[..., in_region].float().mean()))
         ce.append(float(F.cross_entropy(logits.flatten(0, 2), b["tokens"].flatten())))
+        blinking = ctrl[..., BLINK] > 0.2  # [B,T]
+        if in_eyes is not None and blinking.any():
+            only = torch.zeros_like(ctrl)
+            only[..., BLINK] = 1.0
+            anchored = in_region if in_region is not None else in_eyes  # as shipped: region cells anchored
+            prev = torch.where(anchored, b["ref"][:, None, :].expand_as(b["prev"]), b["prev"])
+            lb = model.decoder.forward_train(b["ref"], audio, ctrl, only, prev)
+            sel = blinking[..., None] & in_eyes
+            acc_blink.append(float((lb.argmax(-1) == b["tokens"])[sel].float().mean()))
     model.train()
     return {"eval_acc": float(np.mean(acc)), "eval_ce": float(np.mean(ce)),
             "eval_acc_changed": float(np.mean(acc_changed)) if acc_changed else float("nan"),
-            "eval_acc_region": float(np.mean(acc_region)) if acc_region else float("nan")}
+            "eval_acc_region": float(np.mean(acc_region)) if acc_region else float("nan"),
+            "eval_acc_blink": float(np.mean(acc_blink)) if acc_blink else float("nan")}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -235,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
     region = region_tokens(cfg.tokenizer.image_size, cfg.tokenizer.grid, device)  # [N]
     in_region = torch.zeros_like(region, dtype=torch.bool)  # mouth/eye cells whose previous tokens
     in_region[region_cells(cfg)] = True  # --region-drop replaces
+    in_eyes = torch.zeros_like(in_region)
+    in_eyes[eye_cells(cfg)] = True
     print(f"decoder: {model.param_counts()} params, {len(train)} train clips, device {device}, from step {step}")
     bar = tqdm(total=args.steps, initial=step, desc="train", unit="step")
     model.audio.train()
@@ -258,6 +281,9 @@ def run(args: argparse.Namespace) -> int:
             pred_open = aux(audio.flatten(2)).squeeze(-1)
         ce_tok = F.cross_entropy(logits.float().flatten(0, 2), b["tokens"].flatten(), reduction="none")
         weight = 1.0 + args.change_weight * (b["tokens"] != b["prev"]).float() + args.region_weight * region
+        if args.blink_weight > 0:
+            blinking = torch.nan_to_num(b["controls"][..., BLINK], nan=0.0) > 0.2  # [B,T]
+            weight = weight + args.blink_weight * (blinking[..., None] & in_eyes).float()
         weight = weight.flatten()
         ce = (ce_tok * weight).sum() / weight.sum()
         known = ~torch.isnan(b["openness"])
@@ -271,14 +297,14 @@ def run(args: argparse.Namespace) -> int:
             acc = float((logits.argmax(-1) == b["tokens"]).float().mean())
             row = {"step": step, "loss": float(loss), "ce": float(ce), "aux": float(aux_loss), "acc": acc}
             if step % args.eval_every == 0:
-                row.update(evaluate(model, held_sampler, device, in_region=in_region))
+                row.update(evaluate(model, held_sampler, device, in_region=in_region, in_eyes=in_eyes))
             bar.set_postfix(ce=f"{row['ce']:.3f}", acc=f"{acc:.3f}")
             log.write(**row)
         if step % 1000 == 0:
             _save(out, model, cfg, aux, opt, step)
     bar.close()
     _save(out, model, cfg, aux, opt, step)
-    final = evaluate(model, held_sampler, device, batches=8, in_region=in_region)
+    final = evaluate(model, held_sampler, device, batches=8, in_region=in_region, in_eyes=in_eyes)
     final["step"] = step
     log.write(**final)
     (out / "summary.json").write_text(json.dumps(final, indent=1))

@@ -76,6 +76,22 @@ def test_measurement_ran_on_every_frame(report_json, corpus_dir):
         ctl = r[g]["controls"]
         assert ctl["blink"]["requested"] == len(range(12, 30 - 6, 25)) >= 1
         assert 0 <= ctl["blink"]["hit_rate"] <= 1 and ctl["yaw"]["frames"] == 30
+        gv = ctl["blink"]["gt_video"]  # the detector's ceiling on the clips' own video
+        cases = [c["gt_video_blinks"] for c in r[g]["cases"] if c["gt_video_blinks"]]
+        assert gv["labelled"] == sum(c["labelled"] for c in cases) and 0 <= gv["found"] <= gv["labelled"]
+
+
+def test_blink_peaks_and_hit_rule():
+    """Labelled peaks are local maxima >= 0.5; a hit is a measured blink within -3..+5 frames of one."""
+    from eartalking.evaluate.report import blink_hits, blink_peaks
+
+    b = np.zeros(40)
+    b[5:8] = (0.6, 1.0, 0.5)
+    b[20] = 0.4  # too shallow to be a labelled blink
+    b[30:32] = (0.9, 0.7)
+    b[12] = np.nan
+    assert blink_peaks(b) == [6, 30]
+    assert blink_hits([6, 30], [4, 36]) == [6] and blink_hits([6, 30], [35]) == [30] and blink_hits([6], [2]) == []
 
 
 def test_plots_written(report_json):
