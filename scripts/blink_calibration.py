@@ -1,0 +1,62 @@
+"""Calibrate the evaluator's blink detector on ground truth: the corpus's own videos and blink labels.
+
+Usage: .venv/bin/python scripts/blink_calibration.py [--data corpus] [--clips 60] [--drops 0.65,0.75,0.8,0.85,0.9]
+
+For each clip, ``measure`` gives the eye-openness curve of the corpus video and the labels give the blinks
+(``report.blink_peaks``: local maxima of the blink label >= 0.5). For each dip threshold of
+``signals.detect_blinks`` it prints how many labelled blinks are found (the evaluate hit rule, -3..+5 frames)
+and how many detected events match no labelled blink (per minute of video), plus the quantiles of the
+eye-openness dip at labelled blinks (minimum over the blink / running median). This is what says whether the
+blink target can be read at this resolution; it does not change the evaluator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import numpy as np
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="corpus")
+    p.add_argument("--clips", type=int, default=60)
+    p.add_argument("--drops", default="0.65,0.75,0.8,0.85,0.9")
+    a = p.parse_args()
+    from eartalking.config import CONTROL_NAMES
+    from eartalking.evaluate import signals
+    from eartalking.evaluate.measure import measure_frames
+    from eartalking.evaluate.report import blink_hits, blink_peaks
+    from eartalking.train import common
+
+    drops = [float(x) for x in a.drops.split(",")]
+    clips = common.load_corpus(a.data, "all", a.clips, size=128)
+    bi = CONTROL_NAMES.index("blink")
+    found = {d: [0, 0] for d in drops}
+    dips, labelled, frames = [], 0, 0
+    for c in clips:
+        m = measure_frames(c.frames, None, portrait=None, every=10**9)
+        eye = np.array([np.nan if v is None else v for v in m["curves"]["eye_openness"]], float)
+        peaks = blink_peaks(c.controls[:, bi])
+        labelled += len(peaks)
+        frames += len(eye)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # all-NaN windows where no face was found
+            for t in peaks:
+                dips.append(np.nanmin(eye[max(0, t - 1):t + 3]) / np.nanmedian(eye[max(0, t - 25):t + 26]))
+        for d in drops:
+            ev = signals.detect_blinks(eye, 25.0, drop=d)
+            found[d][0] += len(blink_hits(peaks, ev))
+            found[d][1] += sum(not any(t - 3 <= e <= t + 5 for t in peaks) for e in ev)
+    q = np.nanquantile(dips, [0.1, 0.25, 0.5, 0.75, 0.9]) if dips else []
+    print(f"{len(clips)} clips, {frames} frames, {labelled} labelled blinks; eye-openness dip at a blink "
+          f"(10/25/50/75/90%): {np.round(q, 2).tolist()}")
+    minutes = frames / 25.0 / 60.0
+    for d, (hit, false) in found.items():
+        print(f"drop {d:.2f}: found {hit}/{labelled} = {hit / max(labelled, 1):.0%}, "
+              f"unmatched events {false} ({false / minutes:.1f} per minute)")
+
+
+if __name__ == "__main__":
+    main()
