@@ -74,7 +74,8 @@ def test_decoder_training_writes_loadable_checkpoint(tokenizer_runs, corpus_dir,
     out = tmp_path / "dec"
     rc = main(["train", "--data", str(corpus_dir), "--tokenizer", str(tok), "--out", str(out), "--steps", "3",
                "--batch", "2", "--frames", "8", "--threads", "1", "--device", "cpu", "--minutes", "0",
-               "--change-weight", "4", "--max-corrupt", "0.5", "--region-drop", "0.5", "--region-weight", "2"])
+               "--change-weight", "4", "--max-corrupt", "0.5", "--region-drop", "0.5", "--region-weight", "2",
+               "--blink-weight", "4"])
     assert rc == 0
     model, cfg = checkpoint.load(out)
     assert cfg.name == "test_small" and cfg.tokenizer.image_size == 64
@@ -90,8 +91,31 @@ def test_decoder_training_writes_loadable_checkpoint(tokenizer_runs, corpus_dir,
     assert rows and rows[-1]["step"] == 3 and 0 <= rows[-1]["eval_acc"] <= 1 and rows[-1]["eval_ce"] > 0
     assert 0 <= rows[-1]["eval_acc_changed"] <= 1  # accuracy on tokens that differ from the previous frame
     assert 0 <= rows[-1]["eval_acc_region"] <= 1  # accuracy over the mouth and eye cells
+    blink = rows[-1]["eval_acc_blink"]  # eye cells in blinking frames (NaN when no eval window blinks)
+    assert blink != blink or 0 <= blink <= 1
     assert json.loads((out / "trainer_state.json").read_text())["step"] == 3
     assert (out / "loss.png").stat().st_size > 1000
+
+
+def test_tokenizer_init_adds_the_aligner_and_keeps_the_encoder(tokenizer_runs, corpus_dir, tmp_path):
+    """--init from weights without the reference aligner (an older tokenizer): they load, the aligner starts at
+    identity and trains, and with --freeze-encoder the encoder (so every token index) stays bit-identical."""
+    from safetensors.torch import save_file
+
+    w = load_file(str(tokenizer_runs["out"] / "tokenizer.safetensors"))
+    plain = {k: v for k, v in w.items() if not k.startswith("align.")}
+    assert len(plain) < len(w)
+    save_file(plain, str(tmp_path / "plain.safetensors"))
+    out = tmp_path / "al"
+    assert main(_tok_args(corpus_dir, out, 2) + ["--init", str(tmp_path / "plain.safetensors"),
+                                                 "--freeze-encoder"]) == 0
+    got = load_file(str(out / "tokenizer.safetensors"))
+    enc = [k for k in plain if k.startswith(("encoder.", "to_code.", "to_fsq."))]
+    assert enc and all(torch.equal(got[k], plain[k]) for k in enc)
+    assert float(got["align.conv.weight"].abs().sum()) > 0  # starts at zero (identity), then trained
+    save_file({**plain, "extra.weight": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(SystemExit, match="do not fit"):
+        main(_tok_args(corpus_dir, tmp_path / "bad", 1) + ["--init", str(tmp_path / "bad.safetensors")])
 
 
 def test_decoder_needs_a_trained_tokenizer(corpus_dir, tmp_path):
@@ -148,3 +172,14 @@ def test_region_tokens_mark_mouth_and_eyes_on_the_token_grid():
     assert float(r.max()) == 1.0 and float(r.min()) >= 0.0
     mouth, eyes, forehead = r[5:6, 3:5], r[3, 2:6], r[0]
     assert float(mouth.min()) > 0.5 and float(eyes.max()) > 0.25 and float(forehead.max()) < 0.05
+
+
+def test_eye_cells_are_the_upper_region_cells():
+    from eartalking import config
+    from eartalking.train.decoder import eye_cells, region_cells
+
+    cfg = config.preset("tiny")
+    eyes, region = eye_cells(cfg), region_cells(cfg)
+    assert eyes and set(eyes) < set(region)  # the mouth cells remain
+    assert all(c // cfg.tokenizer.grid < cfg.tokenizer.grid // 2 for c in eyes)
+    assert all(c // cfg.tokenizer.grid >= cfg.tokenizer.grid // 2 for c in set(region) - set(eyes))
