@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eartalking.config import CONTROL_NAMES, CONTROL_SCALES, ModelConfig
+from eartalking.model.tokenizer import FSQ_DIMS
 
 #: additive mask value: finite and within fp16 range (an fp16 engine turning -1e9 into -inf would make
 #: 0 * -inf = NaN); exp(-3e4) is 0 in any precision, and every query always sees the sink and its own block
@@ -274,8 +275,6 @@ def code_mean(logits: torch.Tensor) -> torch.Tensor:
     distribution. Unlike argmax it follows the probability mass: 40% spread over open-mouth tokens moves the
     choice toward them even when one closed-mouth token is the single most likely.
     """
-    from eartalking.model.tokenizer import FSQ_DIMS
-
     K = int(logits.shape[-1])  # static in every graph (codebook size)
     L = round(K ** (1 / FSQ_DIMS))
     if L ** FSQ_DIMS != K:
