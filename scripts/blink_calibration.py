@@ -27,7 +27,7 @@ def main() -> None:
     from eartalking.config import CONTROL_NAMES
     from eartalking.evaluate import signals
     from eartalking.evaluate.measure import measure_frames
-    from eartalking.evaluate.report import blink_hits, blink_peaks
+    from eartalking.evaluate.report import blink_hits, blink_peaks, blink_unmatched
     from eartalking.train import common
 
     drops = [float(x) for x in a.drops.split(",")]
@@ -48,7 +48,7 @@ def main() -> None:
         for d in drops:
             ev = signals.detect_blinks(eye, 25.0, drop=d)
             found[d][0] += len(blink_hits(peaks, ev))
-            found[d][1] += sum(not any(t - 3 <= e <= t + 5 for t in peaks) for e in ev)
+            found[d][1] += len(blink_unmatched(peaks, ev))
     q = np.nanquantile(dips, [0.1, 0.25, 0.5, 0.75, 0.9]) if dips else []
     print(f"{len(clips)} clips, {frames} frames, {labelled} labelled blinks; eye-openness dip at a blink "
           f"(10/25/50/75/90%): {np.round(q, 2).tolist()}")

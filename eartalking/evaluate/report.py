@@ -160,9 +160,19 @@ def blink_peaks(blink: np.ndarray) -> list[int]:
     return [t for t in range(len(b)) if b[t] >= 0.5 and b[t] == b[max(0, t - 2):t + 3].max()]
 
 
+def _near(b: int, f: int) -> bool:
+    """The hit rule: a measured blink at frame f counts for a requested/labelled one at b if f is in b-3..b+5."""
+    return b - 3 <= f <= b + 5
+
+
 def blink_hits(requested: list[int], found: list[int]) -> list[int]:
-    """Requested/labelled blink frames with a measured blink within -3..+5 frames (the control-test rule)."""
-    return [b for b in requested if any(b - 3 <= f <= b + 5 for f in found)]
+    """Requested/labelled blink frames with a measured blink near them (``_near``)."""
+    return [b for b in requested if any(_near(b, f) for f in found)]
+
+
+def blink_unmatched(requested: list[int], found: list[int]) -> list[int]:
+    """Measured blink frames near no requested/labelled blink (``_near``): the detector's extra events."""
+    return [f for f in found if not any(_near(b, f) for b in requested)]
 
 
 def gt_blinks(gt: dict, labels: dict | None) -> dict | None:
@@ -184,7 +194,6 @@ def run_controls(model, portrait, emb, pcm, T: int, seed: int, temperature: floa
     mb = measure_frames(frames(*ge.control_track(T, blinks=blinks)), None, portrait=emb, every=10**9)
     found = mb["summary"]["blink_frames"]
     hits = blink_hits(blinks, found)
-    matched = {f for f in found if any(b - 3 <= f <= b + 5 for b in blinks)}
     yaw = 20.0 * np.sin(2 * np.pi * np.arange(T) / 100.0)
     labels = {"frames": [{"yaw": float(v)} for v in yaw]}
     my = measure_frames(frames(*ge.control_track(T, yaw=yaw)), None, portrait=emb, labels=labels, every=10**9)
@@ -193,7 +202,7 @@ def run_controls(model, portrait, emb, pcm, T: int, seed: int, temperature: floa
     slope = float(np.polyfit(yaw[ok], meas[ok], 1)[0]) if ok.sum() >= 3 else None
     out = {"blink": {"frames": T, "requested": len(blinks), "requested_frames": blinks, "hits": len(hits),
                      "hit_rate": len(hits) / len(blinks) if blinks else None, "measured_frames": found,
-                     "unrequested": len(found) - len(matched), "face_frames": mb["summary"]["face_frames"]},
+                     "unrequested": len(blink_unmatched(blinks, found)), "face_frames": mb["summary"]["face_frames"]},
            "yaw": {"frames": T, "amplitude_deg": 20.0, "period_frames": 100, "r": my["labels"]["yaw_r"],
                    "slope_measured_per_requested": slope, "face_frames": my["summary"]["face_frames"]}}
     curves = {"eye": mb["curves"]["eye_openness"], "blinks": blinks, "found": found, "yaw_req": yaw.tolist(),

@@ -166,7 +166,7 @@ class Tokenizer(nn.Module):
             raise ValueError(f"attn_at {cfg.attn_at} must be one of the decoder resolutions {res} (or 0)")
         self.attn_stage = res.index(cfg.attn_at) if cfg.attn_at else -1
         self.attn = CrossAttention(dec[self.attn_stage], ref[self.attn_stage]) if cfg.attn_at else None
-        flow_at = getattr(cfg, "flow_at", 0)
+        flow_at = cfg.flow_at
         if flow_at and flow_at not in res[:-1]:
             raise ValueError(f"flow_at {flow_at} must be a decoder resolution with a finer one after it "
                              f"{res[:-1]} (or 0)")

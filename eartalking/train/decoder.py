@@ -29,6 +29,7 @@ from eartalking.train import common
 
 AUX = "aux_head.safetensors"
 BLINK = CONTROL_NAMES.index("blink")
+BLINKING = 0.2  # a frame whose blink label (0 open .. 1 closed) is above this counts as blinking
 REGION_THRESHOLD = 0.2  # share of a token cell over the mouth/eyes that makes it a region cell
 
 
@@ -199,7 +200,7 @@ def evaluate(model, sampler: WindowSampler, device: torch.device, batches: int =
         if in_region is not None and in_region.any():
             acc_region.append(float(hit[..., in_region].float().mean()))
         ce.append(float(F.cross_entropy(logits.flatten(0, 2), b["tokens"].flatten())))
-        blinking = ctrl[..., BLINK] > 0.2  # [B,T]
+        blinking = ctrl[..., BLINK] > BLINKING  # [B,T] (ctrl has NaN -> 0)
         if in_eyes is not None and blinking.any():
             only = torch.zeros_like(ctrl)
             only[..., BLINK] = 1.0
@@ -282,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
         ce_tok = F.cross_entropy(logits.float().flatten(0, 2), b["tokens"].flatten(), reduction="none")
         weight = 1.0 + args.change_weight * (b["tokens"] != b["prev"]).float() + args.region_weight * region
         if args.blink_weight > 0:
-            blinking = torch.nan_to_num(b["controls"][..., BLINK], nan=0.0) > 0.2  # [B,T]
+            blinking = torch.nan_to_num(b["controls"][..., BLINK], nan=0.0) > BLINKING  # [B,T]
             weight = weight + args.blink_weight * (blinking[..., None] & in_eyes).float()
         weight = weight.flatten()
         ce = (ce_tok * weight).sum() / weight.sum()

@@ -83,7 +83,7 @@ def test_measurement_ran_on_every_frame(report_json, corpus_dir):
 
 def test_blink_peaks_and_hit_rule():
     """Labelled peaks are local maxima >= 0.5; a hit is a measured blink within -3..+5 frames of one."""
-    from eartalking.evaluate.report import blink_hits, blink_peaks
+    from eartalking.evaluate.report import blink_hits, blink_peaks, blink_unmatched
 
     b = np.zeros(40)
     b[5:8] = (0.6, 1.0, 0.5)
@@ -92,6 +92,7 @@ def test_blink_peaks_and_hit_rule():
     b[12] = np.nan
     assert blink_peaks(b) == [6, 30]
     assert blink_hits([6, 30], [4, 36]) == [6] and blink_hits([6, 30], [35]) == [30] and blink_hits([6], [2]) == []
+    assert blink_unmatched([6, 30], [2, 4, 36]) == [2, 36] and blink_unmatched([6], [3, 11]) == []
 
 
 def test_plots_written(report_json):
