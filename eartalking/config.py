@@ -6,7 +6,8 @@ Every dimension that export, the runtime, Triton and the gRPC API need comes fro
 Shapes used throughout (B = sessions in a batch):
   image             [B, 3, S, S] float32 in [0, 1]          S = ``tokenizer.image_size``
   frame tokens      [B, N] int64, N = ``tokenizer.tokens_per_frame`` = (S / downsample)^2
-  ref features      list of [B, C_i, S/2^(i+1), S/2^(i+1)] for i in 0..len(ref_channels)-1
+  ref features      list of [B, C_i, S/2^(i+1), S/2^(i+1)] for i in 0..len(ref_channels)-1, preceded by the
+                    portrait itself [B, 3, S, S] when ``tokenizer.ref_pixels`` (``tokenizer.ref_shapes``)
   pcm               [B, samples] float32, PCM16 value / 32768, 16 kHz mono
   audio tokens      [B, frames, A, D_a]   A = ``audio.tokens_per_frame``, D_a = ``audio.dim``
   controls          [B, C] float32 and control mask [B, C] float32 (1 = given, 0 = absent)
@@ -48,6 +49,10 @@ class TokenizerConfig:
     #: reference alignment: a flow predicted from the decoder map at this resolution resamples the portrait's
     #: finer reference features into the current frame's pose before they are fused (0 = no alignment)
     flow_at: int = 0
+    #: pixel path: the portrait's own pixels are one more reference (entry 0 of ``ref_shapes``, [3,S,S] in 0..1);
+    #: the decoder warps them along the aligner's flow (plus a full-resolution residual) and blends them into its
+    #: output per pixel, so detail finer than its last stage comes from the portrait (needs ``flow_at``)
+    ref_pixels: bool = False
     commitment: float = 0.25
 
     @property
@@ -60,8 +65,9 @@ class TokenizerConfig:
 
     @property
     def ref_shapes(self) -> list[tuple[int, int, int]]:
-        """(C, H, W) of each reference feature map, finest first."""
-        return [(c, self.image_size >> (i + 1), self.image_size >> (i + 1)) for i, c in enumerate(self.ref_channels)]
+        """(C, H, W) of each reference feature map, finest first (the portrait itself first with ``ref_pixels``)."""
+        feats = [(c, self.image_size >> (i + 1), self.image_size >> (i + 1)) for i, c in enumerate(self.ref_channels)]
+        return ([(3, self.image_size, self.image_size)] if self.ref_pixels else []) + feats
 
 
 @dataclass
@@ -219,7 +225,8 @@ def _from_dict(cls, d: dict):
 
 def tiny() -> ModelConfig:
     """The shipped CPU model: 128 px, 8x8 tokens, 4 layers of width 256, window 4."""
-    return ModelConfig(name="tiny", tokenizer=TokenizerConfig(flow_at=16), decoder=DecoderConfig(greedy="code_mean"))
+    return ModelConfig(name="tiny", tokenizer=TokenizerConfig(flow_at=16, ref_pixels=True),
+                       decoder=DecoderConfig(greedy="code_mean"))
 
 
 def base() -> ModelConfig:
@@ -258,6 +265,7 @@ def test_small() -> ModelConfig:
             dec_channels=(32, 16, 16, 8),
             attn_at=8,
             flow_at=8,
+            ref_pixels=True,
         ),
         audio=AudioConfig(channels=32, dim=32, dilations=(1, 2)),
         decoder=DecoderConfig(dim=64, layers=2, heads=2, window=3, top_k=8),

@@ -56,7 +56,7 @@ class TorchBackend(Backend):
                 out = {"tokens": m.tokenizer.encode(img).to(torch.int32)}
                 out |= {f"ref_{i}": r for i, r in enumerate(m.tokenizer.reference(img))}
             elif graph == "tokenizer_decoder":
-                refs = [self._t(feeds[f"ref_{i}"]) for i in range(len(self.cfg.tokenizer.ref_channels))]
+                refs = [self._t(feeds[f"ref_{i}"]) for i in range(len(self.cfg.tokenizer.ref_shapes))]
                 out = {"image": m.tokenizer.decode(self._t(feeds["tokens"]).long(), refs)}
             elif graph == "audio_encoder":
                 out = {"audio_tokens": m.audio(self._t(feeds["pcm"]))}

@@ -51,11 +51,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"refusing: the fine-tuned tokenizer's encoder differs ({changed[:3]}...): tokens would change",
                   file=sys.stderr)
             return 1
-        cfg.tokenizer.flow_at = ModelConfig.load(Path(args.tokenizer_ft) / "config.json").tokenizer.flow_at
+        ft_cfg = ModelConfig.load(Path(args.tokenizer_ft) / "config.json").tokenizer
+        cfg.tokenizer.flow_at, cfg.tokenizer.ref_pixels = ft_cfg.flow_at, ft_cfg.ref_pixels
         state = {k: v for k, v in state.items() if not k.startswith("tokenizer.")}
         state.update({f"tokenizer.{k}": v for k, v in ft.items()})
         if cfg.tokenizer.flow_at:
-            print(f"reference aligner at {cfg.tokenizer.flow_at} px")
+            print(f"reference aligner at {cfg.tokenizer.flow_at} px" + (", pixel path" if ft_cfg.ref_pixels else ""))
     if args.anchor_regions:
         from eartalking.train.decoder import region_cells
 

@@ -14,10 +14,17 @@
   predicts a flow [B,2,h,w] (normalised coordinates, bounded to +-0.5, zero at initialisation); the finer
   stages fuse the reference features resampled along it (bilinear GridSample) instead of the raw ones, so
   the portrait's detail lands where the frame's pose puts it rather than where the portrait had it.
+- pixel path (``cfg.ref_pixels``, ``PixelPath``): the portrait's own pixels are reference 0. The
+  aligner's flow plus a residual predicted from the last decoder map (bounded to +-``PixelPath.MAX_RESIDUAL``),
+  resized to full resolution, warps them to the frame; two per-pixel masks in [0, 1] then
+  replace the generated image by the warped portrait (m1) and add the warped portrait's fine detail (its
+  difference from a 3x3 box blur, m2): out = gen + m1 (warped - gen) + m2 detail, clipped to [0, 1]. The
+  decoder's last stage works at S/2, so without it nothing finer than 2 px reaches the output.
 Tokens carry what changes (mouth, eyes, pose); the portrait carries identity.
 
 Export-friendly: Conv, GroupNorm, nearest Upsample by 2, MatMul, Softmax, Gather, Sigmoid, Round, and with
-alignment Tanh, linear Resize and GridSample (opset 16+, TensorRT IGridSampleLayer); no shape depends on
+alignment Tanh, linear Resize and GridSample (opset 16+, TensorRT IGridSampleLayer), with the pixel path
+also AveragePool and Clip; no shape depends on
 data. Quantisation is finite scalar quantisation (Mentzer et al. 2023) with a
 straight-through rounding gradient: no codebook to collapse and no auxiliary losses (a learned Euclidean
 and then a cosine VQ both collapsed to one code within 200 steps here, the decoder copying the portrait).
@@ -118,12 +125,46 @@ class RefAlign(nn.Module):
     def warp(ref: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         """ref [B,R,H,W], flow [B,2,h,w] -> ref sampled at (pixel centre + flow), [B,R,H,W]."""
         b, _, h, w = ref.shape
-        f = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
+        f = flow if flow.shape[-2:] == (h, w) else F.interpolate(flow, size=(h, w), mode="bilinear",
+                                                                   align_corners=False)
         ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=ref.device, dtype=ref.dtype)
         xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=ref.device, dtype=ref.dtype)
         base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)  # [H,W,2] as (x, y)
         grid = base[None] + f.permute(0, 2, 3, 1).to(ref.dtype)
         return F.grid_sample(ref, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class PixelPath(nn.Module):
+    """Blend the portrait's pixels, warped to the frame, into the decoded image (see module docstring).
+
+    Inputs: x [B,C,S/2,S/2] (the last decoder map, before the final x2), gen [B,3,S,S] (generated image in
+    0..1), portrait [B,3,S,S] in 0..1, flow [B,2,h,w] (the aligner's). Output [B,3,S,S] in [0, 1].
+    What depends on the decoder map (the residual flow, its share of the mask logits) is computed at S/2 and
+    bilinearly resized (the map is a nearest x2 of S/2 anyway); only a 6-channel conv of the warped portrait
+    and ``gen`` runs at S. All convs start at zero, so an untrained pixel path returns ``gen`` exactly (a
+    tokenizer trained without it loads unchanged) and still receives a gradient (Clip passes it at its bounds).
+    """
+
+    MAX_RESIDUAL = 0.05  # normalised units: about 3 px at 128 px
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.flow = nn.Conv2d(ch, 2, 3, padding=1)
+        self.mix_map = nn.Conv2d(ch, 2, 3, padding=1)
+        self.mix_img = nn.Conv2d(6, 2, 3, padding=1)
+        for conv in (self.flow, self.mix_map, self.mix_img):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor, gen: torch.Tensor, portrait: torch.Tensor, flow: torch.Tensor
+                ) -> torch.Tensor:
+        up = lambda t, size: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
+        f = up(flow, x.shape[-2:]) + torch.tanh(self.flow(x)) * self.MAX_RESIDUAL
+        w = RefAlign.warp(portrait, up(f, portrait.shape[-2:]))
+        detail = w - F.avg_pool2d(w, 3, stride=1, padding=1, count_include_pad=False)
+        logits = up(self.mix_map(x), portrait.shape[-2:]) + self.mix_img(torch.cat([w, gen], dim=1))
+        m = torch.clamp(logits, 0.0, 1.0)
+        return torch.clamp(gen + m[:, :1] * (w - gen) + m[:, 1:] * detail, 0.0, 1.0)
 
 
 class Tokenizer(nn.Module):
@@ -172,6 +213,9 @@ class Tokenizer(nn.Module):
                              f"{res[:-1]} (or 0)")
         self.flow_stage = res.index(flow_at) if flow_at else -1
         self.align = RefAlign(dec[self.flow_stage]) if flow_at else None
+        if cfg.ref_pixels and not flow_at:
+            raise ValueError("ref_pixels needs flow_at (the pixel path warps the portrait along the aligner's flow)")
+        self.pix = PixelPath(dec[-1]) if cfg.ref_pixels else None
         self.head = nn.Sequential(_gn(dec[-1]), nn.SiLU(), nn.Conv2d(dec[-1], 3, 3, padding=1))
 
     # ---- encoder side ----
@@ -198,14 +242,17 @@ class Tokenizer(nn.Module):
         return self.quantize_indices(self.encode_latent(image))
 
     def reference(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """portrait [B,3,S,S] in 0..1 -> features, finest first, shapes ``cfg.ref_shapes``."""
-        return self.ref_encoder(image * 2.0 - 1.0)
+        """portrait [B,3,S,S] in 0..1 -> features, finest first, shapes ``cfg.ref_shapes`` (with ``ref_pixels``
+        the portrait itself comes first)."""
+        feats = self.ref_encoder(image * 2.0 - 1.0)
+        return [image, *feats] if self.pix is not None else feats
 
     # ---- decoder side ----
     def decode_codes(self, codes: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         """code vectors [B, code_dim, g, g] + refs -> image [B,3,S,S] in 0..1."""
         x = self.from_code(codes)
-        refs = refs[::-1]  # coarse first
+        portrait = refs[0] if self.pix is not None else None
+        refs = (refs[1:] if self.pix is not None else refs)[::-1]  # coarse first
         flow = None
         for i, (up, fuse, block) in enumerate(zip(self.ups, self.fuse, self.blocks, strict=True)):
             if i:
@@ -216,8 +263,8 @@ class Tokenizer(nn.Module):
                 x = self.attn(x, refs[i])
             if i == self.flow_stage:
                 flow = self.align.flow(x)
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return torch.sigmoid(self.head(x))
+        gen = torch.sigmoid(self.head(F.interpolate(x, scale_factor=2.0, mode="nearest")))
+        return gen if self.pix is None else self.pix(x, gen, portrait, flow)
 
     def decode(self, tokens: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         """tokens int [B, N] + refs -> image [B,3,S,S] in 0..1."""

@@ -51,8 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "are, so a decoder trained on them stays valid (fine-tune beside `eartalking train`)")
     p.add_argument("--init", default="",
                    help="start from these tokenizer weights (a tokenizer.safetensors or a run folder) with a fresh "
-                        "optimizer; parts the source lacks (e.g. the reference aligner of flow_at) start at their "
-                        "identity initialisation")
+                        "optimizer; parts the source lacks (the reference aligner of flow_at, the pixel path of "
+                        "ref_pixels) start at their identity initialisation")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
@@ -173,17 +173,18 @@ class UsageMeter:
 
 
 def load_init(tok, src: str, device: torch.device) -> None:
-    """Load ``src`` (file or folder holding tokenizer.safetensors) into ``tok``; only the aligner may be missing."""
+    """Load ``src`` (file or folder holding tokenizer.safetensors) into ``tok``; only the aligner and the pixel
+    path (both identity at initialisation) may be missing."""
     path = Path(src)
     path = path / WEIGHTS if path.is_dir() else path
     if not path.is_file():
         raise SystemExit(f"--init {src}: no {WEIGHTS} there")
     missing, unexpected = tok.load_state_dict(load_file(str(path), device=str(device)), strict=False)
-    bad = [k for k in missing if not k.startswith("align.")] + list(unexpected)
+    bad = [k for k in missing if not k.startswith(("align.", "pix."))] + list(unexpected)
     if bad:
         raise SystemExit(f"--init {src}: weights do not fit this preset ({len(bad)} keys differ, e.g. {bad[:3]})")
     if missing:
-        print(f"--init {src}: {len(missing)} aligner weights start at identity")
+        print(f"--init {src}: {len(missing)} aligner / pixel-path weights start at identity")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,7 +20,8 @@ def test_tiny_dims_are_consistent():
     assert d["samples_per_frame"] == 640 and d["audio_tokens_per_frame"] == 4
     assert d["block_len"] == d["n_controls"] + d["audio_tokens_per_frame"] + d["tokens_per_frame"]
     assert d["window_len"] == d["window"] * d["block_len"]
-    assert len(json.loads(d["ref_shapes"])) == 4
+    # the portrait itself (pixel path) and four feature maps
+    assert json.loads(d["ref_shapes"])[0] == [3, 128, 128] and len(json.loads(d["ref_shapes"])) == 5
 
 
 def test_unknown_preset_is_a_clear_error():

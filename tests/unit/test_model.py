@@ -347,9 +347,9 @@ def test_reference_alignment_starts_as_identity_and_learns():
     assert cfg.flow_at
     torch.manual_seed(3)
     tok = Tokenizer(cfg)
-    plain = Tokenizer(dataclasses.replace(cfg, flow_at=0))
+    plain = Tokenizer(dataclasses.replace(cfg, flow_at=0, ref_pixels=False))
     missing, unexpected = plain.load_state_dict(tok.state_dict(), strict=False)
-    assert not missing and unexpected and all(k.startswith("align.") for k in unexpected)
+    assert not missing and unexpected and all(k.startswith(("align.", "pix.")) for k in unexpected)
     g = torch.Generator().manual_seed(52)
     S = cfg.image_size
     img, ref = torch.rand(2, 3, S, S, generator=g), torch.rand(2, 3, S, S, generator=g)
@@ -366,6 +366,50 @@ def test_reference_alignment_starts_as_identity_and_learns():
     assert tok.align.conv.weight.grad is not None and float(tok.align.conv.weight.grad.abs().sum()) > 0
     with pytest.raises(ValueError, match="flow_at"):
         Tokenizer(dataclasses.replace(cfg, flow_at=S))
+
+
+def test_pixel_path_starts_as_identity_and_uses_the_portrait_pixels():
+    """ref_pixels: the portrait itself is reference 0; an untrained pixel path returns the generated image
+    exactly (so weights trained without it load unchanged); every pixel-path conv gets a gradient from the
+    reconstruction loss; once its masks open, the output follows the portrait's pixels; without flow_at it is
+    a clear error."""
+    import dataclasses
+
+    from eartalking.model.tokenizer import Tokenizer
+
+    cfg = config.preset("test_small").tokenizer
+    assert cfg.ref_pixels and cfg.ref_shapes[0] == (3, cfg.image_size, cfg.image_size)
+    torch.manual_seed(5)
+    tok = Tokenizer(cfg)
+    plain = Tokenizer(dataclasses.replace(cfg, ref_pixels=False))
+    missing, unexpected = plain.load_state_dict(tok.state_dict(), strict=False)
+    assert not missing and sorted({k.split(".")[0] for k in unexpected}) == ["pix"]
+    g = torch.Generator().manual_seed(77)
+    S = cfg.image_size
+    img, ref = torch.rand(2, 3, S, S, generator=g), torch.rand(2, 3, S, S, generator=g)
+    refs = tok.reference(ref)
+    assert [tuple(r.shape[1:]) for r in refs] == [tuple(s) for s in cfg.ref_shapes]
+    assert torch.equal(refs[0], ref)
+    with torch.no_grad():
+        t = tok.encode(img)
+        assert torch.equal(tok.decode(t, refs), plain.decode(t, plain.reference(ref)))
+    rec, _ = tok(img, ref)
+    (rec - img).abs().mean().backward()
+    for conv in (tok.pix.mix_map, tok.pix.mix_img):
+        assert conv.weight.grad is not None and float(conv.weight.grad.abs().sum()) > 0
+    # open the replace mask fully and keep the flow at zero: the output is the portrait's own pixels
+    with torch.no_grad():
+        for conv in (tok.align.conv, tok.pix.flow, tok.pix.mix_map, tok.pix.mix_img):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        tok.pix.mix_img.bias[0] = 5.0
+        out = tok.decode(t, refs)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        other = torch.rand(2, 3, S, S, generator=g)
+        refs_other = [other, *refs[1:]]  # same features, other pixels
+        assert float((tok.decode(t, refs_other) - out).abs().mean()) > 0.1
+    with pytest.raises(ValueError, match="ref_pixels needs flow_at"):
+        Tokenizer(dataclasses.replace(cfg, flow_at=0))
 
 
 def test_fsq_grid_matches_token_index():

@@ -55,14 +55,29 @@ def test_timings_and_viseme_coverage(name):
     src = _source(name)
     rng = random.Random()  # fresh texts and voices each run
     n = {"kokoro": 2, "piper": 2, "allison": 4}.get(name, 6)
-    for text in _texts(src, n, rng):
+    # Allison's recordings are aligned by pocketsphinx, which finds no path through about 6% of the 513
+    # prompts (33, e.g. "or 9 to save this message"); that is a ValueError naming the prompt, which the corpus
+    # counts as a failed clip. Draw spare prompts so n aligned ones are checked; failures must stay rare.
+    texts = _texts(src, 3 * n if name == "allison" else n, rng)
+    checked, failed = 0, []
+    for text in texts:
+        if checked == n:
+            break
         voice = rng.choice(src.voices())
         rate = 1.0 if name == "allison" else rng.uniform(0.8, 1.25)
         pitch = rng.uniform(0.7, 1.3) if name == "espeak" else 1.0  # only espeak has a pitch control
-        u = src._synth(text, voice, rate, pitch, 0)
+        try:
+            u = src._synth(text, voice, rate, pitch, 0)
+        except ValueError as e:
+            if name != "allison" or "align" not in str(e):
+                raise
+            failed.append(text)
+            continue
         _check_timings(u)
         unknown = {p for _, _, p in u.phones if not visemes.known(p, u.phone_set)}
         assert not unknown, f"{name}/{voice}: phones without visemes: {unknown}"
+        checked += 1
+    assert checked == n and len(failed) <= n, f"{name}: {len(failed)} prompts failed to align: {failed}"
 
 
 @pytest.mark.slow
