@@ -1,13 +1,15 @@
 """Calibrate the evaluator's blink detector on ground truth: the corpus's own videos and blink labels.
 
-Usage: .venv/bin/python scripts/blink_calibration.py [--data corpus] [--clips 60] [--drops 0.65,0.75,0.8,0.85,0.9]
+Usage: .venv/bin/python scripts/blink_calibration.py [--data corpus] [--clips 60] [--drops 0.65,0.75,0.8,0.86,0.9]
+       [--signal eye_signal|eye_openness]
 
-For each clip, ``measure`` gives the eye-openness curve of the corpus video and the labels give the blinks
+For each clip, ``measure`` gives the eye curve of the corpus video (``eye_signal``, what evaluate detects
+blinks on, or the landmark-only ``eye_openness``) and the labels give the blinks
 (``report.blink_peaks``: local maxima of the blink label >= 0.5). For each dip threshold of
 ``signals.detect_blinks`` it prints how many labelled blinks are found (the evaluate hit rule, -3..+5 frames)
 and how many detected events match no labelled blink (per minute of video), plus the quantiles of the
-eye-openness dip at labelled blinks (minimum over the blink / running median). This is what says whether the
-blink target can be read at this resolution; it does not change the evaluator.
+dip at labelled blinks (minimum over the blink / running median). This is what says whether the blink target
+can be read at this resolution, and where ``signals.BLINK_DROP`` comes from; it does not change the evaluator.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="corpus")
     p.add_argument("--clips", type=int, default=60)
-    p.add_argument("--drops", default="0.65,0.75,0.8,0.85,0.9")
+    p.add_argument("--drops", default="0.65,0.75,0.8,0.83,0.86,0.9")
+    p.add_argument("--signal", default="eye_signal", choices=("eye_signal", "eye_openness"))
+    p.add_argument("--skip", type=int, default=0, help="leave out the first N clips (a second, unseen sample)")
     a = p.parse_args()
     from eartalking.config import CONTROL_NAMES
     from eartalking.evaluate import signals
@@ -31,13 +35,13 @@ def main() -> None:
     from eartalking.train import common
 
     drops = [float(x) for x in a.drops.split(",")]
-    clips = common.load_corpus(a.data, "all", a.clips, size=128)
+    clips = common.load_corpus(a.data, "all", a.skip + a.clips, size=128)[a.skip:]
     bi = CONTROL_NAMES.index("blink")
     found = {d: [0, 0] for d in drops}
     dips, labelled, frames = [], 0, 0
     for c in clips:
         m = measure_frames(c.frames, None, portrait=None, every=10**9)
-        eye = np.array([np.nan if v is None else v for v in m["curves"]["eye_openness"]], float)
+        eye = np.array([np.nan if v is None else v for v in m["curves"][a.signal]], float)
         peaks = blink_peaks(c.controls[:, bi])
         labelled += len(peaks)
         frames += len(eye)
@@ -50,7 +54,7 @@ def main() -> None:
             found[d][0] += len(blink_hits(peaks, ev))
             found[d][1] += len(blink_unmatched(peaks, ev))
     q = np.nanquantile(dips, [0.1, 0.25, 0.5, 0.75, 0.9]) if dips else []
-    print(f"{len(clips)} clips, {frames} frames, {labelled} labelled blinks; eye-openness dip at a blink "
+    print(f"{len(clips)} clips, {frames} frames, {labelled} labelled blinks; {a.signal} dip at a blink "
           f"(10/25/50/75/90%): {np.round(q, 2).tolist()}")
     minutes = frames / 25.0 / 60.0
     for d, (hit, false) in found.items():

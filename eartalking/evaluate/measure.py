@@ -7,10 +7,11 @@ head yaw/pitch/roll (conventions in eartalking/evaluate/signals.py: positive yaw
 turn), and the identity distance of the dlib embedding to the portrait's (same person < 0.6; without a
 portrait, to the first measured face). Audio (any track PyAV decodes) -> RMS envelope per video frame ->
 label-free lip-sync: best Pearson r between mouth openness and envelope within +-3 frames. Frames with no
-face are counted (``no_face_frames``) and are null in the curves. Blinks are dips of eye openness. With
---labels (corpus JSON: "frames":[{openness, blink, yaw, pitch, roll, ...}]) each signal is correlated with
-its ground truth. The embedding costs ~80 ms per face on one CPU core, so identity is computed on every
-frame up to 250 frames and on 250 evenly spaced frames beyond (or every N frames with --every N).
+face are counted (``no_face_frames``) and are null in the curves. Blinks are dips of the eye signal (eye
+openness and eye-box appearance, ``signals.eye_signal``). With --labels (corpus JSON:
+"frames":[{openness, blink, yaw, pitch, roll, ...}]) each signal is correlated with its ground truth. The
+embedding costs ~80 ms per face on one CPU core, so identity is computed on every frame up to 250 frames and
+on 250 evenly spaced frames beyond (or every N frames with --every N).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class _Accumulator:
         self.ref_kind = "portrait" if ref_embedding is not None else "first_face_frame"
         self.stride = stride
         self.curves: dict[str, list[float]] = {
-            k: [] for k in ("mouth_openness", "eye_openness", "yaw", "pitch", "roll", "identity_distance")
+            k: [] for k in ("mouth_openness", "eye_openness", "eye_signal", "yaw", "pitch", "roll",
+                            "identity_distance")
         }
         self.boxes: list[list[int] | None] = []
         self.sampled: list[int] = []
@@ -76,9 +78,11 @@ class _Accumulator:
         face = dlibface.landmarks(img, rect)
         p = face.points
         yaw, pitch, roll = signals.head_pose(p)
+        ear = signals.eye_openness(p)
         for k, v in (
             ("mouth_openness", signals.mouth_openness(p)),
-            ("eye_openness", signals.eye_openness(p)),
+            ("eye_openness", ear),
+            ("eye_signal", signals.eye_signal(ear, *signals.eye_appearance(signals.luminance(img), p))),
             ("yaw", yaw),
             ("pitch", pitch),
             ("roll", roll),
@@ -114,7 +118,7 @@ def _finish(
     has_audio = pcm is not None and len(pcm) > 0
     env = signals.rms_envelope(pcm, sr, fps, T) if has_audio else np.full(T, np.nan)
     r, lag, by_lag = signals.lagged_pearson(c["mouth_openness"], env, MAX_LAG) if has_audio else (None, None, {})
-    blinks = signals.detect_blinks(c["eye_openness"], fps)
+    blinks = signals.detect_blinks(c["eye_signal"], fps)
     ident = c["identity_distance"][np.isfinite(c["identity_distance"])]
     summary: dict[str, Any] = {
         "frames": T,
@@ -130,7 +134,7 @@ def _finish(
         "identity_distance_max": _stat(ident, np.max),
         "identity_same_person_frac": float(np.mean(ident < SAME_PERSON)) if ident.size else None,
     }
-    for k in ("mouth_openness", "eye_openness", "yaw", "pitch", "roll"):
+    for k in ("mouth_openness", "eye_openness", "eye_signal", "yaw", "pitch", "roll"):
         v = c[k][np.isfinite(c[k])]
         summary[f"{k}_mean"], summary[f"{k}_std"] = _stat(v, np.mean), _stat(v, np.std)
     elapsed = time.perf_counter() - t_start
@@ -158,6 +162,8 @@ def _finish(
         "conventions": {
             "mouth_openness": "inner-lip gap |p62-p66| / mouth width |p60-p64| (dlib 68 points, 0-based)",
             "eye_openness": "eye aspect ratio, mean of both eyes",
+            "eye_signal": "(eye aspect ratio * eye-box dark contrast * eye-box luminance std)^(1/3); blinks are "
+                          f"its dips below {signals.BLINK_DROP} x the running median",
             "yaw": "degrees, approximate; + = the face turns to its own left (nose towards image right)",
             "pitch": "degrees, approximate; + = chin up",
             "roll": "degrees; + = clockwise on screen (head tilts towards its own left shoulder)",
@@ -184,7 +190,7 @@ def _label_correlations(c: dict[str, np.ndarray], labels: dict, T: int) -> dict[
     gt = {k: np.array([_num(f.get(k)) if isinstance(f, dict) else np.nan for f in frames[:n]]) for k in LABEL_SIGNALS}
     measured = {
         "openness": c["mouth_openness"],
-        "blink": -c["eye_openness"],
+        "blink": -c["eye_signal"],
         "yaw": c["yaw"],
         "pitch": c["pitch"],
         "roll": c["roll"],
@@ -193,7 +199,7 @@ def _label_correlations(c: dict[str, np.ndarray], labels: dict, T: int) -> dict[
         "frames_compared": n,
         "label_frames": len(frames),
         "video_frames": T,
-        "blink_note": "r of -eye_openness vs the blink label",
+        "blink_note": "r of -eye_signal vs the blink label",
     }
     for k in LABEL_SIGNALS:
         out[f"{k}_r"] = signals.pearson(measured[k][:n], gt[k])

@@ -56,8 +56,8 @@ def plot_measurements(result: dict[str, Any], path: str | Path) -> Path:
     r = s.get("lipsync_r")
     why = "no audio" if not result["audio"]["present"] else "undefined (a constant signal or too few faces)"
     ax[0].set_title(f"lip-sync r = {r:.3f} at lag {s['lipsync_lag_frames']}" if r is not None else f"lip-sync: {why}")
-    eye = _arr(c["eye_openness"], n)
-    ax[1].plot(t, eye, label="eye openness (EAR)", color="C0")
+    eye = _arr(c["eye_signal"], n)
+    ax[1].plot(t, eye, label="eye signal (EAR x eye-box contrast x std)^(1/3)", color="C0")
     blinks = s.get("blink_frames") or []
     if blinks:
         ax[1].plot(np.array(blinks) / fps, eye[blinks], "v", color="C3", label=f"blinks ({len(blinks)})")

@@ -205,7 +205,7 @@ def run_controls(model, portrait, emb, pcm, T: int, seed: int, temperature: floa
                      "unrequested": len(blink_unmatched(blinks, found)), "face_frames": mb["summary"]["face_frames"]},
            "yaw": {"frames": T, "amplitude_deg": 20.0, "period_frames": 100, "r": my["labels"]["yaw_r"],
                    "slope_measured_per_requested": slope, "face_frames": my["summary"]["face_frames"]}}
-    curves = {"eye": mb["curves"]["eye_openness"], "blinks": blinks, "found": found, "yaw_req": yaw.tolist(),
+    curves = {"eye": mb["curves"]["eye_signal"], "blinks": blinks, "found": found, "yaw_req": yaw.tolist(),
               "yaw_meas": my["curves"]["yaw"]}
     return out, curves
 

@@ -111,7 +111,7 @@ def controls_plot(plot_data: dict, path: Path) -> Path:
     for row, (g, d) in zip(axes, plot_data.items(), strict=True):
         c = d["controls"]
         eye = _arr(c["eye"])
-        row[0].plot(np.arange(len(eye)), eye, color="C0", label="eye openness (measured)")
+        row[0].plot(np.arange(len(eye)), eye, color="C0", label="eye signal (measured)")
         for b in c["blinks"]:
             row[0].axvline(b, color="C2", alpha=0.5, lw=0.8)
         if c["found"]:

@@ -270,3 +270,27 @@ def test_tracking_follows_a_moving_face():
     boxes = [b for b in res["curves"]["face_box"] if b is not None]
     for (dy, dx), b in zip(shifts, boxes, strict=True):
         assert abs(b[0] - boxes[0][0] - dx) <= 10 and abs(b[1] - boxes[0][1] - dy) <= 10, (dy, dx, b, boxes[0])
+
+
+def test_eye_signal_dips_when_the_eye_is_skin():
+    """eye_appearance reads the boxes around both eyes: an open eye (white sclera and a dark iris on random
+    skin) has more dark contrast and luminance spread than the same eye shut (skin with a faint lid line), so
+    eye_signal dips even with the landmarks left unchanged; a box off the image is NaN, not an error."""
+    rng = np.random.default_rng()
+    p = np.zeros((68, 2))
+    for s, cx in ((36, 40.0), (42, 88.0)):  # two eyes, 20 px corner to corner, on a 128 px face
+        p[s:s + 6] = [[cx - 10, 50], [cx - 4, 47], [cx + 4, 47], [cx + 10, 50], [cx + 4, 53], [cx - 4, 53]]
+    skin = rng.uniform(120, 200)
+    shut = np.full((128, 128, 3), skin, np.float32) + rng.normal(0, 2, (128, 128, 3))
+    open_ = shut.copy()
+    yy, xx = np.mgrid[0:128, 0:128]
+    for cx in (40.0, 88.0):
+        open_[(np.abs(xx - cx) < 9) & (np.abs(yy - 50) < 3)] = 235  # sclera
+        open_[(xx - cx) ** 2 + (yy - 50) ** 2 < 16] = rng.uniform(10, 50)  # iris + pupil
+        shut[(np.abs(xx - cx) < 9) & (yy == 51)] = skin * 0.8  # the lid line
+    ear = signals.eye_openness(p)
+    c_open, s_open = signals.eye_appearance(signals.luminance(open_), p)
+    c_shut, s_shut = signals.eye_appearance(signals.luminance(shut), p)
+    assert c_open > 2 * c_shut and s_open > 2 * s_shut
+    assert signals.eye_signal(ear, c_shut, s_shut) < signals.BLINK_DROP * signals.eye_signal(ear, c_open, s_open)
+    assert np.isnan(signals.eye_signal(ear, *signals.eye_appearance(signals.luminance(open_), p + 500)))
