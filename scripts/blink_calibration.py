@@ -1,7 +1,7 @@
 """Calibrate the evaluator's blink detector on ground truth: the corpus's own videos and blink labels.
 
 Usage: .venv/bin/python scripts/blink_calibration.py [--data corpus] [--clips 60] [--drops 0.65,0.75,0.8,0.86,0.9]
-       [--signal eye_signal|eye_openness]
+       [--signal eye_signal|eye_openness] [--skip N] [--tokenizer RUN_OR_CHECKPOINT]
 
 For each clip, ``measure`` gives the eye curve of the corpus video (``eye_signal``, what evaluate detects
 blinks on, or the landmark-only ``eye_openness``) and the labels give the blinks
@@ -10,6 +10,8 @@ blinks on, or the landmark-only ``eye_openness``) and the labels give the blinks
 and how many detected events match no labelled blink (per minute of video), plus the quantiles of the
 dip at labelled blinks (minimum over the blink / running median). This is what says whether the blink target
 can be read at this resolution, and where ``signals.BLINK_DROP`` comes from; it does not change the evaluator.
+With --tokenizer the same is measured on the clips' tokenizer round trip (encode, decode with the clip's
+portrait): the most of the labelled blinks a decoder predicting perfect tokens could show.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def main() -> None:
     p.add_argument("--drops", default="0.65,0.75,0.8,0.83,0.86,0.9")
     p.add_argument("--signal", default="eye_signal", choices=("eye_signal", "eye_openness"))
     p.add_argument("--skip", type=int, default=0, help="leave out the first N clips (a second, unseen sample)")
+    p.add_argument("--tokenizer", default="",
+                   help="a train-tokenizer run or a checkpoint folder: measure its round trip of each clip instead")
     a = p.parse_args()
     from eartalking.config import CONTROL_NAMES
     from eartalking.evaluate import signals
@@ -39,8 +43,10 @@ def main() -> None:
     bi = CONTROL_NAMES.index("blink")
     found = {d: [0, 0] for d in drops}
     dips, labelled, frames = [], 0, 0
+    roundtrip = _roundtrip(a.tokenizer) if a.tokenizer else None
     for c in clips:
-        m = measure_frames(c.frames, None, portrait=None, every=10**9)
+        video = roundtrip(c) if roundtrip else c.frames
+        m = measure_frames(video, None, portrait=None, every=10**9)
         eye = np.array([np.nan if v is None else v for v in m["curves"][a.signal]], float)
         peaks = blink_peaks(c.controls[:, bi])
         labelled += len(peaks)
@@ -60,6 +66,37 @@ def main() -> None:
     for d, (hit, false) in found.items():
         print(f"drop {d:.2f}: found {hit}/{labelled} = {hit / max(labelled, 1):.0%}, "
               f"unmatched events {false} ({false / minutes:.1f} per minute)")
+
+
+def _roundtrip(src: str):
+    """clip -> uint8 [T,S,S,3]: the tokenizer of ``src`` encodes each frame and decodes it with the portrait."""
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    from eartalking.config import ModelConfig
+    from eartalking.model.tokenizer import Tokenizer
+    from eartalking.train import common
+
+    d = Path(src)
+    tok = Tokenizer(ModelConfig.load(d / "config.json").tokenizer)
+    if (d / "tokenizer.safetensors").is_file():
+        tok.load_state_dict(load_file(str(d / "tokenizer.safetensors")))
+    else:
+        state = load_file(str(d / "model.safetensors"))
+        tok.load_state_dict({k[len("tokenizer."):]: v for k, v in state.items() if k.startswith("tokenizer.")})
+    tok.eval()
+    cpu = torch.device("cpu")
+
+    def run(c) -> np.ndarray:
+        with torch.no_grad():
+            img = common.to_image_tensor(c.frames, cpu)
+            ref = common.to_image_tensor(np.repeat(c.portrait[None], len(img), 0), cpu)
+            rec = tok.decode(tok.encode(img), tok.reference(ref)).clamp(0, 1)
+        return (rec.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+    return run
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from eartalking.config import preset
+from eartalking.config import CONTROL_NAMES, preset
 from eartalking.train import common
 
 WEIGHTS = "tokenizer.safetensors"
@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from these tokenizer weights (a tokenizer.safetensors or a run folder) with a fresh "
                         "optimizer; parts the source lacks (the reference aligner of flow_at, the pixel path of "
                         "ref_pixels) start at their identity initialisation")
+    p.add_argument("--blink-share", type=float, default=0.0,
+                   help="share of each batch drawn from frames whose blink label is >= 0.5 (rare otherwise: about "
+                        "3%% of frames), so the image side learns to draw shut eyes from the tokens")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
@@ -79,9 +82,14 @@ class FrameSampler:
     clips (real videos), a share ``p_extra`` of each batch comes from them."""
 
     def __init__(self, clips: list[common.MemClip], seed: int, extra: list[common.MemClip] | None = None,
-                 p_extra: float = 0.0):
+                 p_extra: float = 0.0, p_blink: float = 0.0):
         self.clips, self.rng = clips, np.random.default_rng(seed)
         self.extra, self.p_extra = list(extra or []), p_extra if extra else 0.0
+        # (clip, frame) of every frame whose blink label is >= 0.5: drawn with probability p_blink
+        bi = CONTROL_NAMES.index("blink")
+        self.blinks = [(i, int(t)) for i, c in enumerate(clips) if c.controls.shape[1] > bi
+                       for t in np.flatnonzero(np.nan_to_num(c.controls[:, bi]) >= 0.5)]
+        self.p_blink = p_blink if self.blinks else 0.0
 
     def jitter(self, ref: np.ndarray) -> np.ndarray:
         """Shift the reference by up to 6 px and change its gain/offset by up to 10%: the decoder must take
@@ -94,9 +102,13 @@ class FrameSampler:
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         imgs, refs = [], []
         for _ in range(n):
-            pool = self.extra if self.rng.random() < self.p_extra else self.clips
-            c = pool[self.rng.integers(len(pool))]
-            img = c.frames[self.rng.integers(len(c.frames))]
+            if self.rng.random() < self.p_blink:
+                i, t = self.blinks[self.rng.integers(len(self.blinks))]
+                c, img = self.clips[i], self.clips[i].frames[t]
+            else:
+                pool = self.extra if self.rng.random() < self.p_extra else self.clips
+                c = pool[self.rng.integers(len(pool))]
+                img = c.frames[self.rng.integers(len(c.frames))]
             ref = c.portrait if self.rng.random() < 0.7 else c.frames[self.rng.integers(len(c.frames))]
             ref = self.jitter(ref)
             if self.rng.random() < 0.5:
@@ -211,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     log = common.MetricsLog(out / "metrics.jsonl")
     real, real_held = real_clips(args.real_video, cfg.tokenizer.image_size, args.real_max_frames) \
         if args.real_video else ([], [])
-    sampler = FrameSampler(train, args.seed + step, real, args.real_weight)
+    sampler = FrameSampler(train, args.seed + step, real, args.real_weight, args.blink_share)
     weights = region_weights(cfg.tokenizer.image_size, device)
     budget = common.Budget(args.steps, args.minutes)
     amp = common.use_bf16(device, args.bf16)

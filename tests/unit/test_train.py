@@ -165,6 +165,31 @@ def test_frame_sampler_mixes_real_video_clips_at_the_requested_share():
     assert set(np.unique(imgs[:, 0, 0, 0])) == {10}
 
 
+def test_frame_sampler_draws_blinking_frames_at_the_requested_share():
+    """--blink-share: that share of a batch comes from frames whose blink label is >= 0.5 (frame value 255
+    here, the open frames 0..); without it they appear at their natural rate."""
+    import numpy as np
+
+    from eartalking.config import CONTROL_NAMES
+    from eartalking.train.common import MemClip
+    from eartalking.train.tokenizer import FrameSampler
+
+    rng = np.random.default_rng()
+    T, bi = 40, CONTROL_NAMES.index("blink")
+    frames = np.zeros((T, 8, 8, 3), np.uint8)
+    frames[..., 0] = np.arange(T)[:, None, None]  # whole frames: the sampler may flip them
+    controls = np.zeros((T, len(CONTROL_NAMES)), np.float32)
+    shut = rng.choice(T, size=2, replace=False)
+    controls[shut, bi] = rng.uniform(0.5, 1.0, size=2)
+    frames[shut, ..., 0] = 255
+    c = MemClip("c", frames, np.zeros(0, np.float32), controls, np.full(T, np.nan, np.float32), frames[0], "p")
+    imgs, _ = FrameSampler([c], 1, p_blink=0.4).batch(400)
+    share = float((imgs[:, 0, 0, 0] == 255).mean())  # 0.4 + 0.6 * 2/40 = 0.43
+    assert 0.35 < share < 0.51, share
+    imgs, _ = FrameSampler([c], 1).batch(400)
+    assert float((imgs[:, 0, 0, 0] == 255).mean()) < 0.12
+
+
 def test_region_tokens_mark_mouth_and_eyes_on_the_token_grid():
     from eartalking.train.decoder import region_tokens
 
