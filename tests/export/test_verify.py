@@ -136,10 +136,10 @@ def test_code_mean_greedy_graph_matches_pytorch(tmp_path):
 
     cfg = config.preset("test_small")
     cfg = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, greedy="code_mean"))
-    model = random_model(cfg, seed=4)
+    model = random_model(cfg, seed=0)  # a random init whose sharpened tokens vary (seed 4's stay near one token)
     with torch.no_grad():
         model.decoder.head.weight.mul_(8.0)
-    export_all(model, cfg, tmp_path, {"preset": "test_small", "random_seed": 4})
+    export_all(model, cfg, tmp_path, {"preset": "test_small", "random_seed": 0})
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "step_decoder.onnx")).metadata_props}
     assert meta["greedy"] == "code_mean"
     checks = parity.streaming_parity(model, cfg, V.ort_runner(tmp_path), np.random.default_rng())
