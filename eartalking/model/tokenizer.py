@@ -16,10 +16,10 @@
   the portrait's detail lands where the frame's pose puts it rather than where the portrait had it.
 - pixel path (``cfg.ref_pixels``, ``PixelPath``): the portrait's own pixels are reference 0. The
   aligner's flow plus a residual predicted from the last decoder map (bounded to +-``PixelPath.MAX_RESIDUAL``),
-  resized to full resolution, warps them to the frame; per-pixel masks in [0, 1] then blend in the
-  warped portrait, its fine detail, and the warped portrait re-lit with the generated image's colour and
-  shading (formula in ``PixelPath``). The decoder's last stage works at S/2, so without it nothing finer than
-  2 px reaches the output.
+  resized to full resolution, warps them to the frame; two per-pixel masks in [0, 1] then
+  replace the generated image by the warped portrait (m1) and add the warped portrait's fine detail (its
+  difference from a 3x3 box blur, m2): out = gen + m1 (warped - gen) + m2 detail, clipped to [0, 1]. The
+  decoder's last stage works at S/2, so without it nothing finer than 2 px reaches the output.
 Tokens carry what changes (mouth, eyes, pose); the portrait carries identity.
 
 Export-friendly: Conv, GroupNorm, nearest Upsample by 2, MatMul, Softmax, Gather, Sigmoid, Round, and with
@@ -139,42 +139,32 @@ class PixelPath(nn.Module):
 
     Inputs: x [B,C,S/2,S/2] (the last decoder map, before the final x2), gen [B,3,S,S] (generated image in
     0..1), portrait [B,3,S,S] in 0..1, flow [B,2,h,w] (the aligner's). Output [B,3,S,S] in [0, 1].
-    Three candidates, each with a per-pixel mask in [0, 1]: the warped portrait w (replaces gen), its fine
-    detail w - box3(w) (added), and w re-lit by gen: w - low(w) + low(gen), where low() is the mean over
-    ``LOW`` x ``LOW`` blocks resized back (bilinear), so the portrait's detail comes with the frame's colour and
-    shading (the clips' colour differs from the portrait's): out = gen + m1 (w - gen) + m2 detail
-    + m3 (relit - gen), clipped to [0, 1].
     What depends on the decoder map (the residual flow, its share of the mask logits) is computed at S/2 and
-    bilinearly resized (the map is a nearest x2 of S/2 anyway); only a conv of the candidates runs at S. All
-    convs start at zero, so an untrained pixel path returns ``gen`` exactly (a tokenizer trained without it
-    loads unchanged) and still receives a gradient (Clip passes it at its bounds).
+    bilinearly resized (the map is a nearest x2 of S/2 anyway); only a 6-channel conv of the warped portrait
+    and ``gen`` runs at S. All convs start at zero, so an untrained pixel path returns ``gen`` exactly (a
+    tokenizer trained without it loads unchanged) and still receives a gradient (Clip passes it at its bounds).
     """
 
     MAX_RESIDUAL = 0.05  # normalised units: about 3 px at 128 px
-    LOW = 8  # block size of the low-pass that re-lights the portrait
 
     def __init__(self, ch: int):
         super().__init__()
         self.flow = nn.Conv2d(ch, 2, 3, padding=1)
-        self.mix_map = nn.Conv2d(ch, 3, 3, padding=1)
-        self.mix_img = nn.Conv2d(9, 3, 3, padding=1)
+        self.mix_map = nn.Conv2d(ch, 2, 3, padding=1)
+        self.mix_img = nn.Conv2d(6, 2, 3, padding=1)
         for conv in (self.flow, self.mix_map, self.mix_img):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor, gen: torch.Tensor, portrait: torch.Tensor, flow: torch.Tensor
                 ) -> torch.Tensor:
-        size = portrait.shape[-2:]
-        up = lambda t, s: F.interpolate(t, size=s, mode="bilinear", align_corners=False)  # noqa: E731
-        low = lambda t: up(F.avg_pool2d(t, self.LOW), size)  # noqa: E731
+        up = lambda t, size: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
         f = up(flow, x.shape[-2:]) + torch.tanh(self.flow(x)) * self.MAX_RESIDUAL
-        w = RefAlign.warp(portrait, up(f, size))
+        w = RefAlign.warp(portrait, up(f, portrait.shape[-2:]))
         detail = w - F.avg_pool2d(w, 3, stride=1, padding=1, count_include_pad=False)
-        relit = w - low(w) + low(gen)
-        logits = up(self.mix_map(x), size) + self.mix_img(torch.cat([w, gen, relit], dim=1))
+        logits = up(self.mix_map(x), portrait.shape[-2:]) + self.mix_img(torch.cat([w, gen], dim=1))
         m = torch.clamp(logits, 0.0, 1.0)
-        out = gen + m[:, :1] * (w - gen) + m[:, 1:2] * detail + m[:, 2:] * (relit - gen)
-        return torch.clamp(out, 0.0, 1.0)
+        return torch.clamp(gen + m[:, :1] * (w - gen) + m[:, 1:] * detail, 0.0, 1.0)
 
 
 class Tokenizer(nn.Module):
