@@ -82,7 +82,7 @@ class _Accumulator:
         for k, v in (
             ("mouth_openness", signals.mouth_openness(p)),
             ("eye_openness", ear),
-            ("eye_signal", signals.eye_signal(ear, *signals.eye_appearance(signals.luminance(img), p))),
+            ("eye_signal", signals.eye_signal(ear, *signals.eye_appearance(img, p))),
             ("yaw", yaw),
             ("pitch", pitch),
             ("roll", roll),

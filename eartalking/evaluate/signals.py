@@ -62,9 +62,10 @@ def eye_openness(p: np.ndarray) -> float:
 BLINK_DROP = 0.86
 
 
-def eye_appearance(gray: np.ndarray, p: np.ndarray) -> tuple[float, float]:
-    """(dark contrast, luminance std) of the boxes around both eyes, averaged; ``gray`` float [H, W] luminance
-    0..255, ``p`` float [68, 2] landmarks. NaN when a box falls outside the image."""
+def eye_appearance(img: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """(dark contrast, luminance std) of the boxes around both eyes, averaged; ``img`` RGB [H, W, 3] (uint8 or
+    float 0..255; only the two boxes are converted to luminance), ``p`` float [68, 2] landmarks. NaN when a box
+    falls outside the image."""
     con, std = [], []
     for s in (36, 42):
         e = p[s : s + 6]
@@ -72,7 +73,7 @@ def eye_appearance(gray: np.ndarray, p: np.ndarray) -> tuple[float, float]:
         cx, cy = (e[0] + e[3]) / 2
         x0, x1 = max(0, int(round(cx - 0.6 * w))), int(round(cx + 0.6 * w)) + 1
         y0, y1 = max(0, int(round(cy - 0.35 * w))), int(round(cy + 0.35 * w)) + 1
-        box = gray[y0:y1, x0:x1]
+        box = luminance(img[y0:y1, x0:x1])
         if box.size < 4:
             return float("nan"), float("nan")
         med = float(np.median(box))
@@ -88,7 +89,7 @@ def eye_signal(ear: float, contrast: float, std: float) -> float:
 
 
 def luminance(img: np.ndarray) -> np.ndarray:
-    """uint8/float RGB [H, W, 3] -> float32 luminance [H, W] (Rec. 601 weights)."""
+    """uint8/float RGB [..., 3] -> float32 luminance [...] (Rec. 601 weights)."""
     f = img[..., :3].astype(np.float32)
     return f[..., 0] * 0.299 + f[..., 1] * 0.587 + f[..., 2] * 0.114
 

@@ -289,8 +289,8 @@ def test_eye_signal_dips_when_the_eye_is_skin():
         open_[(xx - cx) ** 2 + (yy - 50) ** 2 < 16] = rng.uniform(10, 50)  # iris + pupil
         shut[(np.abs(xx - cx) < 9) & (yy == 51)] = skin * 0.8  # the lid line
     ear = signals.eye_openness(p)
-    c_open, s_open = signals.eye_appearance(signals.luminance(open_), p)
-    c_shut, s_shut = signals.eye_appearance(signals.luminance(shut), p)
+    c_open, s_open = signals.eye_appearance(open_, p)
+    c_shut, s_shut = signals.eye_appearance(shut, p)
     assert c_open > 2 * c_shut and s_open > 2 * s_shut
     assert signals.eye_signal(ear, c_shut, s_shut) < signals.BLINK_DROP * signals.eye_signal(ear, c_open, s_open)
-    assert np.isnan(signals.eye_signal(ear, *signals.eye_appearance(signals.luminance(open_), p + 500)))
+    assert np.isnan(signals.eye_signal(ear, *signals.eye_appearance(open_, p + 500)))
