@@ -55,20 +55,10 @@ def random_model(cfg: str | ModelConfig = "test_small", seed: int = 0) -> EARTal
 
     Each part is drawn from its own seed (seed, seed + 1000, seed + 2000 for tokenizer, audio, decoder), so a
     change to one part's architecture leaves the others' random weights as they were."""
-    from eartalking.model.audio import AudioEncoder
-    from eartalking.model.decoder import StepDecoder
-    from eartalking.model.tokenizer import Tokenizer
-
     cfg = preset(cfg) if isinstance(cfg, str) else cfg
     g = torch.random.get_rng_state()
     try:
-        torch.manual_seed(seed)
-        model = EARTalking(cfg)
-        for i, (name, build) in enumerate((("tokenizer", lambda: Tokenizer(cfg.tokenizer)),
-                                           ("audio", lambda: AudioEncoder(cfg.audio)),
-                                           ("decoder", lambda: StepDecoder(cfg)))):
-            torch.manual_seed(seed + 1000 * i)
-            setattr(model, name, build())
+        model = EARTalking(cfg, part_seeds=(seed, seed + 1000, seed + 2000))
     finally:
         torch.random.set_rng_state(g)
     return model.eval()

@@ -18,12 +18,18 @@ from eartalking.model.tokenizer import Tokenizer
 class EARTalking(nn.Module):
     """``tokenizer`` (Tokenizer), ``audio`` (AudioEncoder), ``decoder`` (StepDecoder); ``cfg`` kept alongside."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, part_seeds: tuple[int, int, int] | None = None):
+        """``part_seeds``: seed the global RNG before building the tokenizer, audio encoder and decoder
+        respectively, so each part's random init does not depend on the others' architecture (tests);
+        None = draw them in sequence from the current RNG state (training)."""
         super().__init__()
         self.cfg = cfg
-        self.tokenizer = Tokenizer(cfg.tokenizer)
-        self.audio = AudioEncoder(cfg.audio)
-        self.decoder = StepDecoder(cfg)
+        parts = (("tokenizer", lambda: Tokenizer(cfg.tokenizer)), ("audio", lambda: AudioEncoder(cfg.audio)),
+                 ("decoder", lambda: StepDecoder(cfg)))
+        for i, (name, build) in enumerate(parts):
+            if part_seeds is not None:
+                torch.manual_seed(part_seeds[i])
+            setattr(self, name, build())
 
     def param_counts(self) -> dict[str, int]:
         """Trainable parameters per part (and total)."""
