@@ -7,8 +7,9 @@ Takes the full model written by `eartalking train` (audio encoder + step decoder
 trained against) and, when given, the image side of `eartalking train-tokenizer --freeze-encoder` (reference
 encoder + image decoder fine-tuned beside it). The tokenizer's encoder must be bit-identical in both, so the
 token indices the step decoder learned are exactly the ones the shipped tokenizer produces; anything else is
-refused. The fine-tuned image side may add the reference aligner (its run's ``tokenizer.flow_at``), which
-the shipped config then carries. Writes config.json + model.safetensors and copies each run's metrics,
+refused. The shipped config takes the fine-tuned run's tokenizer config, so its image-side options (the
+reference aligner ``flow_at``, the pixel path ``ref_pixels``) come with it; the fields that define the tokens
+(``TOKEN_FIELDS``) must match. Writes config.json + model.safetensors and copies each run's metrics,
 summary and loss plot into OUT/training/ for the model card.
 """
 
@@ -23,6 +24,8 @@ import torch
 from safetensors.torch import load_file
 
 ENCODER_PARTS = ("encoder.", "to_code.", "to_fsq.")
+#: tokenizer config fields that decide which token an image gets (with the encoder weights, ENCODER_PARTS)
+TOKEN_FIELDS = ("image_size", "downsample", "codebook_size", "code_dim", "enc_channels")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         ft_cfg = ModelConfig.load(Path(args.tokenizer_ft) / "config.json").tokenizer
-        cfg.tokenizer.flow_at, cfg.tokenizer.ref_pixels = ft_cfg.flow_at, ft_cfg.ref_pixels
+        differ = [f for f in TOKEN_FIELDS if getattr(ft_cfg, f) != getattr(cfg.tokenizer, f)]
+        if differ:
+            print(f"refusing: the fine-tuned tokenizer's {differ} differ: tokens would change", file=sys.stderr)
+            return 1
+        cfg.tokenizer = ft_cfg  # the image side (aligner, pixel path, ...) as the fine-tuned run built it
         state = {k: v for k, v in state.items() if not k.startswith("tokenizer.")}
         state.update({f"tokenizer.{k}": v for k, v in ft.items()})
         if cfg.tokenizer.flow_at:
