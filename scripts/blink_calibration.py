@@ -76,16 +76,16 @@ def _roundtrip(src: str):
     from safetensors.torch import load_file
 
     from eartalking.config import ModelConfig
+    from eartalking.model import checkpoint
     from eartalking.model.tokenizer import Tokenizer
     from eartalking.train import common
 
     d = Path(src)
-    tok = Tokenizer(ModelConfig.load(d / "config.json").tokenizer)
-    if (d / "tokenizer.safetensors").is_file():
+    if (d / "tokenizer.safetensors").is_file():  # a train-tokenizer run
+        tok = Tokenizer(ModelConfig.load(d / "config.json").tokenizer)
         tok.load_state_dict(load_file(str(d / "tokenizer.safetensors")))
     else:
-        state = load_file(str(d / "model.safetensors"))
-        tok.load_state_dict({k[len("tokenizer."):]: v for k, v in state.items() if k.startswith("tokenizer.")})
+        tok = checkpoint.load(d)[0].tokenizer
     tok.eval()
     cpu = torch.device("cpu")
 
