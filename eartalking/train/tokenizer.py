@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from eartalking.cli import UserError
 from eartalking.config import CONTROL_NAMES, preset
 from eartalking.train import common
 
@@ -89,7 +90,9 @@ class FrameSampler:
         bi = CONTROL_NAMES.index("blink")
         self.blinks = [(i, int(t)) for i, c in enumerate(clips) if c.controls.shape[1] > bi
                        for t in np.flatnonzero(np.nan_to_num(c.controls[:, bi]) >= 0.5)]
-        self.p_blink = p_blink if self.blinks else 0.0
+        if p_blink > 0 and not self.blinks:
+            raise UserError("--blink-share: no training frame has a blink label >= 0.5 to draw from")
+        self.p_blink = p_blink
 
     def jitter(self, ref: np.ndarray) -> np.ndarray:
         """Shift the reference by up to 6 px and change its gain/offset by up to 10%: the decoder must take

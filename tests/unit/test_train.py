@@ -188,6 +188,11 @@ def test_frame_sampler_draws_blinking_frames_at_the_requested_share():
     assert 0.35 < share < 0.51, share
     imgs, _ = FrameSampler([c], 1).batch(400)
     assert float((imgs[:, 0, 0, 0] == 255).mean()) < 0.12
+    c.controls[:, bi] = 0.0
+    from eartalking.cli import UserError
+
+    with pytest.raises(UserError, match="blink-share"):
+        FrameSampler([c], 1, p_blink=0.4)
 
 
 def test_region_tokens_mark_mouth_and_eyes_on_the_token_grid():
