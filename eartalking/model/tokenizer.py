@@ -279,7 +279,8 @@ class Tokenizer(nn.Module):
         Returns (recon [B,3,S,S], losses) with losses: ``vq``, ``commit`` and ``vq_total`` (zero: FSQ needs
         no codebook or commitment loss; kept so training code can add them unconditionally), ``l1`` (recon),
         ``perplexity``, ``usage`` (fraction of
-        codes used in the batch) and ``indices`` int64 [B, N]. In training mode also updates ``code_usage``.
+        codes used in the batch), ``indices`` int64 [B, N] and ``bounded`` (the pre-rounding digits
+        [B, d, g, g]). In training mode also updates ``code_usage``.
         """
         zb = self.bounded(self.encode_latent(image))  # [B, d, g, g]
         digits = torch.round(zb).clamp(0, self.levels - 1)
@@ -303,6 +304,7 @@ class Tokenizer(nn.Module):
             "perplexity": torch.exp(-(probs * torch.log(probs + 1e-10)).sum()),
             "usage": (counts > 0).float().mean(),
             "indices": idx,
+            "bounded": zb,
         }
         return recon, losses
 

@@ -57,18 +57,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blink-share", type=float, default=0.0,
                    help="share of each batch drawn from frames whose blink label is >= 0.5 (rare otherwise: about "
                         "3%% of frames), so the image side learns to draw shut eyes from the tokens")
+    p.add_argument("--eye-weight", type=float, default=2.0,
+                   help="extra L1 weight at the eye centres (the loss weight there is 1 + this); the mouth's is 3")
+    p.add_argument("--anchor-latent", type=float, default=0.0,
+                   help="with --init and a trainable encoder: L2 weight that keeps the pre-rounding FSQ digits of "
+                        "every token cell except the eyes' near the --init encoder's, so the tokens a decoder "
+                        "learned stay valid outside the eyes while the eye cells learn new content (e.g. shut "
+                        "eyes with --blink-share); 0 = off")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
 
-def region_weights(size: int, device: torch.device) -> torch.Tensor:
-    """[1,1,S,S] loss weights: 1 everywhere, up to 4 on the mouth and 3 on the eyes of the aligned crop."""
+def region_weights(size: int, device: torch.device, eye: float = 2.0) -> torch.Tensor:
+    """[1,1,S,S] loss weights: 1 everywhere, up to 4 on the mouth and 1 + ``eye`` on the eyes of the aligned
+    crop."""
     y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
 
     def bump(cx: float, cy: float, sx: float, sy: float) -> torch.Tensor:
         return torch.exp(-(((x - cx) / sx) ** 2 + ((y - cy) / sy) ** 2))
 
-    w = 1.0 + 3.0 * bump(0.5, 0.70, 0.14, 0.08) + 2.0 * (bump(0.36, 0.42, 0.09, 0.05) + bump(0.64, 0.42, 0.09, 0.05))
+    w = 1.0 + 3.0 * bump(0.5, 0.70, 0.14, 0.08) + eye * (bump(0.36, 0.42, 0.09, 0.05) + bump(0.64, 0.42, 0.09, 0.05))
     return w[None, None].to(device)
 
 
@@ -187,6 +195,39 @@ class UsageMeter:
         return float(torch.exp(-(p * torch.log(p + 1e-10)).sum()))
 
 
+class LatentAnchor:
+    """Keeps a fine-tuned encoder's tokens what a decoder learned, except over the eyes.
+
+    Holds a frozen copy of the encoder as loaded from ``--init``. ``anchor(img, bounded, indices)`` returns
+    (drift, kept): drift = mean squared distance, in FSQ digit units, between the trained encoder's pre-rounding
+    digits ``bounded`` [B, d, g, g] and the frozen copy's, over every cell but the eye cells
+    (``train.decoder.eye_cells``); kept = share of those cells whose token index is still the frozen copy's.
+    Why: eye closure is not in the tokens of an encoder trained without it, and retraining the encoder freely
+    would change every token and void the decoder; the eye cells alone may change meaning.
+    """
+
+    def __init__(self, tok, cfg, device: torch.device):
+        import copy
+
+        from eartalking.train.decoder import eye_cells
+
+        self.frozen = copy.deepcopy(tok).eval().requires_grad_(False)
+        g = cfg.tokenizer.grid
+        mask = torch.ones(g * g, device=device)
+        mask[eye_cells(cfg)] = 0.0
+        self.mask = mask.view(1, 1, g, g)
+
+    def __call__(self, img: torch.Tensor, bounded: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, float]:
+        with torch.no_grad():
+            z_old = self.frozen.encode_latent(img)
+            old = self.frozen.bounded(z_old).float()
+            old_idx = self.frozen.quantize_indices(z_old)
+        drift = (((bounded - old) ** 2) * self.mask).sum() / (self.mask.sum() * bounded.shape[0] * bounded.shape[1])
+        m = self.mask.flatten().bool()
+        kept = float((indices[:, m] == old_idx[:, m]).float().mean())
+        return drift, kept
+
+
 def load_init(tok, src: str, device: torch.device) -> None:
     """Load ``src`` (file or folder holding tokenizer.safetensors) into ``tok``; only the aligner and the pixel
     path (both identity at initialisation) may be missing."""
@@ -220,6 +261,10 @@ def run(args: argparse.Namespace) -> int:
     if args.freeze_encoder:
         for part in (tok.encoder, tok.to_code, tok.to_fsq):
             part.requires_grad_(False)
+    anchor = LatentAnchor(tok, cfg, device) if args.anchor_latent > 0 else None
+    if anchor is not None and (args.freeze_encoder or not args.init):
+        raise UserError("--anchor-latent keeps a trainable encoder near its --init weights: it needs --init and "
+                        "no --freeze-encoder")
     opt = torch.optim.AdamW([p for p in tok.parameters() if p.requires_grad], lr=args.lr, betas=(0.9, 0.99),
                             weight_decay=0.0)
     step = common.load_state(out, opt, device)
@@ -227,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     real, real_held = real_clips(args.real_video, cfg.tokenizer.image_size, args.real_max_frames) \
         if args.real_video else ([], [])
     sampler = FrameSampler(train, args.seed + step, real, args.real_weight, args.blink_share)
-    weights = region_weights(cfg.tokenizer.image_size, device)
+    weights = region_weights(cfg.tokenizer.image_size, device, args.eye_weight)
     budget = common.Budget(args.steps, args.minutes)
     amp = common.use_bf16(device, args.bf16)
     print(f"tokenizer: {sum(p.numel() for p in tok.parameters()) / 1e6:.2f} M params, {len(train)} train clips, "
@@ -245,6 +290,9 @@ def run(args: argparse.Namespace) -> int:
         rec = rec.float()
         l1w = ((rec - img).abs() * weights).mean()
         loss = l1w + 0.5 * grad_l1(rec, img) + L["vq_total"].float()
+        if anchor is not None:
+            drift, kept = anchor(img, L["bounded"].float(), L["indices"])
+            loss = loss + args.anchor_latent * drift
         common.optimizer_step(opt, loss, [p for p in tok.parameters() if p.requires_grad])
         meter.update(L["indices"])
         step += 1
@@ -253,6 +301,8 @@ def run(args: argparse.Namespace) -> int:
             row = {"step": step, "loss": float(loss), "l1": float(L["l1"]), "psnr": common.psnr(rec.detach(), img),
                    "usage": meter.usage(), "perplexity": meter.perplexity(),
                    "batch_perplexity": float(L["perplexity"])}
+            if anchor is not None:
+                row.update(anchor_drift=float(drift), anchor_kept=kept)
             bar.set_postfix(psnr=f"{row['psnr']:.2f}", usage=f"{row['usage']:.2f}")
             if step % args.eval_every == 0:
                 row.update(evaluate(tok, held, device))

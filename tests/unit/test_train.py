@@ -213,3 +213,44 @@ def test_eye_cells_are_the_upper_region_cells():
     assert eyes and set(eyes) < set(region)  # the mouth cells remain
     assert all(c // cfg.tokenizer.grid < cfg.tokenizer.grid // 2 for c in eyes)
     assert all(c // cfg.tokenizer.grid >= cfg.tokenizer.grid // 2 for c in set(region) - set(eyes))
+
+
+def test_latent_anchor_holds_every_cell_but_the_eyes(tokenizer_runs, corpus_dir, tmp_path, capsys):
+    """--anchor-latent: the drift penalty is zero for the --init encoder, ignores the eye cells, counts every
+    other cell's digit drift, and the CLI trains with it (logging the kept share) only from --init weights."""
+    from eartalking.config import preset
+    from eartalking.model.tokenizer import Tokenizer
+    from eartalking.train.decoder import eye_cells
+    from eartalking.train.tokenizer import LatentAnchor
+
+    cfg = preset("test_small")
+    torch.manual_seed(0)
+    tok = Tokenizer(cfg.tokenizer).eval()
+    anchor = LatentAnchor(tok, cfg, torch.device("cpu"))
+    img, ref = torch.rand(3, 3, 64, 64), torch.rand(3, 3, 64, 64)
+    _, L = tok(img, ref)
+    drift, kept = anchor(img, L["bounded"], L["indices"])
+    assert float(drift) == 0.0 and kept == 1.0
+    g, eyes = cfg.tokenizer.grid, eye_cells(cfg)
+    moved = L["bounded"].detach().clone().flatten(2)
+    moved[:, :, eyes] += torch.rand(3, moved.shape[1], len(eyes)) + 1.0  # eye cells: free
+    assert float(anchor(img, moved.view_as(L["bounded"]), L["indices"])[0]) == 0.0
+    other = next(c for c in range(g * g) if c not in eyes)
+    moved[:, :, other] += 0.5  # one other cell, every digit, 0.5 off
+    expected = 0.25 / (g * g - len(eyes))
+    assert float(anchor(img, moved.view_as(L["bounded"]), L["indices"])[0]) == pytest.approx(expected, rel=1e-5)
+    with torch.no_grad():
+        tok.to_fsq.bias.add_(torch.randn_like(tok.to_fsq.bias) * 3)  # an encoder that moved
+    _, L = tok(img, ref)
+    drift, kept = anchor(img, L["bounded"], L["indices"])
+    assert float(drift) > 0.01 and kept < 1.0
+
+    init = tokenizer_runs["out"]
+    for extra in ([], ["--init", str(init), "--freeze-encoder"]):
+        assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + ["--anchor-latent", "5", *extra]) == 2
+        assert "--anchor-latent keeps a trainable encoder near its --init weights" in capsys.readouterr().err
+    out = tmp_path / "anchored"
+    assert main(_tok_args(corpus_dir, out, 200) + ["--init", str(init), "--anchor-latent", "5",
+                                                   "--eye-weight", "6"]) == 0  # metrics rows every 200 steps
+    row = next(r for r in _rows(out / "metrics.jsonl") if "anchor_kept" in r)
+    assert 0.0 <= row["anchor_kept"] <= 1.0 and row["anchor_drift"] >= 0.0
