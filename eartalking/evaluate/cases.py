@@ -125,7 +125,10 @@ class Corpus:
                     video=clip.frames if own and keep_video else None)
 
     # ---------------------------------------------------------------------------------- cases
-    def heldout_cases(self, n: int) -> list[Case]:
+    def heldout_cases(self, n: int, human: int | None = None) -> list[Case]:
+        """Up to ``n`` eval clips plus the uncovered held-out people (module docstring), then human-voice cases:
+        with ``human`` = None, up to min(4, n // 2) held-out prompts only when no chosen clip is human; with an
+        int, held-out prompts (other sentences than the chosen human clips') until ``human`` cases are human."""
         names = [c for c in self.split.get("eval", []) if (self.root / f"{c}.json").is_file()]
         metas = {c: self.meta(c) for c in names}
         by_src: dict[str, list[str]] = {}
@@ -142,18 +145,23 @@ class Corpus:
             if c is not None:
                 c.identity = person
                 cases.append(c)
-        if not any(c.human for c in cases):
-            cases += self._human_cases(max(1, min(4, n // 2)))
+        have = [c for c in cases if c.human]
+        if human is None:
+            if not have:
+                cases += self._human_cases(max(1, min(4, n // 2)))
+        elif len(have) < human:
+            cases += self._human_cases(human - len(have), exclude={c.text for c in have})
         return cases
 
-    def _human_cases(self, n: int) -> list[Case]:
+    def _human_cases(self, n: int, exclude: set[str] = frozenset()) -> list[Case]:
         from eartalking.evaluate.generate_eval import human_utterances
 
         people = [p for p in self.split.get("heldout_identities", []) if self.portrait_key(p)]
         if not people:
             return []
         out = []
-        for i, u in enumerate(human_utterances(self.assets, self.split.get("heldout_sentences", []), n)):
+        held = [t for t in self.split.get("heldout_sentences", []) if t not in exclude]
+        for i, u in enumerate(human_utterances(self.assets, held, n)):
             person = people[i % len(people)]
             key = self.portrait_key(person)
             out.append(Case(name=f"allison_{i}@{key}", clip=None, portrait_key=key, portrait=self.portrait(key),

@@ -2,7 +2,7 @@
 
 Usage: eartalking evaluate --checkpoint checkpoints/tiny --data CORPUS --json OUT.json --plots DIR
        [--long-frames 10000] [--train-long-frames N] [--clips 24] [--train-clips 6] [--control-frames 250]
-       [--device auto] [--temperature 0] [--assets DIR]
+       [--human 8] [--device auto] [--temperature 0] [--assets DIR]
 
 What, per group (``heldout`` = the split's held-out identities; ``train`` = a few training clips), all with
 the PyTorch streaming generator (``generate_eval``) and measured by ``measure`` (dlib, trained by nobody here):
@@ -10,8 +10,8 @@ the PyTorch streaming generator (``generate_eval``) and measured by ``measure`` 
     ``allison`` recordings) is spoken by the clip's portrait; r between measured mouth openness and the
     clip's ground-truth openness labels, the label-free audio-envelope r, per speech source, for held-out
     voices and for the human voice separately. Held-out people no eval clip shows speak an eval clip's
-    audio too. If the corpus has no human eval clip and the asset cache has the allison source, held-out
-    allison prompts are synthesized with viseme labels. ``gt_video_*`` = the same measure on the corpus's
+    audio too. The human eval clips are topped up to ``--human`` cases with held-out allison prompts
+    synthesized from the asset cache (aligned, with viseme labels). ``gt_video_*`` = the same measure on the corpus's
     own video (the ceiling measure reaches on ground truth).
   * control following: blinks requested at chosen frames (hit = a measured blink within -3..+5 frames)
     and a yaw sweep (r between requested and measured yaw).
@@ -63,8 +63,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-clips", type=int, default=None, help="training clips to use (default min(clips, 6))")
     p.add_argument("--control-frames", type=int, default=None,
                    help="frames of each control run (default min(250, max(50, long-frames)))")
-    p.add_argument("--assets", default=None, help="asset cache for held-out human prompts when the corpus has "
-                   "no human eval clip (default: the corpus manifest's)")
+    p.add_argument("--human", type=int, default=8,
+                   help="held-out human-voice cases to measure (default 8): the human eval clips among --clips, "
+                        "topped up with the longest held-out prompts of the human (allison) recordings from the "
+                        "asset cache; a corpus has few human eval clips, and r over 2 short clips is noise")
+    p.add_argument("--assets", default=None, help="asset cache for the held-out human prompts (default: the corpus "
+                   "manifest's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = leave as is)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy, default)")
@@ -364,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
     model, cfg = checkpoint.load(args.checkpoint, device=device)
     S = cfg.tokenizer.image_size
     corpus = casesmod.Corpus(args.data, S, args.assets)
-    groups = {"heldout": corpus.heldout_cases(args.clips), "train": corpus.train_cases(args.train_clips)}
+    groups = {"heldout": corpus.heldout_cases(args.clips, args.human), "train": corpus.train_cases(args.train_clips)}
     if not groups["heldout"]:
         raise UserError(f"{args.data}: no eval clips and no held-out identities to evaluate")
     cache: dict[str, np.ndarray | None] = {}

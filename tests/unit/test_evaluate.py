@@ -207,3 +207,35 @@ def test_control_following_counts_blinks_and_yaw(corpus_dir, monkeypatch, obey):
         assert y["r"] > 0.9 and y["slope_measured_per_requested"] > 0.3
     else:
         assert b["hit_rate"] == 0.0 and (y["r"] is None or y["r"] < 0.5)
+
+
+def test_human_cases_are_topped_up_with_other_heldout_prompts(corpus_dir, monkeypatch):
+    """--human N: the human eval clips chosen are topped up with held-out human prompts of other sentences until
+    N cases are human; without N, prompts come only when no chosen clip is human (the old rule)."""
+    from eartalking.evaluate import cases as casesmod
+
+    corpus = casesmod.Corpus(corpus_dir, 64)
+    clip_case = corpus.heldout_cases(1)[0]
+    clip_case.human = True  # pretend the chosen eval clip is a human recording
+    monkeypatch.setattr(casesmod.Corpus, "_clip_case", lambda self, name, *a, **k: clip_case)
+    rng = np.random.default_rng()
+    asked: list[tuple[list[str], int]] = []
+
+    def fake_utterances(assets, heldout, n, fps=25):
+        asked.append((list(heldout), n))
+        T = int(rng.integers(20, 40))
+        return [{"pcm": rng.standard_normal(T * 640).astype(np.float32),
+                 "labels": {"openness": rng.random(T).astype(np.float32)}, "text": t, "voice_key": "allison:a"}
+                for t in heldout[:n]]
+
+    monkeypatch.setattr(ge, "human_utterances", fake_utterances)
+    corpus.split["heldout_sentences"] = [clip_case.text, "one more prompt", "a second prompt", "a third"]
+    got = corpus.heldout_cases(1, human=3)
+    humans = [c for c in got if c.human]
+    assert len(humans) == 3 and humans[0] is clip_case
+    assert asked[-1] == (["one more prompt", "a second prompt", "a third"], 2)  # the clip's sentence left out
+    assert [c.text for c in humans[1:]] == ["one more prompt", "a second prompt"]
+    assert all(c.source == "allison" and c.labels["openness"].shape == (c.n_frames,) for c in humans[1:])
+    n_asked = len(asked)
+    assert sum(c.human for c in corpus.heldout_cases(1)) == 1 and len(asked) == n_asked  # old rule: none added
+    assert sum(c.human for c in corpus.heldout_cases(1, human=1)) == 1 and len(asked) == n_asked
