@@ -57,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blink-share", type=float, default=0.0,
                    help="share of each batch drawn from frames whose blink label is >= 0.5 (rare otherwise: about "
                         "3%% of frames), so the image side learns to draw shut eyes from the tokens")
+    p.add_argument("--ref-blink-share", type=float, default=0.0,
+                   help="share of references drawn from a blinking frame of the same clip (shut eyes) instead of "
+                        "the portrait or a random frame: the image side cannot copy the eye state from the "
+                        "reference (almost always open) and must read it from the tokens")
     p.add_argument("--eye-weight", type=float, default=2.0,
                    help="extra L1 weight at the eye centres (the loss weight there is 1 + this); the mouth's is 3")
     p.add_argument("--anchor-latent", type=float, default=0.0,
@@ -91,7 +95,7 @@ class FrameSampler:
     clips (real videos), a share ``p_extra`` of each batch comes from them."""
 
     def __init__(self, clips: list[common.MemClip], seed: int, extra: list[common.MemClip] | None = None,
-                 p_extra: float = 0.0, p_blink: float = 0.0):
+                 p_extra: float = 0.0, p_blink: float = 0.0, p_ref_blink: float = 0.0):
         self.clips, self.rng = clips, np.random.default_rng(seed)
         self.extra, self.p_extra = list(extra or []), p_extra if extra else 0.0
         # (clip, frame) of every frame whose blink label is >= 0.5: drawn with probability p_blink
@@ -101,6 +105,13 @@ class FrameSampler:
         if p_blink > 0 and not self.blinks:
             raise UserError("--blink-share: no training frame has a blink label >= 0.5 to draw from")
         self.p_blink = p_blink
+        # per clip, its blinking frames: a share p_ref_blink of references is drawn from them
+        self.blink_frames: dict[int, list[int]] = {}
+        for i, t in self.blinks:
+            self.blink_frames.setdefault(i, []).append(t)
+        if p_ref_blink > 0 and not self.blinks:
+            raise UserError("--ref-blink-share: no training frame has a blink label >= 0.5 to draw from")
+        self.p_ref_blink = p_ref_blink
 
     def jitter(self, ref: np.ndarray) -> np.ndarray:
         """Shift the reference by up to 6 px and change its gain/offset by up to 10%: the decoder must take
@@ -113,14 +124,22 @@ class FrameSampler:
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         imgs, refs = [], []
         for _ in range(n):
+            i = -1  # index into self.clips (-1: a real-video clip)
             if self.rng.random() < self.p_blink:
                 i, t = self.blinks[self.rng.integers(len(self.blinks))]
                 c, img = self.clips[i], self.clips[i].frames[t]
             else:
-                pool = self.extra if self.rng.random() < self.p_extra else self.clips
-                c = pool[self.rng.integers(len(pool))]
+                if self.rng.random() < self.p_extra:
+                    c = self.extra[self.rng.integers(len(self.extra))]
+                else:
+                    i = int(self.rng.integers(len(self.clips)))
+                    c = self.clips[i]
                 img = c.frames[self.rng.integers(len(c.frames))]
-            ref = c.portrait if self.rng.random() < 0.7 else c.frames[self.rng.integers(len(c.frames))]
+            shut = self.blink_frames.get(i)
+            if self.p_ref_blink > 0 and shut and self.rng.random() < self.p_ref_blink:
+                ref = c.frames[shut[self.rng.integers(len(shut))]]
+            else:
+                ref = c.portrait if self.rng.random() < 0.7 else c.frames[self.rng.integers(len(c.frames))]
             ref = self.jitter(ref)
             if self.rng.random() < 0.5:
                 img, ref = img[:, ::-1], ref[:, ::-1]
@@ -271,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
     log = common.MetricsLog(out / "metrics.jsonl")
     real, real_held = real_clips(args.real_video, cfg.tokenizer.image_size, args.real_max_frames) \
         if args.real_video else ([], [])
-    sampler = FrameSampler(train, args.seed + step, real, args.real_weight, args.blink_share)
+    sampler = FrameSampler(train, args.seed + step, real, args.real_weight, args.blink_share, args.ref_blink_share)
     weights = region_weights(cfg.tokenizer.image_size, device, args.eye_weight)
     budget = common.Budget(args.steps, args.minutes)
     amp = common.use_bf16(device, args.bf16)

@@ -167,7 +167,8 @@ def test_frame_sampler_mixes_real_video_clips_at_the_requested_share():
 
 def test_frame_sampler_draws_blinking_frames_at_the_requested_share():
     """--blink-share: that share of a batch comes from frames whose blink label is >= 0.5 (frame value 255
-    here, the open frames 0..); without it they appear at their natural rate."""
+    here, the open frames 0..); without it they appear at their natural rate. --ref-blink-share: the same for
+    the references."""
     import numpy as np
 
     from eartalking.config import CONTROL_NAMES
@@ -188,11 +189,19 @@ def test_frame_sampler_draws_blinking_frames_at_the_requested_share():
     assert 0.35 < share < 0.51, share
     imgs, _ = FrameSampler([c], 1).batch(400)
     assert float((imgs[:, 0, 0, 0] == 255).mean()) < 0.12
+    # --ref-blink-share: that share of references is a blinking frame (jitter keeps them far above 100)
+    _, refs = FrameSampler([c], 2, p_ref_blink=0.4).batch(400)
+    share = float((refs[..., 0].mean(axis=(1, 2)) > 100).mean())  # 0.4 + 0.6 * 0.3 * 2/40 = 0.41
+    assert 0.32 < share < 0.50, share
+    _, refs = FrameSampler([c], 2).batch(400)
+    assert float((refs[..., 0].mean(axis=(1, 2)) > 100).mean()) < 0.06
     c.controls[:, bi] = 0.0
     from eartalking.cli import UserError
 
     with pytest.raises(UserError, match="blink-share"):
         FrameSampler([c], 1, p_blink=0.4)
+    with pytest.raises(UserError, match="ref-blink-share"):
+        FrameSampler([c], 1, p_ref_blink=0.4)
 
 
 def test_region_tokens_mark_mouth_and_eyes_on_the_token_grid():
