@@ -63,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "reference (almost always open) and must read it from the tokens")
     p.add_argument("--eye-weight", type=float, default=2.0,
                    help="extra L1 weight at the eye centres (the loss weight there is 1 + this); the mouth's is 3")
+    p.add_argument("--eye-box-weight", type=float, default=0.0,
+                   help="weight of an extra L1 averaged over the two eye boxes only (0 = off): with --blink-share "
+                        "it makes shut eyes a large part of the loss instead of a few hundred pixels of it")
     p.add_argument("--anchor-latent", type=float, default=0.0,
                    help="with --init and a trainable encoder: L2 weight that keeps the pre-rounding FSQ digits of "
                         "every token cell except the eyes' near the --init encoder's, so the tokens a decoder "
@@ -82,6 +85,16 @@ def region_weights(size: int, device: torch.device, eye: float = 2.0) -> torch.T
 
     w = 1.0 + 3.0 * bump(0.5, 0.70, 0.14, 0.08) + eye * (bump(0.36, 0.42, 0.09, 0.05) + bump(0.64, 0.42, 0.09, 0.05))
     return w[None, None].to(device)
+
+
+def eye_boxes(size: int, device: torch.device) -> torch.Tensor:
+    """[1,1,S,S] 0/1 mask of the two eye boxes of the aligned crop (centres at x 0.36 and 0.64, y 0.42 of the
+    side; each 0.2 wide and 0.12 high): where ``--eye-box-weight`` adds an L1 averaged over the boxes alone,
+    so shut eyes (a few hundred pixels of a 128 px frame) weigh as much as a whole-image error."""
+    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    rows = ((c - 0.42).abs() <= 0.06).float()
+    cols = (((c - 0.36).abs() <= 0.10) | ((c - 0.64).abs() <= 0.10)).float()
+    return (rows[:, None] * cols[None, :])[None, None].to(device)
 
 
 def grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -273,17 +286,17 @@ def run(args: argparse.Namespace) -> int:
     train = common.load_corpus(args.data, "train", args.limit_clips, size=cfg.tokenizer.image_size)
     held = common.load_heldout(args.data, train, 24, size=cfg.tokenizer.image_size)
     tok = Tokenizer(cfg.tokenizer).to(device)
+    if args.anchor_latent > 0 and (args.freeze_encoder or not args.init):
+        raise UserError("--anchor-latent keeps a trainable encoder near its --init weights: it needs --init and "
+                        "no --freeze-encoder")
+    if args.init:
+        load_init(tok, args.init, device)
+    anchor = LatentAnchor(tok, cfg, device) if args.anchor_latent > 0 else None  # the --init encoder, also on resume
     if (out / WEIGHTS).is_file():
         tok.load_state_dict(load_file(str(out / WEIGHTS), device=str(device)))
-    elif args.init:
-        load_init(tok, args.init, device)
     if args.freeze_encoder:
         for part in (tok.encoder, tok.to_code, tok.to_fsq):
             part.requires_grad_(False)
-    anchor = LatentAnchor(tok, cfg, device) if args.anchor_latent > 0 else None
-    if anchor is not None and (args.freeze_encoder or not args.init):
-        raise UserError("--anchor-latent keeps a trainable encoder near its --init weights: it needs --init and "
-                        "no --freeze-encoder")
     opt = torch.optim.AdamW([p for p in tok.parameters() if p.requires_grad], lr=args.lr, betas=(0.9, 0.99),
                             weight_decay=0.0)
     step = common.load_state(out, opt, device)
@@ -292,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
         if args.real_video else ([], [])
     sampler = FrameSampler(train, args.seed + step, real, args.real_weight, args.blink_share, args.ref_blink_share)
     weights = region_weights(cfg.tokenizer.image_size, device, args.eye_weight)
+    eye_box = eye_boxes(cfg.tokenizer.image_size, device)
     budget = common.Budget(args.steps, args.minutes)
     amp = common.use_bf16(device, args.bf16)
     print(f"tokenizer: {sum(p.numel() for p in tok.parameters()) / 1e6:.2f} M params, {len(train)} train clips, "
@@ -308,6 +322,8 @@ def run(args: argparse.Namespace) -> int:
             rec, L = tok(img, ref)
         rec = rec.float()
         l1w = ((rec - img).abs() * weights).mean()
+        if args.eye_box_weight > 0:
+            l1w = l1w + args.eye_box_weight * ((rec - img).abs() * eye_box).sum() / (eye_box.sum() * rec.shape[0] * 3)
         loss = l1w + 0.5 * grad_l1(rec, img) + L["vq_total"].float()
         if anchor is not None:
             drift, kept = anchor(img, L["bounded"].float(), L["indices"])

@@ -260,6 +260,17 @@ def test_latent_anchor_holds_every_cell_but_the_eyes(tokenizer_runs, corpus_dir,
         assert "--anchor-latent keeps a trainable encoder near its --init weights" in capsys.readouterr().err
     out = tmp_path / "anchored"
     assert main(_tok_args(corpus_dir, out, 200) + ["--init", str(init), "--anchor-latent", "5",
-                                                   "--eye-weight", "6"]) == 0  # metrics rows every 200 steps
+                                                   "--eye-weight", "6", "--eye-box-weight", "2"]) == 0
     row = next(r for r in _rows(out / "metrics.jsonl") if "anchor_kept" in r)
     assert 0.0 <= row["anchor_kept"] <= 1.0 and row["anchor_drift"] >= 0.0
+
+
+def test_eye_boxes_cover_both_eyes_of_the_aligned_crop():
+    from eartalking.train.tokenizer import eye_boxes, region_weights
+
+    for size in (64, 128):
+        m = eye_boxes(size, torch.device("cpu"))[0, 0]
+        assert set(m.unique().tolist()) == {0.0, 1.0} and torch.equal(m, m.flip(1))  # mirror-symmetric 0/1 mask
+        assert 0.03 < float(m.mean()) < 0.07
+        w = region_weights(size, torch.device("cpu"), eye=4.0)[0, 0]
+        assert float(w[m > 0].mean()) > 2.0 > float(w[:size // 4].mean())  # the boxes sit on the weighted eyes
