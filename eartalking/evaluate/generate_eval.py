@@ -162,7 +162,8 @@ def utterance_labels(labels: dict[str, np.ndarray] | None, n_frames: int) -> dic
 
 def human_utterances(assets: str | None, heldout_sentences: list[str], n: int,
                      fps: int = 25) -> list[dict]:
-    """Up to ``n`` held-out prompts (longest first) of the human ``allison`` source (needs the asset cache), as
+    """Up to ``n`` held-out prompts (longest first; a prompt pocketsphinx cannot align is skipped and the next
+    one taken) of the human ``allison`` source (needs the asset cache), as
     ``{"pcm": float32 [T*640], "labels": {"openness": float32 [T]}, "text", "voice_key"}``; [] when the
     source or its held-out prompts are not available."""
     from eartalking.data.corpus_plan import ceil_frames, voice_key
@@ -175,10 +176,12 @@ def human_utterances(assets: str | None, heldout_sentences: list[str], n: int,
     if src is None or not hasattr(src, "prompts"):
         return []
     held = set(heldout_sentences)
-    texts = sorted({text for _, text in src.prompts() if text in held}, key=lambda x: (-len(x), x))[:n]
+    texts = sorted({text for _, text in src.prompts() if text in held}, key=lambda x: (-len(x), x))
     out = []
     voice = src.voices()[0]
     for text in texts:
+        if len(out) >= n:
+            break
         try:
             utt = src.synth(text, voice)
         except Exception as e:  # a prompt that cannot be read or aligned is skipped, not fatal

@@ -239,3 +239,36 @@ def test_human_cases_are_topped_up_with_other_heldout_prompts(corpus_dir, monkey
     n_asked = len(asked)
     assert sum(c.human for c in corpus.heldout_cases(1)) == 1 and len(asked) == n_asked  # old rule: none added
     assert sum(c.human for c in corpus.heldout_cases(1, human=1)) == 1 and len(asked) == n_asked
+
+
+def test_human_utterances_skip_unalignable_prompts_and_still_return_n(monkeypatch, tmp_path):
+    """A held-out prompt that cannot be aligned is skipped and the next-longest taken, so --human N gets N."""
+    import types
+
+    from eartalking.data import speech
+
+    rng = np.random.default_rng()
+    prompts = ["a long held-out prompt number one", "held-out prompt two", "prompt three", "four", "seen"]
+
+    class FakeAllison:
+        name = "allison"
+
+        def prompts(self):
+            return [(f"id{i}", t) for i, t in enumerate(prompts)]
+
+        def voices(self):
+            return ["allison"]
+
+        def synth(self, text, voice):
+            if text == prompts[1]:
+                raise ValueError("alignment failed")
+            dur = 0.2 + 0.02 * len(text)
+            return types.SimpleNamespace(pcm=rng.uniform(-0.5, 0.5, int(16000 * dur)).astype(np.float32),
+                                         phones=[(0.0, dur / 2, "AA"), (dur / 2, dur, "M")], phone_set="cmu")
+
+    monkeypatch.setattr(speech, "available_sources", lambda assets: [FakeAllison()])
+    got = ge.human_utterances(str(tmp_path), prompts[:4], 3)
+    assert [u["text"] for u in got] == [prompts[0], prompts[2], prompts[3]]  # longest first, the failure skipped
+    for u in got:
+        assert u["pcm"].shape == (len(u["labels"]["openness"]) * 640,) and u["voice_key"].startswith("allison")
+    assert len(ge.human_utterances(str(tmp_path), prompts[:4], 5)) == 3  # only 3 alignable held-out prompts
