@@ -162,8 +162,8 @@ def utterance_labels(labels: dict[str, np.ndarray] | None, n_frames: int) -> dic
 
 def human_utterances(assets: str | None, heldout_sentences: list[str], n: int,
                      fps: int = 25) -> list[dict]:
-    """Up to ``n`` held-out prompts (longest first; a prompt pocketsphinx cannot align is skipped and the next
-    one taken) of the human ``allison`` source (needs the asset cache), as
+    """Up to ``n`` held-out prompts (longest first; a prompt pocketsphinx cannot align, twice, is skipped and
+    the next one taken) of the human ``allison`` source (needs the asset cache), as
     ``{"pcm": float32 [T*640], "labels": {"openness": float32 [T]}, "text", "voice_key"}``; [] when the
     source or its held-out prompts are not available."""
     from eartalking.data.corpus_plan import ceil_frames, voice_key
@@ -182,10 +182,15 @@ def human_utterances(assets: str | None, heldout_sentences: list[str], n: int,
     for text in texts:
         if len(out) >= n:
             break
-        try:
-            utt = src.synth(text, voice)
-        except Exception as e:  # a prompt that cannot be read or aligned is skipped, not fatal
-            print(f"evaluate: skipping human prompt {text!r}: {type(e).__name__}: {e}")
+        utt = None
+        for attempt in range(2):  # pocketsphinx fails now and then on a prompt it aligns in other runs
+            try:
+                utt = src.synth(text, voice)
+                break
+            except Exception as e:  # a prompt that cannot be read or aligned is skipped, not fatal
+                if attempt:
+                    print(f"evaluate: skipping human prompt {text!r} (failed twice): {type(e).__name__}: {e}")
+        if utt is None:
             continue
         pcm = np.asarray(utt.pcm, np.float32)
         T = ceil_frames(len(pcm), 16000, fps)

@@ -242,7 +242,8 @@ def test_human_cases_are_topped_up_with_other_heldout_prompts(corpus_dir, monkey
 
 
 def test_human_utterances_skip_unalignable_prompts_and_still_return_n(monkeypatch, tmp_path):
-    """A held-out prompt that cannot be aligned is skipped and the next-longest taken, so --human N gets N."""
+    """A held-out prompt that fails to align is tried once more; one that fails twice is skipped and the
+    next-longest taken, so --human N gets N."""
     import types
 
     from eartalking.data import speech
@@ -259,8 +260,11 @@ def test_human_utterances_skip_unalignable_prompts_and_still_return_n(monkeypatc
         def voices(self):
             return ["allison"]
 
+        calls: list[str] = []
+
         def synth(self, text, voice):
-            if text == prompts[1]:
+            self.calls.append(text)
+            if text == prompts[1] or (text == prompts[2] and self.calls.count(text) == 1):  # 2: fails once
                 raise ValueError("alignment failed")
             dur = 0.2 + 0.02 * len(text)
             return types.SimpleNamespace(pcm=rng.uniform(-0.5, 0.5, int(16000 * dur)).astype(np.float32),
@@ -269,6 +273,7 @@ def test_human_utterances_skip_unalignable_prompts_and_still_return_n(monkeypatc
     monkeypatch.setattr(speech, "available_sources", lambda assets: [FakeAllison()])
     got = ge.human_utterances(str(tmp_path), prompts[:4], 3)
     assert [u["text"] for u in got] == [prompts[0], prompts[2], prompts[3]]  # longest first, the failure skipped
+    assert FakeAllison.calls[:5] == [prompts[0], prompts[1], prompts[1], prompts[2], prompts[2]]  # each retried once
     for u in got:
         assert u["pcm"].shape == (len(u["labels"]["openness"]) * 640,) and u["voice_key"].startswith("allison")
     assert len(ge.human_utterances(str(tmp_path), prompts[:4], 5)) == 3  # only 3 alignable held-out prompts
