@@ -14,6 +14,7 @@ and ``loss.png``; held-out identities (split ``eval``) give the PSNR that is log
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from eartalking.config import CONTROL_NAMES, preset
 from eartalking.train import common
 
 WEIGHTS = "tokenizer.safetensors"
+RAW = "tokenizer_raw.safetensors"  # the training weights of an --ema run (WEIGHTS holds their average)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,8 +63,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of references drawn from a blinking frame of the same clip (shut eyes) instead of "
                         "the portrait or a random frame: the image side cannot copy the eye state from the "
                         "reference (almost always open) and must read it from the tokens")
+    p.add_argument("--ref-eye-mask", type=float, default=0.0,
+                   help="share of references whose eye boxes are filled with their mean colour: the image side "
+                        "must draw the eyes (open or shut) from the tokens")
     p.add_argument("--eye-weight", type=float, default=2.0,
                    help="extra L1 weight at the eye centres (the loss weight there is 1 + this); the mouth's is 3")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="keep an exponential moving average of the trained weights with this decay (e.g. 0.999; "
+                        "0 = off): it is what is evaluated and saved as tokenizer.safetensors (the raw weights, "
+                        "for resuming, go to tokenizer_raw.safetensors)")
     p.add_argument("--eye-box-weight", type=float, default=0.0,
                    help="weight of an extra L1 averaged over the two eye boxes only (0 = off): with --blink-share "
                         "it makes shut eyes a large part of the loss instead of a few hundred pixels of it")
@@ -108,7 +117,7 @@ class FrameSampler:
     clips (real videos), a share ``p_extra`` of each batch comes from them."""
 
     def __init__(self, clips: list[common.MemClip], seed: int, extra: list[common.MemClip] | None = None,
-                 p_extra: float = 0.0, p_blink: float = 0.0, p_ref_blink: float = 0.0):
+                 p_extra: float = 0.0, p_blink: float = 0.0, p_ref_blink: float = 0.0, p_ref_eyes: float = 0.0):
         self.clips, self.rng = clips, np.random.default_rng(seed)
         self.extra, self.p_extra = list(extra or []), p_extra if extra else 0.0
         # (clip, frame) of every frame whose blink label is >= 0.5: drawn with probability p_blink
@@ -124,7 +133,8 @@ class FrameSampler:
             self.blink_frames.setdefault(i, []).append(t)
         if p_ref_blink > 0 and not self.blinks:
             raise UserError("--ref-blink-share: no training frame has a blink label >= 0.5 to draw from")
-        self.p_ref_blink = p_ref_blink
+        self.p_ref_blink, self.p_ref_eyes = p_ref_blink, p_ref_eyes
+        self._eye_box: np.ndarray | None = None
 
     def jitter(self, ref: np.ndarray) -> np.ndarray:
         """Shift the reference by up to 6 px and change its gain/offset by up to 10%: the decoder must take
@@ -133,6 +143,19 @@ class FrameSampler:
         out = np.roll(ref, (int(dy), int(dx)), axis=(0, 1)).astype(np.float32)
         out = out * self.rng.uniform(0.9, 1.1) + self.rng.uniform(-12, 12)
         return np.clip(out, 0, 255).astype(np.uint8)
+
+    def hide_eyes(self, ref: np.ndarray) -> np.ndarray:
+        """The reference with each eye box (``eye_boxes``) filled with its own mean colour: nothing of the eye
+        state is left to copy."""
+        if self._eye_box is None or self._eye_box.shape[0] != ref.shape[0]:
+            self._eye_box = eye_boxes(ref.shape[0], torch.device("cpu"))[0, 0].numpy() > 0
+        out = ref.copy()
+        half = ref.shape[1] // 2
+        for cols in (slice(0, half), slice(half, None)):
+            m = np.zeros_like(self._eye_box)
+            m[:, cols] = self._eye_box[:, cols]
+            out[m] = ref[m].reshape(-1, 3).mean(0).astype(np.uint8)
+        return out
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         imgs, refs = [], []
@@ -153,6 +176,8 @@ class FrameSampler:
                 ref = c.frames[shut[self.rng.integers(len(shut))]]
             else:
                 ref = c.portrait if self.rng.random() < 0.7 else c.frames[self.rng.integers(len(c.frames))]
+            if self.p_ref_eyes > 0 and self.rng.random() < self.p_ref_eyes:
+                ref = self.hide_eyes(ref)
             ref = self.jitter(ref)
             if self.rng.random() < 0.5:
                 img, ref = img[:, ::-1], ref[:, ::-1]
@@ -292,18 +317,22 @@ def run(args: argparse.Namespace) -> int:
     if args.init:
         load_init(tok, args.init, device)
     anchor = LatentAnchor(tok, cfg, device) if args.anchor_latent > 0 else None  # the --init encoder, also on resume
-    if (out / WEIGHTS).is_file():
-        tok.load_state_dict(load_file(str(out / WEIGHTS), device=str(device)))
+    if (out / WEIGHTS).is_file():  # resume (the raw weights when an EMA run saved its average as WEIGHTS)
+        tok.load_state_dict(load_file(str(out / (RAW if (out / RAW).is_file() else WEIGHTS)), device=str(device)))
     if args.freeze_encoder:
         for part in (tok.encoder, tok.to_code, tok.to_fsq):
             part.requires_grad_(False)
+    ema = WeightEMA(tok, args.ema) if args.ema > 0 else None
+    if ema is not None and (out / RAW).is_file():
+        ema.shadow = load_file(str(out / WEIGHTS), device=str(device))
     opt = torch.optim.AdamW([p for p in tok.parameters() if p.requires_grad], lr=args.lr, betas=(0.9, 0.99),
                             weight_decay=0.0)
     step = common.load_state(out, opt, device)
     log = common.MetricsLog(out / "metrics.jsonl")
     real, real_held = real_clips(args.real_video, cfg.tokenizer.image_size, args.real_max_frames) \
         if args.real_video else ([], [])
-    sampler = FrameSampler(train, args.seed + step, real, args.real_weight, args.blink_share, args.ref_blink_share)
+    sampler = FrameSampler(train, args.seed + step, real, args.real_weight, args.blink_share, args.ref_blink_share,
+                           args.ref_eye_mask)
     weights = region_weights(cfg.tokenizer.image_size, device, args.eye_weight)
     eye_box = eye_boxes(cfg.tokenizer.image_size, device)
     budget = common.Budget(args.steps, args.minutes)
@@ -329,6 +358,8 @@ def run(args: argparse.Namespace) -> int:
             drift, kept = anchor(img, L["bounded"].float(), L["indices"])
             loss = loss + args.anchor_latent * drift
         common.optimizer_step(opt, loss, [p for p in tok.parameters() if p.requires_grad])
+        if ema is not None:
+            ema.update(tok)
         meter.update(L["indices"])
         step += 1
         bar.update(1)
@@ -340,18 +371,20 @@ def run(args: argparse.Namespace) -> int:
                 row.update(anchor_drift=float(drift), anchor_kept=kept)
             bar.set_postfix(psnr=f"{row['psnr']:.2f}", usage=f"{row['usage']:.2f}")
             if step % args.eval_every == 0:
-                row.update(evaluate(tok, held, device))
-                if real_held:
-                    row["eval_psnr_real"] = evaluate(tok, real_held, device)["eval_psnr"]
+                with WeightEMA.applied(ema, tok):
+                    row.update(evaluate(tok, held, device))
+                    if real_held:
+                        row["eval_psnr_real"] = evaluate(tok, real_held, device)["eval_psnr"]
             log.write(**row)
         if step % 1000 == 0:
-            _save(out, tok, cfg, opt, step)
+            _save(out, tok, cfg, opt, step, ema)
     bar.close()
-    _save(out, tok, cfg, opt, step)
-    final = evaluate(tok, held, device, max_frames=1024)
+    _save(out, tok, cfg, opt, step, ema)
+    with WeightEMA.applied(ema, tok):
+        final = evaluate(tok, held, device, max_frames=1024)
+        if real_held:
+            final["eval_psnr_real"] = evaluate(tok, real_held, device)["eval_psnr"]
     final.update(step=step, usage=meter.usage(), perplexity=meter.perplexity())
-    if real_held:
-        final["eval_psnr_real"] = evaluate(tok, real_held, device)["eval_psnr"]
     log.write(**final)
     (out / "summary.json").write_text(json.dumps(final, indent=1))
     log.plot(out / "loss.png", ("loss", "psnr", "eval_psnr", "eval_psnr_real", "usage"))
@@ -359,9 +392,50 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save(out: Path, tok, cfg, opt, step: int) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in tok.state_dict().items()}
-    save_file(state, str(out / (WEIGHTS + ".tmp")))
-    (out / (WEIGHTS + ".tmp")).replace(out / WEIGHTS)
+class WeightEMA:
+    """Exponential moving average of the trainable weights (``--ema DECAY``): what is evaluated and saved as
+    ``tokenizer.safetensors``; the raw weights go to ``tokenizer_raw.safetensors`` for resuming.
+
+    Why: small-batch CPU training leaves the weights noisy from step to step; the average usually reconstructs
+    better than any single step. Frozen weights and buffers are copied, never averaged, so a
+    ``--freeze-encoder`` run keeps the encoder bit-identical (``scripts/ship_checkpoint.py`` checks it).
+    """
+
+    def __init__(self, tok, decay: float):
+        self.decay = decay
+        self.trainable = {n for n, p in tok.named_parameters() if p.requires_grad}
+        self.shadow = {k: v.detach().clone() for k, v in tok.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, tok) -> None:
+        for k, v in tok.state_dict().items():
+            if k in self.trainable:
+                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1.0 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def applied(ema: WeightEMA | None, tok):
+        """Run the block with the averaged weights in ``tok`` (no-op for ``ema=None``); restores the raw ones."""
+        if ema is None:
+            yield
+            return
+        raw = {k: v.detach().clone() for k, v in tok.state_dict().items()}
+        tok.load_state_dict(ema.shadow)
+        try:
+            yield
+        finally:
+            tok.load_state_dict(raw)
+
+
+def _save(out: Path, tok, cfg, opt, step: int, ema: WeightEMA | None = None) -> None:
+    def write(sd: dict, name: str) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(out / (name + ".tmp")))
+        (out / (name + ".tmp")).replace(out / name)
+
+    if ema is not None:
+        write(tok.state_dict(), RAW)
+    write(ema.shadow if ema is not None else tok.state_dict(), WEIGHTS)
     cfg.save(out / "config.json")
     common.save_state(out, step, opt)

@@ -274,3 +274,38 @@ def test_eye_boxes_cover_both_eyes_of_the_aligned_crop():
         assert 0.03 < float(m.mean()) < 0.07
         w = region_weights(size, torch.device("cpu"), eye=4.0)[0, 0]
         assert float(w[m > 0].mean()) > 2.0 > float(w[:size // 4].mean())  # the boxes sit on the weighted eyes
+
+
+def test_ema_saves_the_average_and_keeps_frozen_weights_bit_identical(tokenizer_runs, corpus_dir, tmp_path):
+    """--ema D: tokenizer.safetensors is the running average (after one step with D = 0.5 exactly the mean of
+    the start and the trained weights), tokenizer_raw.safetensors the trained weights; a --freeze-encoder run
+    keeps the encoder bit-identical in both; a resume continues from the raw weights."""
+    init = load_file(str(tokenizer_runs["out"] / "tokenizer.safetensors"))
+    out = tmp_path / "ema"
+    args = ["--init", str(tokenizer_runs["out"]), "--freeze-encoder", "--ema", "0.5", "--bf16", "off"]
+    assert main(_tok_args(corpus_dir, out, 1) + args) == 0
+    avg, raw = load_file(str(out / "tokenizer.safetensors")), load_file(str(out / "tokenizer_raw.safetensors"))
+    enc = [k for k in init if k.startswith(("encoder.", "to_code.", "to_fsq."))]
+    assert enc and all(torch.equal(avg[k], init[k]) and torch.equal(raw[k], init[k]) for k in enc)
+    from eartalking.config import preset
+    from eartalking.model.tokenizer import Tokenizer
+
+    params = {n for n, _ in Tokenizer(preset("test_small").tokenizer).named_parameters()}  # buffers are copied
+    trained = [k for k in params if k not in enc and not torch.equal(raw[k], init[k])]
+    assert trained and torch.equal(avg["code_usage"], raw["code_usage"])
+    for k in trained:
+        torch.testing.assert_close(avg[k], 0.5 * (init[k] + raw[k]), rtol=1e-5, atol=1e-6)
+    calls = []
+    original = torch.optim.AdamW.step
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return original(self, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.AdamW, "step", counted)
+        assert main(_tok_args(corpus_dir, out, 2) + args) == 0
+    assert len(calls) == 1  # resumed at step 1
+    raw2, avg2 = load_file(str(out / "tokenizer_raw.safetensors")), load_file(str(out / "tokenizer.safetensors"))
+    for k in trained:
+        torch.testing.assert_close(avg2[k], 0.5 * (avg[k] + raw2[k]), rtol=1e-5, atol=1e-6)
