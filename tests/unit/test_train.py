@@ -309,3 +309,20 @@ def test_ema_saves_the_average_and_keeps_frozen_weights_bit_identical(tokenizer_
     raw2, avg2 = load_file(str(out / "tokenizer_raw.safetensors")), load_file(str(out / "tokenizer.safetensors"))
     for k in trained:
         torch.testing.assert_close(avg2[k], 0.5 * (avg[k] + raw2[k]), rtol=1e-5, atol=1e-6)
+
+
+def test_hide_eyes_flattens_each_eye_box_and_nothing_else():
+    import numpy as np
+
+    from eartalking.train.tokenizer import FrameSampler, eye_boxes
+
+    rng = np.random.default_rng()
+    ref = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    out = FrameSampler([], 0).hide_eyes(ref)
+    box = eye_boxes(64, torch.device("cpu"))[0, 0].numpy() > 0
+    assert np.array_equal(out[~box], ref[~box])
+    for cols in (slice(0, 32), slice(32, None)):
+        m = np.zeros_like(box)
+        m[:, cols] = box[:, cols]
+        assert len(np.unique(out[m].reshape(-1, 3), axis=0)) == 1  # one flat colour per eye ...
+        assert np.abs(out[m][0].astype(float) - ref[m].reshape(-1, 3).mean(0)).max() <= 1.0  # ... its mean
