@@ -8,7 +8,10 @@ shifted and gain-jittered so it cannot simply be copied. Identity comes from the
 only carry what changes. Loss: L1 weighted toward the mouth and eyes + image-gradient L1 (FSQ quantisation
 needs no codebook losses).
 Writes ``tokenizer.safetensors`` + ``config.json`` (resumable with the optimizer state), ``metrics.jsonl``
-and ``loss.png``; held-out identities (split ``eval``) give the PSNR that is logged.
+and ``loss.png``; held-out identities (split ``eval``) give the PSNR that is logged. ``--ema`` saves a moving
+average of the weights instead. Eye options (``--blink-share``, ``--ref-blink-share``, ``--ref-eye-mask``,
+``--eye-box-weight``, ``--anchor-latent``) are for teaching the image side to draw shut eyes from the tokens;
+``scripts/eye_token_search.py`` checks whether it can.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of references whose eye boxes are filled with their mean colour: the image side "
                         "must draw the eyes (open or shut) from the tokens")
     p.add_argument("--eye-weight", type=float, default=2.0,
-                   help="extra L1 weight at the eye centres (the loss weight there is 1 + this); the mouth's is 3")
+                   help="extra L1 weight at the eye centres (the loss weight there is 1 + this; the mouth's is 1 + 3)")
     p.add_argument("--ema", type=float, default=0.0,
                    help="keep an exponential moving average of the trained weights with this decay (e.g. 0.999; "
                         "0 = off): it is what is evaluated and saved as tokenizer.safetensors (the raw weights, "
