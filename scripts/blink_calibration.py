@@ -70,23 +70,12 @@ def main() -> None:
 
 def _roundtrip(src: str):
     """clip -> uint8 [T,S,S,3]: the tokenizer of ``src`` encodes each frame and decodes it with the portrait."""
-    from pathlib import Path
-
     import torch
-    from safetensors.torch import load_file
 
-    from eartalking.config import ModelConfig
     from eartalking.model import checkpoint
-    from eartalking.model.tokenizer import Tokenizer
     from eartalking.train import common
 
-    d = Path(src)
-    if (d / "tokenizer.safetensors").is_file():  # a train-tokenizer run
-        tok = Tokenizer(ModelConfig.load(d / "config.json").tokenizer)
-        tok.load_state_dict(load_file(str(d / "tokenizer.safetensors")))
-    else:
-        tok = checkpoint.load(d)[0].tokenizer
-    tok.eval()
+    tok = checkpoint.load_tokenizer(src)[0]
     cpu = torch.device("cpu")
 
     def run(c) -> np.ndarray:

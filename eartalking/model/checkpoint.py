@@ -1,7 +1,8 @@
 """Checkpoints: a directory with ``config.json`` (ModelConfig) and ``model.safetensors`` (state dict).
 
 Usage (python): ``save(dir, model, cfg)``; ``model, cfg = load(dir)``; ``random_model("test_small", seed=0)``
-for tests (random weights, eval mode, reproducible for a seed).
+for tests (random weights, eval mode, reproducible for a seed); ``tok, cfg = load_tokenizer(dir)`` for a
+checkpoint or a ``train-tokenizer`` run folder.
 """
 
 from __future__ import annotations
@@ -48,6 +49,21 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> tuple[EAR
         raise UserError(f"checkpoint {d} does not match its config: missing {result.missing_keys[:5]}, "
                         f"unexpected {result.unexpected_keys[:5]}")
     return model.to(device).eval(), cfg
+
+
+def load_tokenizer(directory: str | Path) -> tuple[torch.nn.Module, ModelConfig]:
+    """A ``train-tokenizer`` run folder (``tokenizer.safetensors`` + ``config.json``) or a checkpoint folder
+    -> (its tokenizer on the CPU in eval mode, cfg): what the diagnostics scripts measure."""
+    from eartalking.model.tokenizer import Tokenizer
+
+    d = Path(directory)
+    if not (d / "tokenizer.safetensors").is_file():
+        model, cfg = load(d)
+        return model.tokenizer, cfg
+    cfg = ModelConfig.load(d / CONFIG_FILE)
+    tok = Tokenizer(cfg.tokenizer)
+    tok.load_state_dict(load_file(str(d / "tokenizer.safetensors")))
+    return tok.eval(), cfg
 
 
 def random_model(cfg: str | ModelConfig = "test_small", seed: int = 0) -> EARTalking:

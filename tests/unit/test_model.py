@@ -434,6 +434,28 @@ def test_checkpoint_round_trip_is_bitwise(tmp_path, model):
         checkpoint.load(tmp_path / "nowhere")
 
 
+def test_load_tokenizer_reads_checkpoints_and_tokenizer_runs(tmp_path, model):
+    """A checkpoint folder and a train-tokenizer run folder (tokenizer.safetensors + config.json) give the same
+    tokenizer weights, in eval mode; a folder with neither is a clear error."""
+    from safetensors.torch import save_file
+
+    from eartalking.cli import UserError
+
+    checkpoint.save(tmp_path / "ck", model)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file({k: v.contiguous() for k, v in model.tokenizer.state_dict().items()}, str(run / "tokenizer.safetensors"))
+    model.cfg.save(run / "config.json")
+    want = model.tokenizer.state_dict()
+    for d in (tmp_path / "ck", run):
+        tok, cfg = checkpoint.load_tokenizer(d)
+        got = tok.state_dict()
+        assert cfg == model.cfg and not tok.training
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(UserError, match="missing"):
+        checkpoint.load_tokenizer(tmp_path / "nowhere")
+
+
 def test_random_model_is_reproducible():
     a, b = checkpoint.random_model("test_small", 4), checkpoint.random_model("test_small", 4)
     c = checkpoint.random_model("test_small", 5)
