@@ -25,43 +25,27 @@ import numpy as np
 import torch
 
 
-def load_tokenizer(path: str):
-    """A train-tokenizer run folder or a checkpoint folder -> (Tokenizer in eval mode, ModelConfig)."""
-    from safetensors.torch import load_file
-
-    from eartalking.config import ModelConfig
-    from eartalking.model import checkpoint
-    from eartalking.model.tokenizer import Tokenizer
-
-    p = Path(path)
-    cfg = ModelConfig.load(p / "config.json")
-    if (p / "tokenizer.safetensors").is_file():
-        tok = Tokenizer(cfg.tokenizer)
-        tok.load_state_dict(load_file(str(p / "tokenizer.safetensors")))
-        return tok.eval(), cfg
-    return checkpoint.load(p)[0].tokenizer.eval(), cfg
-
-
-def eye_box_l1(x: torch.Tensor, target: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-    """[B,3,S,S] vs [1,3,S,S] -> [B] mean absolute error inside the eye boxes ``box`` [1,1,S,S]."""
-    return ((x - target).abs() * box).sum((1, 2, 3)) / (box.sum() * x.shape[1])
-
-
 @torch.no_grad()
 def search(tok, img: torch.Tensor, refs: list[torch.Tensor], cells: list[int], box: torch.Tensor,
            sweeps: int, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Coordinate search over ``cells``: tokens [1,N] -> (best tokens [1,N], own tokens [1,N])."""
+    from eartalking.train.tokenizer import eye_box_l1
+
+    def errors(tokens: torch.Tensor) -> torch.Tensor:  # [B,N] -> [B], decoded in chunks
+        out = []
+        for part in tokens.split(chunk):
+            out.append(eye_box_l1(tok.decode(part, [r.expand(len(part), *r.shape[1:]) for r in refs]), img, box))
+        return torch.cat(out)
+
     own = tok.encode(img)
     best = own.clone()
-    best_err = float(eye_box_l1(tok.decode(best, refs), img, box)[0])
+    best_err = float(errors(best)[0])
     K = tok.cfg.codebook_size
     for _ in range(sweeps):
         for cell in cells:
             cand = best.repeat(K, 1)
             cand[:, cell] = torch.arange(K)
-            errs = torch.cat([eye_box_l1(tok.decode(cand[i:i + chunk], [r.expand(len(cand[i:i + chunk]),
-                                                                                   *r.shape[1:]) for r in refs]),
-                                         img, box) for i in range(0, K, chunk)])
+            errs = errors(cand)
             k = int(errs.argmin())
             if float(errs[k]) < best_err:
                 best_err, best[0, cell] = float(errs[k]), k
@@ -79,11 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from eartalking.config import CONTROL_NAMES
+    from eartalking.model import checkpoint
     from eartalking.train import common
     from eartalking.train.decoder import eye_cells
-    from eartalking.train.tokenizer import eye_boxes
+    from eartalking.train.tokenizer import eye_box_l1, eye_boxes
 
-    tok, cfg = load_tokenizer(args.tokenizer)
+    tok, cfg = checkpoint.load_tokenizer(args.tokenizer)
     S, g = tok.cfg.image_size, tok.cfg.grid
     eyes = eye_cells(cfg)
     cells = sorted(set(eyes) | {c - g for c in eyes if c >= g})  # the eye cells and the row above (brows, lids)

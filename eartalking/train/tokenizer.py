@@ -109,6 +109,12 @@ def eye_boxes(size: int, device: torch.device) -> torch.Tensor:
     return (rows[:, None] * cols[None, :])[None, None].to(device)
 
 
+def eye_box_l1(x: torch.Tensor, target: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """[B,3,S,S] vs [B or 1,3,S,S] -> [B] mean absolute error inside the eye boxes ``box`` [1,1,S,S]
+    (``eye_boxes``)."""
+    return ((x - target).abs() * box).sum((1, 2, 3)) / (box.sum() * x.shape[1])
+
+
 def grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
     dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
@@ -355,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
         rec = rec.float()
         l1w = ((rec - img).abs() * weights).mean()
         if args.eye_box_weight > 0:
-            l1w = l1w + args.eye_box_weight * ((rec - img).abs() * eye_box).sum() / (eye_box.sum() * rec.shape[0] * 3)
+            l1w = l1w + args.eye_box_weight * eye_box_l1(rec, img, eye_box).mean()
         loss = l1w + 0.5 * grad_l1(rec, img) + L["vq_total"].float()
         if anchor is not None:
             drift, kept = anchor(img, L["bounded"].float(), L["indices"])
