@@ -24,15 +24,8 @@ def _tok_args(data: Path, out: Path, steps: int) -> list[str]:
             str(steps), "--batch", "2", "--threads", "1", "--device", "cpu", "--minutes", "0", "--seed", "5"]
 
 
-@pytest.fixture(scope="module")
-def tokenizer_runs(corpus_dir, tmp_path_factory) -> dict:
-    """Train 3 steps, snapshot, resume to 5 steps."""
-    out = tmp_path_factory.mktemp("tok")
-    assert main(_tok_args(corpus_dir, out, 3)) == 0
-    snap = {"state": json.loads((out / "trainer_state.json").read_text()),
-            "optim": load_file(str(out / "optimizer.safetensors")),
-            "weights": load_file(str(out / "tokenizer.safetensors")),
-            "rows": _rows(out / "metrics.jsonl")}
+def _optimizer_steps(argv: list[str]) -> int:
+    """Run the CLI with ``argv`` (it must succeed) -> how many AdamW steps it took."""
     calls = []
     original = torch.optim.AdamW.step
 
@@ -42,8 +35,20 @@ def tokenizer_runs(corpus_dir, tmp_path_factory) -> dict:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch.optim.AdamW, "step", counted)
-        assert main(_tok_args(corpus_dir, out, 5)) == 0
-    return {"out": out, "after3": snap, "resumed_steps": len(calls)}
+        assert main(argv) == 0
+    return len(calls)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_runs(corpus_dir, tmp_path_factory) -> dict:
+    """Train 3 steps, snapshot, resume to 5 steps."""
+    out = tmp_path_factory.mktemp("tok")
+    assert main(_tok_args(corpus_dir, out, 3)) == 0
+    snap = {"state": json.loads((out / "trainer_state.json").read_text()),
+            "optim": load_file(str(out / "optimizer.safetensors")),
+            "weights": load_file(str(out / "tokenizer.safetensors")),
+            "rows": _rows(out / "metrics.jsonl")}
+    return {"out": out, "after3": snap, "resumed_steps": _optimizer_steps(_tok_args(corpus_dir, out, 5))}
 
 
 def test_tokenizer_trains_and_resumes(tokenizer_runs):
@@ -295,17 +300,7 @@ def test_ema_saves_the_average_and_keeps_frozen_weights_bit_identical(tokenizer_
     assert trained and torch.equal(avg["code_usage"], raw["code_usage"])
     for k in trained:
         torch.testing.assert_close(avg[k], 0.5 * (init[k] + raw[k]), rtol=1e-5, atol=1e-6)
-    calls = []
-    original = torch.optim.AdamW.step
-
-    def counted(self, *a, **k):
-        calls.append(1)
-        return original(self, *a, **k)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torch.optim.AdamW, "step", counted)
-        assert main(_tok_args(corpus_dir, out, 2) + args) == 0
-    assert len(calls) == 1  # resumed at step 1
+    assert _optimizer_steps(_tok_args(corpus_dir, out, 2) + args) == 1  # resumed at step 1
     raw2, avg2 = load_file(str(out / "tokenizer_raw.safetensors")), load_file(str(out / "tokenizer.safetensors"))
     for k in trained:
         torch.testing.assert_close(avg2[k], 0.5 * (avg[k] + raw2[k]), rtol=1e-5, atol=1e-6)
