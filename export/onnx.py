@@ -105,7 +105,9 @@ def graph_metadata(cfg: ModelConfig, spec: S.GraphSpec, weights_sha: str) -> dic
         "axes": json.dumps({k: list(v) for k, v in spec.axes.items()}),
         "weights_sha256": weights_sha,
         "greedy": cfg.decoder.greedy,
-        "sampling": f"{cfg.decoder.greedy} at temperature 0 (code_mean: round the expected FSQ digits); "
+        "code_mean_temperature": str(cfg.decoder.code_mean_temperature),
+        "sampling": f"{cfg.decoder.greedy} at temperature 0 (code_mean: round the expected FSQ digits under "
+                    f"softmax(logits / {cfg.decoder.code_mean_temperature})); "
                     "else argmax(topk(logits, top_k)/temperature + gumbel)",
     })
     return meta

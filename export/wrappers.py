@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eartalking.model.decoder import StepDecoder, select
+from eartalking.model.decoder import StepDecoder
 from eartalking.model.model import EARTalking
 
 #: inputs of the core step graph that replace the state inputs the If rewrites
@@ -87,7 +87,7 @@ class StepCoreGraph(nn.Module):
         prev = torch.where(s, ref_tokens, in_prev_tokens)
         logits, wk, wv = self.dec.step(audio_tokens, controls, control_mask, sink_k, sink_v, window_k, window_v,
                                        self.dec.anchor(prev, ref_tokens), frame)
-        tokens = select(logits, temperature, gumbel, self.dec.top_k, self.dec.greedy).to(torch.int32)
+        tokens = self.dec.pick(logits, temperature, gumbel).to(torch.int32)
         return tokens, wk, wv, tokens, frame + 1
 
 

@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                         "for a decoder trained with `eartalking train --region-drop`")
     p.add_argument("--greedy", choices=("argmax", "code_mean"), default=None,
                    help="temperature-0 token choice to ship (decoder.greedy; default: keep the run's)")
+    p.add_argument("--code-mean-temperature", type=float, default=None, metavar="T",
+                   help="softmax temperature of code_mean (decoder.code_mean_temperature, > 0; default: keep the "
+                        "run's). Choose it on training people and voices, e.g. with scripts/code_mean_sweep.py")
     args = p.parse_args(argv)
     from eartalking.config import ModelConfig
     from eartalking.model import checkpoint
@@ -71,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"anchor cells {list(cfg.decoder.anchor_cells)}")
     if args.greedy:
         cfg.decoder.greedy = args.greedy
+    if args.code_mean_temperature is not None:
+        if not args.code_mean_temperature > 0:
+            p.error(f"--code-mean-temperature must be > 0, got {args.code_mean_temperature}")
+        cfg.decoder.code_mean_temperature = args.code_mean_temperature
     model = checkpoint.random_model(cfg, seed=0)  # the final config's modules and buffers (anchors) ...
     missing, unexpected = model.load_state_dict(state, strict=False)  # ... with the trained weights
     if missing or unexpected:

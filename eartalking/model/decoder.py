@@ -101,7 +101,9 @@ class StepDecoder(nn.Module):
         self.K, self.top_k, self.rope_base, D = cfg.tokenizer.codebook_size, d.top_k, d.rope_base, d.dim
         if d.greedy not in GREEDY:
             raise ValueError(f"decoder.greedy {d.greedy!r}: choose one of {GREEDY}")
-        self.greedy = d.greedy
+        if not d.code_mean_temperature > 0:
+            raise ValueError(f"decoder.code_mean_temperature must be > 0, got {d.code_mean_temperature}")
+        self.greedy, self.code_mean_temperature = d.greedy, float(d.code_mean_temperature)
         std = 0.02
         self.null_embedding = nn.Parameter(torch.randn(self.C, D) * std)
         self.control_weight = nn.Parameter(torch.randn(self.C, D) * std)
@@ -138,6 +140,11 @@ class StepDecoder(nn.Module):
         if not bool(self.anchored.any()):
             return prev_tokens
         return torch.where(self.anchored, ref_tokens.to(prev_tokens.dtype), prev_tokens)
+
+    def pick(self, logits: torch.Tensor, temperature: torch.Tensor, gumbel: torch.Tensor) -> torch.Tensor:
+        """logits [B,N,K] -> tokens int64 [B,N] with this decoder's top_k, greedy rule and code_mean temperature
+        (``select``); every path (stream, reference, torch backend, export) picks through here."""
+        return select(logits, temperature, gumbel, self.top_k, self.greedy, self.code_mean_temperature)
 
     # ---- block embedding ----
     def embed_block(self, audio: torch.Tensor, controls: torch.Tensor, mask: torch.Tensor,
@@ -267,8 +274,9 @@ def teacher_prev_tokens(ref_tokens: torch.Tensor, frame_tokens: torch.Tensor) ->
 GREEDY = ("argmax", "code_mean")
 
 
-def code_mean(logits: torch.Tensor) -> torch.Tensor:
-    """logits [..., K] with K = L**FSQ_DIMS -> the token whose FSQ digits are the rounded expected digits, int64 [...].
+def code_mean(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """logits [..., K] with K = L**FSQ_DIMS -> the token whose FSQ digits are the rounded expected digits under
+    softmax(logits / temperature), int64 [...].
 
     Token k has digits (k // L**i) % L (``Tokenizer.quantize_indices``) and its code vector is linear in them,
     so rounding the expected digits picks the grid point nearest the mean code under the predicted
@@ -282,20 +290,20 @@ def code_mean(logits: torch.Tensor) -> torch.Tensor:
     k = torch.arange(K, device=logits.device)
     radix = [L ** i for i in range(FSQ_DIMS)]
     digits = torch.stack([torch.div(k, r, rounding_mode="floor") % L for r in radix], -1).to(torch.float32)  # [K,d]
-    p = torch.softmax(logits.float(), dim=-1)
+    p = torch.softmax(logits.float() / float(temperature), dim=-1)
     e = torch.round(torch.matmul(p, digits)).clamp(0, L - 1)  # [..., d]
     return (e * torch.tensor(radix, dtype=torch.float32, device=logits.device)).sum(-1).to(torch.int64)
 
 
 def select(logits: torch.Tensor, temperature: torch.Tensor, gumbel: torch.Tensor, top_k: int,
-           greedy: str = "argmax") -> torch.Tensor:
+           greedy: str = "argmax", code_mean_temperature: float = 1.0) -> torch.Tensor:
     """Pick tokens from logits [B,N,K]: where temperature [B,1] == 0 the ``greedy`` choice (argmax, or
-    ``code_mean``), else argmax over the top_k logits of (logit / temperature + gumbel) with gumbel
-    [B,N,K] from ``eartalking.sampling.gumbel_noise``. No data-dependent control flow; TopK sorted.
+    ``code_mean`` at ``code_mean_temperature``), else argmax over the top_k logits of (logit / temperature +
+    gumbel) with gumbel [B,N,K] from ``eartalking.sampling.gumbel_noise``. No data-dependent control flow; TopK sorted.
     -> int64 [B,N]."""
     if greedy not in GREEDY:
         raise ValueError(f"greedy {greedy!r}: choose one of {GREEDY}")
-    greedy = logits.argmax(-1) if greedy == "argmax" else code_mean(logits)
+    greedy = logits.argmax(-1) if greedy == "argmax" else code_mean(logits, code_mean_temperature)
     vals, idx = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1, largest=True, sorted=True)
     t = temperature[..., None].to(logits.dtype)  # [B,1,1]
     z = vals / torch.where(t > 0, t, torch.ones_like(t)) + torch.gather(gumbel, -1, idx)

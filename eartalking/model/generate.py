@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from eartalking.model.decoder import select
 from eartalking.model.model import EARTalking
 from eartalking.sampling import gumbel_noise
 
@@ -57,7 +56,7 @@ class StreamingGenerator:
         frame = int(self.frame[0, 0])
         gumbel = frame_noise(self.seed, frame, self.dec.N, self.dec.K, B, dev)
         temp = torch.full((B, 1), self.temperature, device=dev)
-        tokens = select(logits, temp, gumbel, self.dec.top_k, self.dec.greedy)
+        tokens = self.dec.pick(logits, temp, gumbel)
         self.prev_tokens, self.frame, self.last_logits = tokens, self.frame + 1, logits
         return tokens
 
@@ -88,7 +87,7 @@ def reference_generate(model: EARTalking, portrait: torch.Tensor, audio_tokens: 
         lo = max(0, t - reach)
         logits = dec.forward_train(ref_tokens, audio_tokens[:, lo:t + 1], controls[:, lo:t + 1],
                                    control_mask[:, lo:t + 1], torch.stack(prevs[lo:t + 1], 1))[:, -1]
-        tokens = select(logits, temp, frame_noise(seed, t, dec.N, dec.K, B, dev), dec.top_k, dec.greedy)
+        tokens = dec.pick(logits, temp, frame_noise(seed, t, dec.N, dec.K, B, dev))
         prevs.append(tokens)
         toks.append(tokens)
         logs.append(logits)

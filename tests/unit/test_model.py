@@ -251,6 +251,35 @@ def test_code_mean_is_the_token_nearest_the_expected_code():
         select(logits, temp, noise, top_k=8, greedy="mode")
 
 
+def test_code_mean_temperature_flattens_the_distribution_and_reaches_every_path():
+    """code_mean at temperature t == code_mean of logits / t, on fresh random logits; at t > 1 less likely
+    tokens weigh more, so some choices change; select and StepDecoder.pick (which every generation path and the
+    exported graph call) apply decoder.code_mean_temperature; a temperature <= 0 is refused by name."""
+    import dataclasses
+
+    from eartalking import config
+    from eartalking.model.checkpoint import random_model
+
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    K = 64
+    logits = torch.randn(2, 16, K, generator=g) * 3.0
+    assert torch.equal(code_mean(logits, 1.7), code_mean(logits / 1.7))
+    assert torch.equal(code_mean(logits, 1.0), code_mean(logits))
+    assert not torch.equal(code_mean(logits, 2.5), code_mean(logits))
+    temp = torch.zeros(2, 1)
+    noise = torch.from_numpy(np.stack([gumbel_noise(4, 2, (16, K))] * 2))
+    assert torch.equal(select(logits, temp, noise, top_k=8, greedy="code_mean", code_mean_temperature=1.7),
+                       code_mean(logits, 1.7))
+    cfg = config.preset("test_small")
+    cfg = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, greedy="code_mean",
+                                                               code_mean_temperature=1.7))
+    dec = random_model(cfg, seed=0).decoder
+    assert torch.equal(dec.pick(logits, temp, noise), code_mean(logits, 1.7))
+    bad = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, code_mean_temperature=0.0))
+    with pytest.raises(ValueError, match="code_mean_temperature must be > 0"):
+        random_model(bad, seed=0)
+
+
 # ---------------------------------------------------------------- audio encoder
 def test_audio_chunked_equals_whole(model):
     enc, c = model.audio, model.cfg.audio
