@@ -1,17 +1,21 @@
-"""Choose ``decoder.code_mean_temperature`` on training people and voices: lip-sync r for each temperature.
+"""Choose ``decoder.code_mean_temperature``: lip-sync r for each temperature, on clips evaluate does not report.
 
-Usage: .venv/bin/python scripts/code_mean_sweep.py [--checkpoint checkpoints/tiny] [--data corpus]
-       [--temperatures 1,1.5,2,3] [--train-clips 16] [--heldout-clips 0] [--human 0] [--threads 1]
+Usage: .venv/bin/python scripts/code_mean_sweep.py [--checkpoint checkpoints/tiny] [--data corpus500]
+       [--temperatures 1,1.2,1.3,1.4,1.5,1.75] [--clips 40] [--train-clips 8] [--threads 1]
 
 ``code_mean`` picks, per token cell, the token nearest the expected FSQ digits under softmax(logits / T).
-T is a calibration of the trained head, not of the data, so it is chosen here on *training* clips (people
-and voices the model was trained on; the corpus's train split, one clip per person first) and only then
-read on held-out clips: picking it on the clips that ``eartalking evaluate`` reports would tune on the test.
+On people and voices the model knows its distributions are sharp and T hardly matters; on new ones the mass
+spreads and the closed-mouth mode wins at T = 1, so the mouth under-moves. T is a calibration of the trained
+head for *unseen* input, so it is chosen on held-out clips, but not on the ones ``eartalking evaluate``
+reports: pass a validation corpus rendered from the same split with another size or seed (``eartalking
+corpus --out corpus500 --clips 500``: its eval clips pair the held-out people, voices and sentences
+differently and are rendered afresh; evaluate reads ``corpus``). Training clips are printed beside it
+as a check that seen input does not get worse.
 
 For each T it generates every clip greedily from its portrait and speech (the streaming generator that
-evaluate uses), measures mouth openness on the frames (``measure_frames``, as evaluate does) and prints the
-mean r against the clip's ground-truth openness labels, per group, and the T with the best training r.
-Ship the choice with ``scripts/ship_checkpoint.py ... --code-mean-temperature T``.
+evaluate uses), measures mouth openness on the frames (``measure_frames``, as evaluate does) and prints
+the mean r against the clip's ground-truth openness labels per group; the T with the best mean over all
+validation clips is the choice. Ship it with ``scripts/ship_checkpoint.py ... --code-mean-temperature T``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import math
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -54,18 +59,20 @@ def mean(xs: list[float | None]) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="checkpoints/tiny")
-    p.add_argument("--data", default="corpus")
-    p.add_argument("--temperatures", default="1,1.5,2,3", help="comma-separated code_mean temperatures (> 0)")
-    p.add_argument("--train-clips", type=int, default=16, help="training clips to choose on (default 16)")
-    p.add_argument("--heldout-clips", type=int, default=0,
-                   help="held-out eval clips to read the choice on afterwards (default 0: none)")
-    p.add_argument("--human", type=int, default=0, help="held-out human-voice cases with --heldout-clips")
+    p.add_argument("--data", default="corpus500",
+                   help="validation corpus: the same split as the evaluated corpus, other clips (default corpus500)")
+    p.add_argument("--temperatures", default="1,1.2,1.3,1.4,1.5,1.75",
+                   help="comma-separated code_mean temperatures (> 0)")
+    p.add_argument("--clips", type=int, default=40, help="held-out (eval split) clips of --data to choose on")
+    p.add_argument("--train-clips", type=int, default=8, help="training clips printed beside them (0 = none)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     temps = parse_temperatures(args.temperatures)
-    if args.train_clips < 1:
-        p.error(f"--train-clips must be >= 1, got {args.train_clips}")
-
+    if args.clips < 1 or args.train_clips < 0:
+        p.error(f"--clips must be >= 1 and --train-clips >= 0, got {args.clips} and {args.train_clips}")
+    if not (Path(args.data) / "split.json").is_file():
+        p.error(f"--data {args.data}: no split.json there; render a validation corpus first "
+                "(eartalking corpus --out corpus500 --clips 500)")
     import torch
     from tqdm import tqdm
 
@@ -79,29 +86,30 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     model.decoder.greedy = "code_mean"
     corpus = casesmod.Corpus(args.data, cfg.tokenizer.image_size)
-    groups = {"train": corpus.train_cases(args.train_clips)}
-    if args.heldout_clips > 0:
-        held = corpus.heldout_cases(args.heldout_clips, human=args.human)
-        groups["heldout_tts"] = [c for c in held if not c.human]
-        groups["heldout_human"] = [c for c in held if c.human]
+    held = corpus.heldout_cases(args.clips, human=0)  # the eval clips only: no top-up from the asset cache
+    groups = {"validation": held, "validation_tts": [c for c in held if not c.human],
+              "validation_human": [c for c in held if c.human], "train": corpus.train_cases(args.train_clips)}
+    groups = {k: v for k, v in groups.items() if v}
+    print("clips: " + ", ".join(f"{k} {len(v)}" for k, v in groups.items()), flush=True)
     table: dict[float, dict[str, float]] = {}
     for t in temps:
         model.decoder.code_mean_temperature = t
         t0 = time.time()
-        row = {}
+        row, rs = {}, {}
+        for c in tqdm(held + groups.get("train", []), desc=f"T={t:g}", unit="clip", leave=False):
+            rs[id(c)] = openness_r(model, c)
         for name, cases in groups.items():
-            rs = [openness_r(model, c) for c in tqdm(cases, desc=f"T={t:g} {name}", unit="clip", leave=False)]
-            row[name] = mean(rs)
+            row[name] = mean([rs[id(c)] for c in cases])
         row["seconds"] = time.time() - t0
         table[t] = row
         print(f"T={t:<5g} " + "  ".join(f"{k} r {v:+.3f}" for k, v in row.items() if k != "seconds")
               + f"  ({row['seconds']:.0f} s)", flush=True)
-    best = max(temps, key=lambda t: -1 if math.isnan(table[t]["train"]) else table[t]["train"])
+    best = max(temps, key=lambda t: -2 if math.isnan(table[t]["validation"]) else table[t]["validation"])
     print("\n| T | " + " | ".join(groups) + " |\n|---|" + "---|" * len(groups))
     for t in temps:
-        mark = " (best on train)" if t == best else ""
+        mark = " (chosen)" if t == best else ""
         print(f"| {t:g}{mark} | " + " | ".join(f"{table[t][g]:+.3f}" for g in groups) + " |")
-    print(f"\nchosen on training clips: --code-mean-temperature {best:g}")
+    print(f"\nbest mean r over the {len(held)} validation clips: --code-mean-temperature {best:g}")
     return 0
 
 

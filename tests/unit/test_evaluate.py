@@ -277,3 +277,39 @@ def test_human_utterances_skip_unalignable_prompts_and_still_return_n(monkeypatc
     for u in got:
         assert u["pcm"].shape == (len(u["labels"]["openness"]) * 640,) and u["voice_key"].startswith("allison")
     assert len(ge.human_utterances(str(tmp_path), prompts[:4], 5)) == 3  # only 3 alignable held-out prompts
+
+
+def test_code_mean_sweep_chooses_the_temperature_with_the_best_validation_r(corpus_dir, ckpt, monkeypatch, capsys):
+    """scripts/code_mean_sweep.py: each temperature reaches the generator through model.decoder, r is measured
+    as evaluate measures it, and the choice is the temperature whose validation clips score best. A stand-in
+    generator returns each clip's own video at T = 1.3 (r = the ground-truth r) and the video reversed in time
+    otherwise, so 1.3 must win; a missing validation corpus is a clear error."""
+    import importlib.util
+
+    from eartalking.evaluate.cases import Corpus
+
+    spec = importlib.util.spec_from_file_location(
+        "code_mean_sweep", Path(__file__).resolve().parents[2] / "scripts" / "code_mean_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    corpus = Corpus(corpus_dir, 64)
+    videos = {c.pcm.tobytes(): c.video for c in corpus.heldout_cases(2, human=0) + corpus.train_cases(1)}
+    seen = []
+
+    def fake_generate(model, portrait, pcm, n_frames, **_):
+        t = model.decoder.code_mean_temperature
+        seen.append(t)
+        v = videos[pcm.tobytes()][:n_frames]
+        v = v if t == 1.3 else v[::-1].copy()
+        return ge.Generated(dict(enumerate(v)), np.ones(len(v)), len(v))
+
+    monkeypatch.setattr(ge, "generate", fake_generate)
+    assert sweep.main(["--checkpoint", str(ckpt), "--data", str(corpus_dir), "--temperatures", "1,1.3,2",
+                       "--clips", "2", "--train-clips", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "--code-mean-temperature 1.3" in out and "| 1.3 (chosen) |" in out
+    assert sorted(set(seen)) == [1.0, 1.3, 2.0]
+    with pytest.raises(SystemExit):
+        sweep.main(["--checkpoint", str(ckpt), "--data", str(corpus_dir / "nope")])
+    with pytest.raises(SystemExit):
+        sweep.parse_temperatures("1,-2")
