@@ -128,8 +128,9 @@ class DecoderConfig:
     #: probability mass instead of sticking to the modal, usually closed, mouth). Both are in the graph.
     greedy: str = "argmax"
     #: softmax temperature of ``code_mean`` (the expected digits are taken under softmax(logits / this)). Above
-    #: 1 the mass of the less likely open-mouth tokens counts for more; a calibration of the trained head, set
-    #: at ship time (``scripts/ship_checkpoint.py --code-mean-temperature``) and baked into the step graph.
+    #: 1 the mass of the less likely open-mouth tokens counts for more; a calibration of the trained head for
+    #: unseen people and voices, chosen on a validation corpus (``scripts/code_mean_sweep.py``), set at ship
+    #: time (``scripts/ship_checkpoint.py --code-mean-temperature``) and baked into the step graph.
     code_mean_temperature: float = 1.0
     #: token cells (row-major on the token grid) whose *previous-frame* input is always the portrait's token:
     #: with the mouth and eyes here the decoder cannot copy them forward, so it must draw the mouth from the

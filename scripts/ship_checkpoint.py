@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="temperature-0 token choice to ship (decoder.greedy; default: keep the run's)")
     p.add_argument("--code-mean-temperature", type=float, default=None, metavar="T",
                    help="softmax temperature of code_mean (decoder.code_mean_temperature, > 0; default: keep the "
-                        "run's). Choose it on training people and voices, e.g. with scripts/code_mean_sweep.py")
+                        "run's). Choose it on a validation corpus with scripts/code_mean_sweep.py")
     args = p.parse_args(argv)
     from eartalking.config import ModelConfig
     from eartalking.model import checkpoint
