@@ -185,10 +185,10 @@ def test_frame_sampler_draws_blinking_frames_at_the_requested_share():
     frames = np.zeros((T, 8, 8, 3), np.uint8)
     frames[..., 0] = np.arange(T)[:, None, None]  # whole frames: the sampler may flip them
     controls = np.zeros((T, len(CONTROL_NAMES)), np.float32)
-    shut = rng.choice(T, size=2, replace=False)
+    shut = rng.choice(np.arange(1, T), size=2, replace=False)  # frame 0 is the portrait: never shut
     controls[shut, bi] = rng.uniform(0.5, 1.0, size=2)
     frames[shut, ..., 0] = 255
-    c = MemClip("c", frames, np.zeros(0, np.float32), controls, np.full(T, np.nan, np.float32), frames[0], "p")
+    c = MemClip("c", frames, np.zeros(0, np.float32), controls, np.full(T, np.nan, np.float32), frames[0].copy(), "p")
     imgs, _ = FrameSampler([c], 1, p_blink=0.4).batch(400)
     share = float((imgs[:, 0, 0, 0] == 255).mean())  # 0.4 + 0.6 * 2/40 = 0.43
     assert 0.35 < share < 0.51, share
