@@ -26,8 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def parse_temperatures(text: str) -> list[float]:
     try:
@@ -51,11 +49,6 @@ def openness_r(model, case) -> float | None:
     return float(r) if r is not None and math.isfinite(r) else None
 
 
-def mean(xs: list[float | None]) -> float:
-    v = [x for x in xs if x is not None]
-    return float(np.mean(v)) if v else float("nan")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="checkpoints/tiny")
@@ -77,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from eartalking.evaluate import cases as casesmod
+    from eartalking.evaluate import report
     from eartalking.model import checkpoint
 
     torch.set_num_threads(max(1, args.threads))
@@ -99,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in tqdm(held + groups.get("train", []), desc=f"T={t:g}", unit="clip", leave=False):
             rs[id(c)] = openness_r(model, c)
         for name, cases in groups.items():
-            row[name] = mean([rs[id(c)] for c in cases])
+            m = report._mean(rs[id(c)] for c in cases)  # evaluate's mean: unmeasured clips left out
+            row[name] = float("nan") if m is None else m
         row["seconds"] = time.time() - t0
         table[t] = row
         print(f"T={t:<5g} " + "  ".join(f"{k} r {v:+.3f}" for k, v in row.items() if k != "seconds")
