@@ -52,7 +52,17 @@ def _psnr(model, x: torch.Tensor) -> float:
     return 10.0 * float(np.log10(1.0 / float(((y - x) ** 2).mean())))
 
 
-def test_ship_checkpoint_sets_the_decoding_options_and_keeps_the_weights(tmp_path, load_script):
+def _ship_main():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "ship_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("ship_checkpoint", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+def test_ship_checkpoint_sets_the_decoding_options_and_keeps_the_weights(tmp_path):
     """scripts/ship_checkpoint.py on a random decoder run: --greedy, --code-mean-temperature and --anchor-regions
     land in the shipped config, every weight is byte-identical, and a temperature <= 0 is refused by name."""
     import pytest
@@ -63,7 +73,7 @@ def test_ship_checkpoint_sets_the_decoding_options_and_keeps_the_weights(tmp_pat
     cfg = config.preset("test_small")
     model = checkpoint.random_model(cfg, seed=int(np.random.default_rng().integers(1 << 20)))
     checkpoint.save(tmp_path / "dec", model, cfg, metadata={})
-    main = load_script("ship_checkpoint").main
+    main = _ship_main()
     out = tmp_path / "ship"
     assert main(["--decoder", str(tmp_path / "dec"), "--out", str(out), "--runs", "--anchor-regions",
                  "--greedy", "code_mean", "--code-mean-temperature", "1.6"]) == 0

@@ -279,15 +279,19 @@ def test_human_utterances_skip_unalignable_prompts_and_still_return_n(monkeypatc
     assert len(ge.human_utterances(str(tmp_path), prompts[:4], 5)) == 3  # only 3 alignable held-out prompts
 
 
-def test_code_mean_sweep_chooses_the_temperature_with_the_best_validation_r(corpus_dir, ckpt, monkeypatch, capsys,
-                                                                            load_script):
+def test_code_mean_sweep_chooses_the_temperature_with_the_best_validation_r(corpus_dir, ckpt, monkeypatch, capsys):
     """scripts/code_mean_sweep.py: each temperature reaches the generator through model.decoder, r is measured
     as evaluate measures it, and the choice is the temperature whose validation clips score best. A stand-in
     generator returns each clip's own video at T = 1.3 (r = the ground-truth r) and the video reversed in time
     otherwise, so 1.3 must win; a missing validation corpus is a clear error."""
+    import importlib.util
+
     from eartalking.evaluate.cases import Corpus
 
-    sweep = load_script("code_mean_sweep")
+    spec = importlib.util.spec_from_file_location(
+        "code_mean_sweep", Path(__file__).resolve().parents[2] / "scripts" / "code_mean_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
     corpus = Corpus(corpus_dir, 64)
     videos = {c.pcm.tobytes(): c.video for c in corpus.heldout_cases(2, human=0) + corpus.train_cases(1)}
     seen = []
