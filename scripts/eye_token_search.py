@@ -29,12 +29,12 @@ import torch
 def search(tok, img: torch.Tensor, refs: list[torch.Tensor], cells: list[int], box: torch.Tensor,
            sweeps: int, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Coordinate search over ``cells``: tokens [1,N] -> (best tokens [1,N], own tokens [1,N])."""
-    from eartalking.train.tokenizer import eye_box_l1
+    from eartalking.train.tokenizer import box_l1
 
     def errors(tokens: torch.Tensor) -> torch.Tensor:  # [B,N] -> [B], decoded in chunks
         out = []
         for part in tokens.split(chunk):
-            out.append(eye_box_l1(tok.decode(part, [r.expand(len(part), *r.shape[1:]) for r in refs]), img, box))
+            out.append(box_l1(tok.decode(part, [r.expand(len(part), *r.shape[1:]) for r in refs]), img, box))
         return torch.cat(out)
 
     own = tok.encode(img)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from eartalking.model import checkpoint
     from eartalking.train import common
     from eartalking.train.decoder import eye_cells
-    from eartalking.train.tokenizer import eye_box_l1, eye_boxes
+    from eartalking.train.tokenizer import box_l1, eye_boxes
 
     tok, cfg = checkpoint.load_tokenizer(args.tokenizer)
     S, g = tok.cfg.image_size, tok.cfg.grid
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         best, own = search(tok, img, refs, cells, box, args.sweeps)
         with torch.no_grad():
             out_own, out_best = tok.decode(own, refs), tok.decode(best, refs)
-            e_own, e_best = (float(eye_box_l1(x, img, box)[0]) for x in (out_own, out_best))
+            e_own, e_best = (float(box_l1(x, img, box)[0]) for x in (out_own, out_best))
         print(f"{clip.name} frame {t} (blink {b[t]:.2f}): eye-box L1 encoder tokens {e_own:.4f} | best tokens "
               f"{e_best:.4f} ({int((best != own).sum())} of {len(cells)} cells changed)", flush=True)
         band = slice(int(0.25 * S), int(0.6 * S))

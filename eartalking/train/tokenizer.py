@@ -78,6 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eye-box-weight", type=float, default=0.0,
                    help="weight of an extra L1 averaged over the two eye boxes only (0 = off): with --blink-share "
                         "it makes shut eyes a large part of the loss instead of a few hundred pixels of it")
+    p.add_argument("--mouth-box-weight", type=float, default=0.0,
+                   help="weight of an extra L1 + image-gradient L1 averaged over the mouth box only (0 = off): the "
+                        "lips and the inside of the mouth are a few hundred pixels of a 128 px frame, so the "
+                        "whole-image loss lets the image side blur them; lip-sync is read from their edges")
     p.add_argument("--anchor-latent", type=float, default=0.0,
                    help="with --init and a trainable encoder: L2 weight that keeps the pre-rounding FSQ digits of "
                         "every token cell except the eyes' near the --init encoder's, so the tokens a decoder "
@@ -109,9 +113,30 @@ def eye_boxes(size: int, device: torch.device) -> torch.Tensor:
     return (rows[:, None] * cols[None, :])[None, None].to(device)
 
 
-def eye_box_l1(x: torch.Tensor, target: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-    """[B,3,S,S] vs [B or 1,3,S,S] -> [B] mean absolute error inside the eye boxes ``box`` [1,1,S,S]
-    (``eye_boxes``)."""
+def mouth_boxes(size: int, device: torch.device) -> torch.Tensor:
+    """[1,1,S,S] 0/1 mask of the mouth box of the crop: x 0.30..0.70, y 0.56..0.84 of the side. It is wider
+    than the mouth of a frontal face so that the lips stay inside it over the corpus's head poses and
+    framings; ``--mouth-box-weight`` adds an L1 and an image-gradient L1 averaged over it alone."""
+    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    rows = ((c >= 0.56) & (c <= 0.84)).float()
+    cols = ((c >= 0.30) & (c <= 0.70)).float()
+    return (rows[:, None] * cols[None, :])[None, None].to(device)
+
+
+def box_grad_l1(x: torch.Tensor, target: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """[B,3,S,S] vs [B,3,S,S] -> [B] mean absolute error of the horizontal and vertical image gradients inside
+    ``box`` [1,1,S,S] (a gradient counts where both of its pixels are in the box)."""
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
+    bx, by = box[..., :, 1:] * box[..., :, :-1], box[..., 1:, :] * box[..., :-1, :]
+    ex = ((dx(x) - dx(target)).abs() * bx).sum((1, 2, 3)) / (bx.sum() * x.shape[1])
+    ey = ((dy(x) - dy(target)).abs() * by).sum((1, 2, 3)) / (by.sum() * x.shape[1])
+    return ex + ey
+
+
+def box_l1(x: torch.Tensor, target: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """[B,3,S,S] vs [B or 1,3,S,S] -> [B] mean absolute error inside the 0/1 mask ``box`` [1,1,S,S]
+    (``eye_boxes`` or ``mouth_boxes``)."""
     return ((x - target).abs() * box).sum((1, 2, 3)) / (box.sum() * x.shape[1])
 
 
@@ -344,6 +369,7 @@ def run(args: argparse.Namespace) -> int:
                            args.ref_eye_mask)
     weights = region_weights(cfg.tokenizer.image_size, device, args.eye_weight)
     eye_box = eye_boxes(cfg.tokenizer.image_size, device)
+    mouth_box = mouth_boxes(cfg.tokenizer.image_size, device)
     budget = common.Budget(args.steps, args.minutes)
     amp = common.use_bf16(device, args.bf16)
     print(f"tokenizer: {sum(p.numel() for p in tok.parameters()) / 1e6:.2f} M params, {len(train)} train clips, "
@@ -361,7 +387,10 @@ def run(args: argparse.Namespace) -> int:
         rec = rec.float()
         l1w = ((rec - img).abs() * weights).mean()
         if args.eye_box_weight > 0:
-            l1w = l1w + args.eye_box_weight * eye_box_l1(rec, img, eye_box).mean()
+            l1w = l1w + args.eye_box_weight * box_l1(rec, img, eye_box).mean()
+        if args.mouth_box_weight > 0:
+            l1w = l1w + args.mouth_box_weight * (box_l1(rec, img, mouth_box) +
+                                                 box_grad_l1(rec, img, mouth_box)).mean()
         loss = l1w + 0.5 * grad_l1(rec, img) + L["vq_total"].float()
         if anchor is not None:
             drift, kept = anchor(img, L["bounded"].float(), L["indices"])

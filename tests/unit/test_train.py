@@ -265,7 +265,7 @@ def test_latent_anchor_holds_every_cell_but_the_eyes(tokenizer_runs, corpus_dir,
         assert "--anchor-latent keeps a trainable encoder near its --init weights" in capsys.readouterr().err
     out = tmp_path / "anchored"
     assert main(_tok_args(corpus_dir, out, 200) + ["--init", str(init), "--anchor-latent", "5",
-                                                   "--eye-weight", "6", "--eye-box-weight", "2"]) == 0
+                                                   "--eye-weight", "6", "--eye-box-weight", "2", "--mouth-box-weight", "3"]) == 0
     row = next(r for r in _rows(out / "metrics.jsonl") if "anchor_kept" in r)
     assert 0.0 <= row["anchor_kept"] <= 1.0 and row["anchor_drift"] >= 0.0
 
@@ -279,6 +279,29 @@ def test_eye_boxes_cover_both_eyes_of_the_aligned_crop():
         assert 0.03 < float(m.mean()) < 0.07
         w = region_weights(size, torch.device("cpu"), eye=4.0)[0, 0]
         assert float(w[m > 0].mean()) > 2.0 > float(w[:size // 4].mean())  # the boxes sit on the weighted eyes
+
+
+def test_mouth_box_covers_the_weighted_mouth_and_its_losses_see_only_the_box():
+    from eartalking.train.tokenizer import box_grad_l1, box_l1, mouth_boxes, region_weights
+
+    cpu = torch.device("cpu")
+    for size in (64, 128):
+        m = mouth_boxes(size, cpu)[0, 0]
+        assert set(m.unique().tolist()) == {0.0, 1.0} and torch.equal(m, m.flip(1))
+        assert 0.08 < float(m.mean()) < 0.14
+        w = region_weights(size, cpu)[0, 0]
+        assert float(w[m > 0].mean()) > 1.5 > float(w[:size // 3].mean())  # the box sits on the weighted mouth
+    box = mouth_boxes(64, cpu)
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.rand(2, 3, 64, 64, generator=g), torch.rand(2, 3, 64, 64, generator=g)
+    outside = b * box + torch.rand(2, 3, 64, 64, generator=g) * (1 - box)  # b inside the box, noise outside
+    assert torch.allclose(box_l1(a, outside, box), box_l1(a, b, box))
+    assert torch.allclose(box_grad_l1(a, outside, box), box_grad_l1(a, b, box))
+    assert float(box_l1(a, b, box).min()) > 0.1 and float(box_grad_l1(a, b, box).min()) > 0.1
+    assert float(box_l1(b, b, box).max()) == 0.0 and float(box_grad_l1(b, b, box).max()) == 0.0
+    # a uniform offset inside the box moves the L1 by exactly that offset and no gradient inside the box
+    assert torch.allclose(box_l1(b + 0.25 * box, b, box), torch.full((2,), 0.25))
+    assert float(box_grad_l1(b + 0.25 * box, b, box).max()) < 1e-6
 
 
 def test_ema_saves_the_average_and_keeps_frozen_weights_bit_identical(tokenizer_runs, corpus_dir, tmp_path):
