@@ -265,7 +265,8 @@ def test_latent_anchor_holds_every_cell_but_the_eyes(tokenizer_runs, corpus_dir,
         assert "--anchor-latent keeps a trainable encoder near its --init weights" in capsys.readouterr().err
     out = tmp_path / "anchored"
     assert main(_tok_args(corpus_dir, out, 200) + ["--init", str(init), "--anchor-latent", "5",
-                                                   "--eye-weight", "6", "--eye-box-weight", "2", "--mouth-box-weight", "3"]) == 0
+                                                   "--eye-weight", "6", "--eye-box-weight", "2",
+                                                   "--mouth-box-weight", "3"]) == 0
     row = next(r for r in _rows(out / "metrics.jsonl") if "anchor_kept" in r)
     assert 0.0 <= row["anchor_kept"] <= 1.0 and row["anchor_drift"] >= 0.0
 
