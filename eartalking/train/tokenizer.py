@@ -113,6 +113,16 @@ def eye_boxes(size: int, device: torch.device) -> torch.Tensor:
     return (rows[:, None] * cols[None, :])[None, None].to(device)
 
 
+def _dx(t: torch.Tensor) -> torch.Tensor:
+    """[..., H, W] -> [..., H, W-1] horizontal differences of neighbouring pixels."""
+    return t[..., :, 1:] - t[..., :, :-1]
+
+
+def _dy(t: torch.Tensor) -> torch.Tensor:
+    """[..., H, W] -> [..., H-1, W] vertical differences of neighbouring pixels."""
+    return t[..., 1:, :] - t[..., :-1, :]
+
+
 def mouth_boxes(size: int, device: torch.device) -> torch.Tensor:
     """[1,1,S,S] 0/1 mask of the mouth box of the crop: x 0.30..0.70, y 0.56..0.84 of the side. It is wider
     than the mouth of a frontal face so that the lips stay inside it over the corpus's head poses and
@@ -126,11 +136,9 @@ def mouth_boxes(size: int, device: torch.device) -> torch.Tensor:
 def box_grad_l1(x: torch.Tensor, target: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
     """[B,3,S,S] vs [B,3,S,S] -> [B] mean absolute error of the horizontal and vertical image gradients inside
     ``box`` [1,1,S,S] (a gradient counts where both of its pixels are in the box)."""
-    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
-    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
     bx, by = box[..., :, 1:] * box[..., :, :-1], box[..., 1:, :] * box[..., :-1, :]
-    ex = ((dx(x) - dx(target)).abs() * bx).sum((1, 2, 3)) / (bx.sum() * x.shape[1])
-    ey = ((dy(x) - dy(target)).abs() * by).sum((1, 2, 3)) / (by.sum() * x.shape[1])
+    ex = ((_dx(x) - _dx(target)).abs() * bx).sum((1, 2, 3)) / (bx.sum() * x.shape[1])
+    ey = ((_dy(x) - _dy(target)).abs() * by).sum((1, 2, 3)) / (by.sum() * x.shape[1])
     return ex + ey
 
 
@@ -141,9 +149,7 @@ def box_l1(x: torch.Tensor, target: torch.Tensor, box: torch.Tensor) -> torch.Te
 
 
 def grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
-    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
-    return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean()
+    return (_dx(a) - _dx(b)).abs().mean() + (_dy(a) - _dy(b)).abs().mean()
 
 
 class FrameSampler:
