@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from eartalking.cli import UserError
 from eartalking.config import CONTROL_NAMES, ModelConfig
 from eartalking.train import common
 
@@ -60,6 +61,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blink-weight", type=float, default=0.0,
                    help="extra loss weight on the eye cells in frames whose blink label is above 0.2 (0 = none): "
                         "blinks are ~5%% of frames and 4 of 64 cells, too rare for plain CE to learn the control")
+    p.add_argument("--loss-cells", choices=("all", "eyes"), default="all",
+                   help="cells whose tokens the loss counts: eyes = only the eye cells (with --init, to teach the "
+                        "blink control the eye tokens of a re-trained tokenizer while the mouth's stay as learned; "
+                        "the audio encoder is then frozen)")
+    p.add_argument("--init", default="",
+                   help="start from this decoder run's weights (model.safetensors + aux head) with a fresh optimizer "
+                        "and step 0; the tokenizer still comes from --tokenizer")
     p.add_argument("--max-corrupt", type=float, default=0.3,
                    help="previous-frame tokens are replaced at random with a per-window rate in [0, this]")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
@@ -230,12 +238,19 @@ def run(args: argparse.Namespace) -> int:
     model = EARTalking(cfg).to(device)
     if (out / checkpoint.WEIGHTS_FILE).is_file():
         model.load_state_dict(load_file(str(out / checkpoint.WEIGHTS_FILE), device=str(device)))
+    elif args.init:
+        init = Path(args.init)
+        if not (init / checkpoint.WEIGHTS_FILE).is_file():
+            raise UserError(f"--init {args.init}: no {checkpoint.WEIGHTS_FILE} there (give a `train` run folder)")
+        model.load_state_dict(load_file(str(init / checkpoint.WEIGHTS_FILE), device=str(device)))
     model.tokenizer.load_state_dict(load_file(str(tdir / "tokenizer.safetensors"), device=str(device)))
     model.tokenizer.requires_grad_(False).eval()
     A, Da = cfg.audio.tokens_per_frame, cfg.audio.dim
     aux = torch.nn.Linear(A * Da, 1).to(device)
     if (out / AUX).is_file():
         aux.load_state_dict(load_file(str(out / AUX), device=str(device)))
+    elif args.init and (Path(args.init) / AUX).is_file():
+        aux.load_state_dict(load_file(str(Path(args.init) / AUX), device=str(device)))
     elif args.init_audio:
         from eartalking.train.audio import load_pretrained
 
@@ -245,7 +260,11 @@ def run(args: argparse.Namespace) -> int:
     held = common.load_heldout(args.data, train, 24, size=size)
     sampler = WindowSampler(cfg, train, *tokenize_clips(model.tokenizer, train, device), args.frames, args.seed)
     held_sampler = WindowSampler(cfg, held, *tokenize_clips(model.tokenizer, held, device), args.frames, 7)
-    params = list(model.audio.parameters()) + list(model.decoder.parameters()) + list(aux.parameters())
+    params = list(model.decoder.parameters())
+    if args.loss_cells == "all":
+        params += list(model.audio.parameters()) + list(aux.parameters())
+    else:  # the audio encoder, which the mouth is drawn from, stays as --init trained it
+        model.audio.requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     step = common.load_state(out, opt, device)
     gen = torch.Generator().manual_seed(args.seed + step)
@@ -261,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
     in_eyes[eye_cells(cfg)] = True
     print(f"decoder: {model.param_counts()} params, {len(train)} train clips, device {device}, from step {step}")
     bar = tqdm(total=args.steps, initial=step, desc="train", unit="step")
-    model.audio.train()
+    model.audio.train(args.loss_cells == "all")
     model.decoder.train()
     while not budget.done(step):
         for g in opt.param_groups:
@@ -285,6 +304,8 @@ def run(args: argparse.Namespace) -> int:
         if args.blink_weight > 0:
             blinking = torch.nan_to_num(b["controls"][..., BLINK], nan=0.0) > BLINKING  # [B,T]
             weight = weight + args.blink_weight * (blinking[..., None] & in_eyes).float()
+        if args.loss_cells == "eyes":
+            weight = weight * in_eyes.float()
         weight = weight.flatten()
         ce = (ce_tok * weight).sum() / weight.sum()
         known = ~torch.isnan(b["openness"])

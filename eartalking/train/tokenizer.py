@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -87,6 +88,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "every token cell except the eyes' near the --init encoder's, so the tokens a decoder "
                         "learned stay valid outside the eyes while the eye cells learn new content (e.g. shut "
                         "eyes with --blink-share); 0 = off")
+    p.add_argument("--blink-aux-weight", type=float, default=0.0,
+                   help="with a trainable encoder: weight of a blink probe's loss (a linear map from the eye cells' "
+                        "rounded FSQ digits to the frame's blink label, BCE): it makes the eye tokens carry the eye "
+                        "state, which the image loss alone leaves out (the reference supplies open eyes); 0 = off")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
@@ -198,19 +203,29 @@ class FrameSampler:
         return out
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        imgs, refs = [], []
+        """(frames uint8 [n,S,S,3], references uint8 [n,S,S,3])."""
+        imgs, refs, _ = self.labeled_batch(n)
+        return imgs, refs
+
+    def labeled_batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``batch`` plus each frame's blink label float32 [n] (0 open .. 1 shut; NaN where unknown, e.g. the
+        real videos), for ``--blink-aux-weight``."""
+        imgs, refs, blinks = [], [], []
+        bi = CONTROL_NAMES.index("blink")
         for _ in range(n):
             i = -1  # index into self.clips (-1: a real-video clip)
             if self.rng.random() < self.p_blink:
                 i, t = self.blinks[self.rng.integers(len(self.blinks))]
-                c, img = self.clips[i], self.clips[i].frames[t]
+                c = self.clips[i]
             else:
                 if self.rng.random() < self.p_extra:
                     c = self.extra[self.rng.integers(len(self.extra))]
                 else:
                     i = int(self.rng.integers(len(self.clips)))
                     c = self.clips[i]
-                img = c.frames[self.rng.integers(len(c.frames))]
+                t = int(self.rng.integers(len(c.frames)))
+            img = c.frames[t]
+            blinks.append(c.controls[t, bi] if c.controls.shape[1] > bi else np.nan)
             shut = self.blink_frames.get(i)
             if self.p_ref_blink > 0 and shut and self.rng.random() < self.p_ref_blink:
                 ref = c.frames[shut[self.rng.integers(len(shut))]]
@@ -223,7 +238,7 @@ class FrameSampler:
                 img, ref = img[:, ::-1], ref[:, ::-1]
             imgs.append(img)
             refs.append(ref)
-        return np.stack(imgs), np.stack(refs)
+        return np.stack(imgs), np.stack(refs), np.asarray(blinks, np.float32)
 
 
 def real_clips(assets: str, size: int, max_frames: int, held_frames: int = 48
@@ -325,6 +340,41 @@ class LatentAnchor:
         return drift, kept
 
 
+class BlinkProbe(torch.nn.Module):
+    """A linear probe of the eye state in the eye tokens (``--blink-aux-weight``), trained with the encoder.
+
+    ``forward(bounded [B, d, g, g], blink [B])`` -> (BCE loss over frames with a known label, accuracy of
+    "shut" = label >= 0.5). It reads the straight-through rounded digits of ``train.decoder.eye_cells`` only,
+    so the gradient that reaches the encoder asks those cells' *tokens* (what the step decoder predicts and
+    the image side draws from) to tell shut eyes from open ones. Why: with the portrait's open eyes at hand,
+    the image loss gives the encoder almost no reason to spend eye-token digits on a few hundred pixels of
+    eyelid, and a blink control cannot show through tokens that do not change with it. Training-only: it is
+    saved beside the run (``blink_probe.safetensors``) for resuming, never in a checkpoint.
+    """
+
+    FILE = "blink_probe.safetensors"
+
+    def __init__(self, cfg, device: torch.device):
+        super().__init__()
+        from eartalking.model.tokenizer import FSQ_DIMS
+        from eartalking.train.decoder import eye_cells
+
+        self.cells = torch.tensor(eye_cells(cfg), dtype=torch.long, device=device)
+        self.linear = torch.nn.Linear(FSQ_DIMS * len(self.cells), 1).to(device)
+
+    def forward(self, bounded: torch.Tensor, blink: torch.Tensor) -> tuple[torch.Tensor, float]:
+        q = bounded + (torch.round(bounded) - bounded).detach()  # the digits the token index is made of
+        x = q.flatten(2)[:, :, self.cells].flatten(1)  # [B, d * n_eye]
+        logit = self.linear(x)[:, 0]
+        known = ~torch.isnan(blink)
+        if not bool(known.any()):
+            return logit.sum() * 0.0, float("nan")
+        target = blink[known].clamp(0, 1)
+        loss = F.binary_cross_entropy_with_logits(logit[known], target)
+        acc = float(((logit[known] > 0) == (target >= 0.5)).float().mean())
+        return loss, acc
+
+
 def load_init(tok, src: str, device: torch.device) -> None:
     """Load ``src`` (file or folder holding tokenizer.safetensors) into ``tok``; only the aligner and the pixel
     path (both identity at initialisation) may be missing."""
@@ -354,6 +404,8 @@ def run(args: argparse.Namespace) -> int:
     if args.anchor_latent > 0 and (args.freeze_encoder or not args.init):
         raise UserError("--anchor-latent keeps a trainable encoder near its --init weights: it needs --init and "
                         "no --freeze-encoder")
+    if args.blink_aux_weight > 0 and args.freeze_encoder:
+        raise UserError("--blink-aux-weight trains the encoder's eye tokens: it cannot be used with --freeze-encoder")
     if args.init:
         load_init(tok, args.init, device)
     anchor = LatentAnchor(tok, cfg, device) if args.anchor_latent > 0 else None  # the --init encoder, also on resume
@@ -365,8 +417,11 @@ def run(args: argparse.Namespace) -> int:
     ema = WeightEMA(tok, args.ema) if args.ema > 0 else None
     if ema is not None and (out / RAW).is_file():
         ema.shadow = load_file(str(out / WEIGHTS), device=str(device))
-    opt = torch.optim.AdamW([p for p in tok.parameters() if p.requires_grad], lr=args.lr, betas=(0.9, 0.99),
-                            weight_decay=0.0)
+    probe = BlinkProbe(cfg, device) if args.blink_aux_weight > 0 else None
+    if probe is not None and (out / BlinkProbe.FILE).is_file():
+        probe.load_state_dict(load_file(str(out / BlinkProbe.FILE), device=str(device)))
+    params = [p for p in tok.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     step = common.load_state(out, opt, device)
     log = common.MetricsLog(out / "metrics.jsonl")
     real, real_held = real_clips(args.real_video, cfg.tokenizer.image_size, args.real_max_frames) \
@@ -386,7 +441,7 @@ def run(args: argparse.Namespace) -> int:
     while not budget.done(step):
         for g in opt.param_groups:
             g["lr"] = common.cosine_lr(step, args.steps, args.lr)
-        img_np, ref_np = sampler.batch(args.batch)
+        img_np, ref_np, blink_np = sampler.labeled_batch(args.batch)
         img, ref = common.to_image_tensor(img_np, device), common.to_image_tensor(ref_np, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             rec, L = tok(img, ref)
@@ -401,7 +456,10 @@ def run(args: argparse.Namespace) -> int:
         if anchor is not None:
             drift, kept = anchor(img, L["bounded"].float(), L["indices"])
             loss = loss + args.anchor_latent * drift
-        common.optimizer_step(opt, loss, [p for p in tok.parameters() if p.requires_grad])
+        if probe is not None:
+            blink_loss, blink_acc = probe(L["bounded"].float(), torch.from_numpy(blink_np).to(device))
+            loss = loss + args.blink_aux_weight * blink_loss
+        common.optimizer_step(opt, loss, params)
         if ema is not None:
             ema.update(tok)
         meter.update(L["indices"])
@@ -413,6 +471,8 @@ def run(args: argparse.Namespace) -> int:
                    "batch_perplexity": float(L["perplexity"])}
             if anchor is not None:
                 row.update(anchor_drift=float(drift), anchor_kept=kept)
+            if probe is not None:
+                row.update(blink_loss=float(blink_loss), blink_acc=blink_acc)
             bar.set_postfix(psnr=f"{row['psnr']:.2f}", usage=f"{row['usage']:.2f}")
             if step % args.eval_every == 0:
                 with WeightEMA.applied(ema, tok):
@@ -421,9 +481,9 @@ def run(args: argparse.Namespace) -> int:
                         row["eval_psnr_real"] = evaluate(tok, real_held, device)["eval_psnr"]
             log.write(**row)
         if step % 1000 == 0:
-            _save(out, tok, cfg, opt, step, ema)
+            _save(out, tok, cfg, opt, step, ema, probe)
     bar.close()
-    _save(out, tok, cfg, opt, step, ema)
+    _save(out, tok, cfg, opt, step, ema, probe)
     with WeightEMA.applied(ema, tok):
         final = evaluate(tok, held, device, max_frames=1024)
         if real_held:
@@ -473,7 +533,7 @@ class WeightEMA:
             tok.load_state_dict(raw)
 
 
-def _save(out: Path, tok, cfg, opt, step: int, ema: WeightEMA | None = None) -> None:
+def _save(out: Path, tok, cfg, opt, step: int, ema: WeightEMA | None = None, probe: BlinkProbe | None = None) -> None:
     def write(sd: dict, name: str) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(out / (name + ".tmp")))
         (out / (name + ".tmp")).replace(out / name)
@@ -481,5 +541,7 @@ def _save(out: Path, tok, cfg, opt, step: int, ema: WeightEMA | None = None) -> 
     if ema is not None:
         write(tok.state_dict(), RAW)
     write(ema.shadow if ema is not None else tok.state_dict(), WEIGHTS)
+    if probe is not None:
+        write(probe.state_dict(), BlinkProbe.FILE)
     cfg.save(out / "config.json")
     common.save_state(out, step, opt)

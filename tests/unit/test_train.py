@@ -102,6 +102,29 @@ def test_decoder_training_writes_loadable_checkpoint(tokenizer_runs, corpus_dir,
     assert (out / "loss.png").stat().st_size > 1000
 
 
+def test_decoder_init_and_eye_only_loss_keep_the_audio_encoder(tokenizer_runs, corpus_dir, tmp_path, capsys):
+    """train --init RUN --loss-cells eyes: starts from RUN's weights at step 0, keeps the audio encoder (what
+    the mouth is drawn from) bit-identical and trains the step decoder; a missing --init is a clear error."""
+    from eartalking.model import checkpoint
+
+    tok = tokenizer_runs["out"]
+    base = ["train", "--data", str(corpus_dir), "--tokenizer", str(tok), "--batch", "2", "--frames", "8",
+            "--threads", "1", "--device", "cpu", "--minutes", "0", "--region-drop", "1.0", "--blink-weight", "4"]
+    first = tmp_path / "first"
+    assert main(base + ["--out", str(first), "--steps", "2"]) == 0
+    assert main(base + ["--out", str(tmp_path / "bad"), "--steps", "1", "--init", str(tmp_path / "none")]) == 2
+    assert "--init" in capsys.readouterr().err
+    out = tmp_path / "eyes"
+    assert main(base + ["--out", str(out), "--steps", "2", "--init", str(first), "--loss-cells", "eyes"]) == 0
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 2  # a fresh count, not first's 2 + 2
+    a, _ = checkpoint.load(first)
+    b, _ = checkpoint.load(out)
+    for (k, va), vb in zip(a.audio.state_dict().items(), b.audio.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    assert any(not torch.equal(va, vb) for va, vb in zip(a.decoder.state_dict().values(),
+                                                         b.decoder.state_dict().values(), strict=True))
+
+
 def test_tokenizer_init_adds_the_aligner_and_keeps_the_encoder(tokenizer_runs, corpus_dir, tmp_path):
     """--init from weights without the reference aligner (an older tokenizer): they load, the aligner starts at
     identity and trains, and with --freeze-encoder the encoder (so every token index) stays bit-identical."""
@@ -189,9 +212,12 @@ def test_frame_sampler_draws_blinking_frames_at_the_requested_share():
     controls[shut, bi] = rng.uniform(0.5, 1.0, size=2)
     frames[shut, ..., 0] = 255
     c = MemClip("c", frames, np.zeros(0, np.float32), controls, np.full(T, np.nan, np.float32), frames[0].copy(), "p")
-    imgs, _ = FrameSampler([c], 1, p_blink=0.4).batch(400)
+    imgs, _, labels = FrameSampler([c], 1, p_blink=0.4).labeled_batch(400)
     share = float((imgs[:, 0, 0, 0] == 255).mean())  # 0.4 + 0.6 * 2/40 = 0.43
     assert 0.35 < share < 0.51, share
+    # each frame comes with its own blink label (--blink-aux-weight): shut frames >= 0.5, the others 0
+    assert labels.shape == (400,) and labels.dtype == np.float32
+    assert np.array_equal(labels >= 0.5, imgs[:, 0, 0, 0] == 255) and set(labels[labels < 0.5]) == {0.0}
     imgs, _ = FrameSampler([c], 1).batch(400)
     assert float((imgs[:, 0, 0, 0] == 255).mean()) < 0.12
     # --ref-blink-share: that share of references is a blinking frame (jitter keeps them far above 100)
@@ -269,6 +295,44 @@ def test_latent_anchor_holds_every_cell_but_the_eyes(tokenizer_runs, corpus_dir,
                                                    "--mouth-box-weight", "3"]) == 0
     row = next(r for r in _rows(out / "metrics.jsonl") if "anchor_kept" in r)
     assert 0.0 <= row["anchor_kept"] <= 1.0 and row["anchor_drift"] >= 0.0
+
+
+def test_blink_probe_reads_only_the_eye_tokens_and_skips_unknown_labels(corpus_dir, tmp_path, capsys):
+    """--blink-aux-weight: the probe's gradient reaches the eye cells' digits and no other cell, frames with an
+    unknown (NaN) label do not count, and the CLI trains with it (logging loss and accuracy) only when the
+    encoder can learn."""
+    from eartalking.config import preset
+    from eartalking.train.decoder import eye_cells
+    from eartalking.train.tokenizer import BlinkProbe
+
+    cfg = preset("test_small")
+    g, eyes = cfg.tokenizer.grid, eye_cells(cfg)
+    probe = BlinkProbe(cfg, torch.device("cpu"))
+    bounded = (torch.rand(6, 3, g, g) * 7.0 - 0.4).requires_grad_(True)
+    blink = torch.rand(6)
+    blink[[1, 4]] = float("nan")
+    loss, acc = probe(bounded, blink)
+    loss.backward()
+    grad = bounded.grad.abs().sum((0, 1)).flatten()
+    assert float(grad[eyes].min()) > 0 and float(grad[[c for c in range(g * g) if c not in eyes]].max()) == 0.0
+    assert float(bounded.grad[[1, 4]].abs().sum()) == 0.0  # unknown labels give no gradient
+    known = [0, 2, 3, 5]
+    alone, _ = probe(bounded[known].detach(), blink[known])
+    assert float(loss.detach()) == pytest.approx(float(alone), rel=1e-6) and 0.0 <= acc <= 1.0
+    none, acc = probe(bounded.detach(), torch.full((6,), float("nan")))
+    assert float(none) == 0.0 and acc != acc
+
+    tok = tmp_path / "init"
+    assert main(_tok_args(corpus_dir, tok, 1)) == 0
+    assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + ["--init", str(tok), "--freeze-encoder",
+                                                             "--blink-aux-weight", "1"]) == 2
+    assert "--blink-aux-weight trains the encoder's eye tokens" in capsys.readouterr().err
+    out = tmp_path / "probed"
+    assert main(_tok_args(corpus_dir, out, 200) + ["--init", str(tok), "--anchor-latent", "5",
+                                                   "--blink-aux-weight", "1", "--ref-eye-mask", "0.5"]) == 0
+    row = next(r for r in _rows(out / "metrics.jsonl") if "blink_loss" in r)
+    assert row["blink_loss"] >= 0.0 and (row["blink_acc"] != row["blink_acc"] or 0 <= row["blink_acc"] <= 1)
+    assert (out / BlinkProbe.FILE).is_file()
 
 
 def test_eye_boxes_cover_both_eyes_of_the_aligned_crop():
