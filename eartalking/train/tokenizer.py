@@ -353,6 +353,7 @@ class BlinkProbe(torch.nn.Module):
     """
 
     FILE = "blink_probe.safetensors"
+    LR_SCALE = 50.0  # its learning rate / the image side's
 
     def __init__(self, cfg, device: torch.device):
         super().__init__()
@@ -360,11 +361,12 @@ class BlinkProbe(torch.nn.Module):
         from eartalking.train.decoder import eye_cells
 
         self.cells = torch.tensor(eye_cells(cfg), dtype=torch.long, device=device)
+        self.mid = (round(cfg.tokenizer.codebook_size ** (1 / FSQ_DIMS)) - 1) / 2.0  # digits run 0 .. L-1
         self.linear = torch.nn.Linear(FSQ_DIMS * len(self.cells), 1).to(device)
 
     def forward(self, bounded: torch.Tensor, blink: torch.Tensor) -> tuple[torch.Tensor, float]:
         q = bounded + (torch.round(bounded) - bounded).detach()  # the digits the token index is made of
-        x = q.flatten(2)[:, :, self.cells].flatten(1)  # [B, d * n_eye]
+        x = (q.flatten(2)[:, :, self.cells] - self.mid).flatten(1)  # [B, d * n_eye], centred digits
         logit = self.linear(x)[:, 0]
         known = ~torch.isnan(blink)
         if not bool(known.any()):
@@ -420,8 +422,12 @@ def run(args: argparse.Namespace) -> int:
     probe = BlinkProbe(cfg, device) if args.blink_aux_weight > 0 else None
     if probe is not None and (out / BlinkProbe.FILE).is_file():
         probe.load_state_dict(load_file(str(out / BlinkProbe.FILE), device=str(device)))
-    params = [p for p in tok.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    params = [p for p in tok.parameters() if p.requires_grad]
+    groups = [{"params": params, "lr_scale": 1.0}]
+    if probe is not None:  # a 13-weight linear map: at the image side's lr it would take thousands of steps to fit
+        groups.append({"params": list(probe.parameters()), "lr_scale": BlinkProbe.LR_SCALE})
+        params = params + groups[1]["params"]
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     step = common.load_state(out, opt, device)
     log = common.MetricsLog(out / "metrics.jsonl")
     real, real_held = real_clips(args.real_video, cfg.tokenizer.image_size, args.real_max_frames) \
@@ -440,7 +446,7 @@ def run(args: argparse.Namespace) -> int:
     tok.train()
     while not budget.done(step):
         for g in opt.param_groups:
-            g["lr"] = common.cosine_lr(step, args.steps, args.lr)
+            g["lr"] = common.cosine_lr(step, args.steps, args.lr) * g.get("lr_scale", 1.0)
         img_np, ref_np, blink_np = sampler.labeled_batch(args.batch)
         img, ref = common.to_image_tensor(img_np, device), common.to_image_tensor(ref_np, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
