@@ -297,42 +297,45 @@ def test_latent_anchor_holds_every_cell_but_the_eyes(tokenizer_runs, corpus_dir,
     assert 0.0 <= row["anchor_kept"] <= 1.0 and row["anchor_drift"] >= 0.0
 
 
-def test_blink_probe_reads_only_the_eye_tokens_and_skips_unknown_labels(corpus_dir, tmp_path, capsys):
-    """--blink-aux-weight: the probe's gradient reaches the eye cells' digits and no other cell, frames with an
-    unknown (NaN) label do not count, and the CLI trains with it (logging loss and accuracy) only when the
-    encoder can learn."""
+def test_blink_code_reads_only_the_eye_tokens_first_digit_and_skips_unknown_labels(corpus_dir, tmp_path, capsys):
+    """--blink-aux-weight: the loss's gradient reaches digit 0 of the eye cells and nothing else, high digits
+    mean shut, frames with an unknown (NaN) label do not count, and the CLI trains with it (logging loss and
+    accuracy) only when the encoder can learn."""
     from eartalking.config import preset
     from eartalking.train.decoder import eye_cells
-    from eartalking.train.tokenizer import BlinkProbe
+    from eartalking.train.tokenizer import BlinkCode
 
     cfg = preset("test_small")
     g, eyes = cfg.tokenizer.grid, eye_cells(cfg)
-    probe = BlinkProbe(cfg, torch.device("cpu"))
+    code = BlinkCode(cfg, torch.device("cpu"))
     bounded = (torch.rand(6, 3, g, g) * 7.0 - 0.4).requires_grad_(True)
     blink = torch.rand(6)
     blink[[1, 4]] = float("nan")
-    loss, acc = probe(bounded, blink)
+    loss, acc = code(bounded, blink)
     loss.backward()
-    grad = bounded.grad.abs().sum((0, 1)).flatten()
-    assert float(grad[eyes].min()) > 0 and float(grad[[c for c in range(g * g) if c not in eyes]].max()) == 0.0
+    grad = bounded.grad.abs().sum(0).flatten(1)  # [d, g*g]
+    others = [c for c in range(g * g) if c not in eyes]
+    assert float(grad[0, eyes].min()) > 0 and float(grad[0, others].max()) == 0.0 and float(grad[1:].max()) == 0.0
     assert float(bounded.grad[[1, 4]].abs().sum()) == 0.0  # unknown labels give no gradient
     known = [0, 2, 3, 5]
-    alone, _ = probe(bounded[known].detach(), blink[known])
+    alone, _ = code(bounded[known].detach(), blink[known])
     assert float(loss.detach()) == pytest.approx(float(alone), rel=1e-6) and 0.0 <= acc <= 1.0
-    none, acc = probe(bounded.detach(), torch.full((6,), float("nan")))
+    none, acc = code(bounded.detach(), torch.full((6,), float("nan")))
     assert float(none) == 0.0 and acc != acc
+    top, low = torch.full((2, 3, g, g), 6.8), torch.full((2, 3, g, g), 0.2)  # digit 7 = shut, digit 0 = open
+    assert code(top, torch.ones(2))[1] == 1.0 and code(low, torch.zeros(2))[1] == 1.0
+    assert float(code(top, torch.ones(2))[0]) < 0.01 < float(code(low, torch.ones(2))[0])
 
     tok = tmp_path / "init"
     assert main(_tok_args(corpus_dir, tok, 1)) == 0
     assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + ["--init", str(tok), "--freeze-encoder",
                                                              "--blink-aux-weight", "1"]) == 2
     assert "--blink-aux-weight trains the encoder's eye tokens" in capsys.readouterr().err
-    out = tmp_path / "probed"
+    out = tmp_path / "coded"
     assert main(_tok_args(corpus_dir, out, 200) + ["--init", str(tok), "--anchor-latent", "5",
                                                    "--blink-aux-weight", "1", "--ref-eye-mask", "0.5"]) == 0
     row = next(r for r in _rows(out / "metrics.jsonl") if "blink_loss" in r)
     assert row["blink_loss"] >= 0.0 and (row["blink_acc"] != row["blink_acc"] or 0 <= row["blink_acc"] <= 1)
-    assert (out / BlinkProbe.FILE).is_file()
 
 
 def test_eye_boxes_cover_both_eyes_of_the_aligned_crop():
