@@ -10,6 +10,9 @@ gain/noise/telephone-band augmentation so it hears any voice), and the previous 
 corrupted, so free-running generation does not drift). Loss: cross-entropy on the frame's tokens + an
 auxiliary mouth-openness regression from the audio tokens (teaches lip-sync early). The output folder is a
 full checkpoint (``config.json`` + ``model.safetensors``, tokenizer included) plus metrics and a loss plot.
+``--init RUN`` starts from another run's weights with a fresh optimizer; with ``--loss-cells eyes`` only the
+eye cells' tokens count and the audio encoder stays frozen, for teaching the blink control a tokenizer whose
+eye tokens alone were retrained (``train-tokenizer --anchor-latent --blink-aux-weight``).
 """
 
 from __future__ import annotations

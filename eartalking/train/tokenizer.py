@@ -10,8 +10,8 @@ needs no codebook losses).
 Writes ``tokenizer.safetensors`` + ``config.json`` (resumable with the optimizer state), ``metrics.jsonl``
 and ``loss.png``; held-out identities (split ``eval``) give the PSNR that is logged. ``--ema`` saves a moving
 average of the weights instead. Eye options (``--blink-share``, ``--ref-blink-share``, ``--ref-eye-mask``,
-``--eye-box-weight``, ``--anchor-latent``) are for teaching the image side to draw shut eyes from the tokens;
-``scripts/eye_token_search.py`` checks whether it can.
+``--eye-box-weight``, ``--anchor-latent``, ``--blink-aux-weight``) are for teaching the tokens to carry the eye
+state and the image side to draw shut eyes from them; ``scripts/eye_token_search.py`` checks whether it can.
 """
 
 from __future__ import annotations
