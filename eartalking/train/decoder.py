@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=common.env_threads_default())
     p.add_argument("--limit-clips", type=int, default=0)
-    p.add_argument("--init-audio", default="", help="audio encoder + aux head from `eartalking train-audio`")
+    p.add_argument("--init-audio", default="",
+                   help="audio encoder + aux head from `eartalking train-audio` (with --init: replaces its encoder)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--change-weight", type=float, default=0.0,
                    help="extra loss weight on tokens that differ from the previous frame's (0 = plain CE); "
@@ -71,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default="",
                    help="start from this decoder run's weights (model.safetensors + aux head) with a fresh optimizer "
                         "and step 0; the tokenizer still comes from --tokenizer")
+    p.add_argument("--freeze-audio", action="store_true",
+                   help="keep the audio encoder (and its openness head) as loaded (--init, --init-audio): only the "
+                        "step decoder trains")
     p.add_argument("--max-corrupt", type=float, default=0.3,
                    help="previous-frame tokens are replaced at random with a per-window rate in [0, this]")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
@@ -252,21 +256,23 @@ def run(args: argparse.Namespace) -> int:
     aux = torch.nn.Linear(A * Da, 1).to(device)
     if (out / AUX).is_file():
         aux.load_state_dict(load_file(str(out / AUX), device=str(device)))
-    elif args.init and (Path(args.init) / AUX).is_file():
-        aux.load_state_dict(load_file(str(Path(args.init) / AUX), device=str(device)))
-    elif args.init_audio:
-        from eartalking.train.audio import load_pretrained
+    else:
+        if args.init and (Path(args.init) / AUX).is_file():
+            aux.load_state_dict(load_file(str(Path(args.init) / AUX), device=str(device)))
+        if args.init_audio:  # over --init's audio encoder: a decoder re-learns to read a better one
+            from eartalking.train.audio import load_pretrained
 
-        load_pretrained(args.init_audio, model.audio, aux, device)
+            load_pretrained(args.init_audio, model.audio, aux, device)
     size = cfg.tokenizer.image_size
     train = common.load_corpus(args.data, "train", args.limit_clips, size=size)
     held = common.load_heldout(args.data, train, 24, size=size)
     sampler = WindowSampler(cfg, train, *tokenize_clips(model.tokenizer, train, device), args.frames, args.seed)
     held_sampler = WindowSampler(cfg, held, *tokenize_clips(model.tokenizer, held, device), args.frames, 7)
     params = list(model.decoder.parameters())
-    if args.loss_cells == "all":
+    train_audio = args.loss_cells == "all" and not args.freeze_audio
+    if train_audio:
         params += list(model.audio.parameters()) + list(aux.parameters())
-    else:  # the audio encoder, which the mouth is drawn from, stays as --init trained it
+    else:  # the audio encoder, which the mouth is drawn from, stays as loaded
         model.audio.requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     step = common.load_state(out, opt, device)
@@ -283,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
     in_eyes[eye_cells(cfg)] = True
     print(f"decoder: {model.param_counts()} params, {len(train)} train clips, device {device}, from step {step}")
     bar = tqdm(total=args.steps, initial=step, desc="train", unit="step")
-    model.audio.train(args.loss_cells == "all")
+    model.audio.train(train_audio)
     model.decoder.train()
     while not budget.done(step):
         for g in opt.param_groups:

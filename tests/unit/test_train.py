@@ -171,6 +171,20 @@ def test_audio_pretraining_initialises_decoder_training(tokenizer_runs, corpus_d
     model, _ = checkpoint.load(out)
     for k, v in model.audio.state_dict().items():
         assert torch.equal(v, pre[f"audio.{k}"]), k
+    # --init a decoder run and --init-audio together: the pretrained encoder replaces the run's, and with
+    # --freeze-audio it stays exactly that while the step decoder trains on from the run's weights
+    out2 = tmp_path / "dec2"
+    rc = main(["train", "--data", str(corpus_dir), "--tokenizer", str(tokenizer_runs["out"]), "--out", str(out2),
+               "--init", str(out), "--init-audio", str(audio_out), "--freeze-audio", "--steps", "2", "--batch",
+               "2", "--frames", "8", "--threads", "1", "--device", "cpu", "--minutes", "0"])
+    assert rc == 0
+    model2, _ = checkpoint.load(out2)
+    for k, v in model2.audio.state_dict().items():
+        assert torch.equal(v, pre[f"audio.{k}"]), k
+    assert any(not torch.equal(a, b) for a, b in zip(model.decoder.state_dict().values(),
+                                                      model2.decoder.state_dict().values(), strict=True))
+    aux = load_file(str(out2 / "aux_head.safetensors"))
+    assert all(torch.equal(v, pre[f"aux.{k}"]) for k, v in aux.items())
 
 
 def test_frame_sampler_mixes_real_video_clips_at_the_requested_share():
