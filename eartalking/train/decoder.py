@@ -249,7 +249,14 @@ def run(args: argparse.Namespace) -> int:
         init = Path(args.init)
         if not (init / checkpoint.WEIGHTS_FILE).is_file():
             raise UserError(f"--init {args.init}: no {checkpoint.WEIGHTS_FILE} there (give a `train` run folder)")
-        model.load_state_dict(load_file(str(init / checkpoint.WEIGHTS_FILE), device=str(device)))
+        # its tokenizer may predate parts of --tokenizer's (aligner, pixel path): those come from --tokenizer
+        state = {k: v for k, v in load_file(str(init / checkpoint.WEIGHTS_FILE), device=str(device)).items()
+                 if not k.startswith("tokenizer.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        bad = [k for k in missing if not k.startswith("tokenizer.")] + list(unexpected)
+        if bad:
+            raise UserError(f"--init {args.init}: weights do not fit this preset ({len(bad)} keys differ, "
+                            f"e.g. {bad[:3]})")
     model.tokenizer.load_state_dict(load_file(str(tdir / "tokenizer.safetensors"), device=str(device)))
     model.tokenizer.requires_grad_(False).eval()
     A, Da = cfg.audio.tokens_per_frame, cfg.audio.dim
