@@ -313,3 +313,33 @@ def test_code_mean_sweep_chooses_the_temperature_with_the_best_validation_r(corp
         sweep.main(["--checkpoint", str(ckpt), "--data", str(corpus_dir / "nope")])
     with pytest.raises(SystemExit):
         sweep.parse_temperatures("1,-2")
+
+
+def test_audio_openness_scores_a_prediction_per_source_at_its_lag(corpus_dir, capsys):
+    """scripts/audio_openness.py: a stand-in predictor that returns each clip's own openness labels two frames
+    late scores r = 1 for every source at --lag 2 and less at lag 0; the CLI runs on a train-audio run."""
+    import importlib.util
+
+    from eartalking.cli import main as cli
+    from eartalking.train import common
+
+    spec = importlib.util.spec_from_file_location(
+        "audio_openness", Path(__file__).resolve().parents[2] / "scripts" / "audio_openness.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    labels = {c.pcm.tobytes(): np.nan_to_num(c.openness) for c in common.load_corpus(corpus_dir, "eval", 0, size=64)}
+
+    def late(pcm):
+        o = labels[pcm.tobytes()]
+        return np.concatenate([np.random.default_rng().random(2), o])[:len(o)]  # frame t predicts t - 2
+
+    got = mod.source_r(str(corpus_dir), late, 2, 64)
+    assert got and all(r == pytest.approx(1.0) for rs in got.values() for r in rs)
+    assert max(r for rs in mod.source_r(str(corpus_dir), late, 0, 64).values() for r in rs) < 0.99
+    out = corpus_dir.parent / "audio_openness_run"
+    assert cli(["train-audio", "--data", str(corpus_dir), "--out", str(out), "--preset", "test_small", "--steps",
+                "2", "--batch", "2", "--frames", "8", "--threads", "1", "--device", "cpu", "--minutes", "0"]) == 0
+    capsys.readouterr()
+    assert mod.main(["--data", str(corpus_dir), "--audio", str(out), "--preset", "test_small"]) == 0
+    table = capsys.readouterr().out
+    assert "| speech source | clips | openness r from audio alone (lag 2) |" in table
