@@ -167,7 +167,7 @@ class FrameSampler:
         self.clips, self.rng = clips, np.random.default_rng(seed)
         self.extra, self.p_extra = list(extra or []), p_extra if extra else 0.0
         # (clip, frame) of every frame whose blink label is >= 0.5: drawn with probability p_blink
-        bi = CONTROL_NAMES.index("blink")
+        self.blink_index = bi = CONTROL_NAMES.index("blink")
         self.blinks = [(i, int(t)) for i, c in enumerate(clips) if c.controls.shape[1] > bi
                        for t in np.flatnonzero(np.nan_to_num(c.controls[:, bi]) >= 0.5)]
         if p_blink > 0 and not self.blinks:
@@ -212,7 +212,7 @@ class FrameSampler:
         """``batch`` plus each frame's blink label float32 [n] (0 open .. 1 shut; NaN where unknown, e.g. the
         real videos), for ``--blink-aux-weight``."""
         imgs, refs, blinks = [], [], []
-        bi = CONTROL_NAMES.index("blink")
+        bi = self.blink_index
         for _ in range(n):
             i = -1  # index into self.clips (-1: a real-video clip)
             if self.rng.random() < self.p_blink:
@@ -359,12 +359,12 @@ class BlinkCode:
 
     SCALE = 1.5
 
-    def __init__(self, cfg, device: torch.device):
-        from eartalking.model.tokenizer import FSQ_DIMS
+    def __init__(self, cfg, levels: int, device: torch.device):
+        """``levels``: the tokenizer's FSQ levels per digit (``Tokenizer.levels``; digits run 0 .. levels-1)."""
         from eartalking.train.decoder import eye_cells
 
         self.cells = torch.tensor(eye_cells(cfg), dtype=torch.long, device=device)
-        self.mid = (round(cfg.tokenizer.codebook_size ** (1 / FSQ_DIMS)) - 1) / 2.0  # digits run 0 .. L-1
+        self.mid = (levels - 1) / 2.0
 
     def logit(self, bounded: torch.Tensor) -> torch.Tensor:
         """[B, d, g, g] pre-rounding digits -> [B] shut-eye logit of the rounded ones (straight-through)."""
@@ -424,7 +424,7 @@ def run(args: argparse.Namespace) -> int:
     ema = WeightEMA(tok, args.ema) if args.ema > 0 else None
     if ema is not None and (out / RAW).is_file():
         ema.shadow = load_file(str(out / WEIGHTS), device=str(device))
-    blink_code = BlinkCode(cfg, device) if args.blink_aux_weight > 0 else None
+    blink_code = BlinkCode(cfg, tok.levels, device) if args.blink_aux_weight > 0 else None
     params = [p for p in tok.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     step = common.load_state(out, opt, device)

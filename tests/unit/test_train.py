@@ -316,12 +316,15 @@ def test_blink_code_reads_only_the_eye_tokens_first_digit_and_skips_unknown_labe
     mean shut, frames with an unknown (NaN) label do not count, and the CLI trains with it (logging loss and
     accuracy) only when the encoder can learn."""
     from eartalking.config import preset
+    from eartalking.model.tokenizer import Tokenizer
     from eartalking.train.decoder import eye_cells
     from eartalking.train.tokenizer import BlinkCode
 
-    cfg = preset("test_small")
+    cfg = preset("tiny")  # 8 FSQ levels: the digit values below (0 .. 7) are valid digits
     g, eyes = cfg.tokenizer.grid, eye_cells(cfg)
-    code = BlinkCode(cfg, torch.device("cpu"))
+    levels = Tokenizer(cfg.tokenizer).levels
+    assert levels == 8
+    code = BlinkCode(cfg, levels, torch.device("cpu"))
     bounded = (torch.rand(6, 3, g, g) * 7.0 - 0.4).requires_grad_(True)
     blink = torch.rand(6)
     blink[[1, 4]] = float("nan")
