@@ -1,11 +1,12 @@
 """How well an audio encoder alone predicts mouth openness, per speech source: the audio side's ceiling.
 
 Usage: .venv/bin/python scripts/audio_openness.py [--data corpus500] [--audio runs/audio | --decoder runs/decoder_rd]
-       [--lag 2]
+       [--lag 0]
 
 Runs the audio encoder and its openness head (what ``eartalking train-audio`` and ``eartalking train`` fit
-beside it) over each eval clip's PCM and prints, per speech source, the mean Pearson r between the predicted
-and the labelled openness, with the prediction shifted by ``--lag`` frames (the encoder's lookahead). A step
+beside it) over each eval clip's PCM (``AudioEncoder.encode_utterance``: each video frame paired with its
+lookahead, as streaming does) and prints, per speech source, the mean Pearson r between the predicted and the
+labelled openness, optionally with the prediction shifted by ``--lag`` more frames. A step
 decoder cannot move the mouth with the audio better than its audio encoder hears it, so this tells whether a
 voice's lip-sync is bounded by the audio side or by the decoder and image side.
 """
@@ -47,33 +48,37 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--audio", help="a `train-audio` run folder (encoder + head)")
     src.add_argument("--decoder", help="a `train` run folder (its audio encoder + aux head)")
-    p.add_argument("--lag", type=int, default=2, help="frames the prediction is shifted by (the lookahead)")
+    p.add_argument("--lag", type=int, default=0,
+                   help="extra frames the prediction is shifted by (0: as the encoder pairs it with the video)")
     p.add_argument("--preset", default="tiny")
     a = p.parse_args(argv)
 
     from safetensors.torch import load_file
 
     from eartalking.config import preset
+    from eartalking.model import checkpoint
     from eartalking.model.audio import AudioEncoder
     from eartalking.train.audio import load_pretrained
+    from eartalking.train.decoder import AUX
 
     torch.set_num_threads(1)
-    cfg = preset(a.preset)
-    audio = AudioEncoder(cfg.audio).eval()
-    head = torch.nn.Linear(cfg.audio.tokens_per_frame * cfg.audio.dim, 1)
     if a.audio:
+        cfg = preset(a.preset)
+        audio = AudioEncoder(cfg.audio)
+        head = torch.nn.Linear(cfg.audio.tokens_per_frame * cfg.audio.dim, 1)
         load_pretrained(a.audio, audio, head, torch.device("cpu"))
     else:
-        state = load_file(str(Path(a.decoder) / "model.safetensors"))
-        audio.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("audio.")})
-        head.load_state_dict(load_file(str(Path(a.decoder) / "aux_head.safetensors")))
-    L, spf = cfg.audio.left_context, cfg.audio.samples_per_frame
+        model, cfg = checkpoint.load(a.decoder)
+        audio = model.audio
+        head = torch.nn.Linear(cfg.audio.tokens_per_frame * cfg.audio.dim, 1)
+        head.load_state_dict(load_file(str(Path(a.decoder) / AUX)))
+    audio.eval()
+    spf = cfg.audio.samples_per_frame
 
     @torch.no_grad()
     def predict(pcm: np.ndarray) -> np.ndarray:
-        x = np.concatenate([np.zeros(L, np.float32), pcm])
-        n = (len(x) - L) // spf
-        return head(audio(torch.from_numpy(x[:L + n * spf])[None]).flatten(2))[0, :, 0].numpy()
+        tokens = audio.encode_utterance(torch.from_numpy(pcm)[None], len(pcm) // spf)
+        return head(tokens.flatten(2))[0, :, 0].numpy()
 
     per_source = source_r(a.data, predict, a.lag, cfg.tokenizer.image_size)
     print(f"\n| speech source | clips | openness r from audio alone (lag {a.lag}) |\n|---|---|---|")

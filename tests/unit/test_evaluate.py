@@ -342,4 +342,4 @@ def test_audio_openness_scores_a_prediction_per_source_at_its_lag(corpus_dir, ca
     capsys.readouterr()
     assert mod.main(["--data", str(corpus_dir), "--audio", str(out), "--preset", "test_small"]) == 0
     table = capsys.readouterr().out
-    assert "| speech source | clips | openness r from audio alone (lag 2) |" in table
+    assert "| speech source | clips | openness r from audio alone (lag 0) |" in table
