@@ -1,7 +1,7 @@
 """Choose ``decoder.code_mean_temperature``: lip-sync r for each temperature, on clips evaluate does not report.
 
 Usage: .venv/bin/python scripts/code_mean_sweep.py [--checkpoint checkpoints/tiny] [--data corpus500]
-       [--temperatures 1,1.2,1.3,1.4,1.5,1.75] [--clips 40] [--train-clips 8] [--threads 1]
+       [--temperatures 1,1.2,1.3,1.4,1.5,1.75] [--clips 40] [--human-prompts 24] [--train-clips 8] [--threads 1]
 
 ``code_mean`` picks, per token cell, the token nearest the expected FSQ digits under softmax(logits / T).
 On people and voices the model knows its distributions are sharp and T hardly matters; on new ones the mass
@@ -10,7 +10,10 @@ head for *unseen* input, so it is chosen on held-out clips, but not on the ones 
 reports: pass a validation corpus rendered from the same split with another size or seed (``eartalking
 corpus --out corpus500 --clips 500``: its eval clips pair the held-out people, voices and sentences
 differently and are rendered afresh; evaluate reads ``corpus``). Training clips are printed beside it
-as a check that seen input does not get worse.
+as a check that seen input does not get worse. A corpus holds few human clips (corpus500: 7), so
+``--human-prompts`` adds held-out recordings of the human voice that evaluate never reports
+(``Corpus.validation_human_cases``), on held-out portraits; they are printed as their own group and with the
+human clips (``human_all``), and do not enter the choice, which stays the mean over the corpus's clips.
 
 For each T it generates every clip greedily from its portrait and speech (the streaming generator that
 evaluate uses), measures mouth openness on the frames (``measure_frames``, as evaluate does) and prints
@@ -57,12 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperatures", default="1,1.2,1.3,1.4,1.5,1.75",
                    help="comma-separated code_mean temperatures (> 0)")
     p.add_argument("--clips", type=int, default=40, help="held-out (eval split) clips of --data to choose on")
+    p.add_argument("--human-prompts", type=int, default=24,
+                   help="held-out human-voice prompts that evaluate does not report, printed beside them (needs the "
+                        "asset cache; 0 = none)")
     p.add_argument("--train-clips", type=int, default=8, help="training clips printed beside them (0 = none)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     temps = parse_temperatures(args.temperatures)
-    if args.clips < 1 or args.train_clips < 0:
-        p.error(f"--clips must be >= 1 and --train-clips >= 0, got {args.clips} and {args.train_clips}")
+    if args.clips < 1 or args.train_clips < 0 or args.human_prompts < 0:
+        p.error(f"--clips must be >= 1, --train-clips and --human-prompts >= 0, got {args.clips}, "
+                f"{args.train_clips} and {args.human_prompts}")
     if not (Path(args.data) / "split.json").is_file():
         p.error(f"--data {args.data}: no split.json there; render a validation corpus first "
                 "(eartalking corpus --out corpus500 --clips 500)")
@@ -81,8 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     model.decoder.greedy = "code_mean"
     corpus = casesmod.Corpus(args.data, cfg.tokenizer.image_size)
     held = corpus.heldout_cases(args.clips, human=0)  # the eval clips only: no top-up from the asset cache
+    prompts = corpus.validation_human_cases(args.human_prompts) if args.human_prompts else []
+    if args.human_prompts and not prompts:
+        print("note: no held-out human prompts (no asset cache with the allison recordings); --human-prompts skipped",
+              file=sys.stderr)
     groups = {"validation": held, "validation_tts": [c for c in held if not c.human],
-              "validation_human": [c for c in held if c.human], "train": corpus.train_cases(args.train_clips)}
+              "validation_human": [c for c in held if c.human], "human_prompts": prompts,
+              "human_all": [c for c in held if c.human] + prompts, "train": corpus.train_cases(args.train_clips)}
     groups = {k: v for k, v in groups.items() if v}
     print("clips: " + ", ".join(f"{k} {len(v)}" for k, v in groups.items()), flush=True)
     table: dict[float, dict[str, float]] = {}
@@ -90,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         model.decoder.code_mean_temperature = t
         t0 = time.time()
         row, rs = {}, {}
-        for c in tqdm(held + groups.get("train", []), desc=f"T={t:g}", unit="clip", leave=False):
+        for c in tqdm(held + prompts + groups.get("train", []), desc=f"T={t:g}", unit="clip", leave=False):
             rs[id(c)] = openness_r(model, c)
         for name, cases in groups.items():
             m = report._mean(rs[id(c)] for c in cases)  # evaluate's mean: unmeasured clips left out

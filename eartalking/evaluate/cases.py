@@ -24,6 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+#: Held-out human prompts at the head of the longest-first order that ``evaluate --human`` may report;
+#: ``Corpus.validation_human_cases`` draws after them. ``MAX_EVALUATE_HUMAN`` leaves room within it for
+#: evaluate's retries of unalignable prompts and the corpus's own human clips' sentences (left out of its list).
+EVALUATE_HUMAN_RESERVE = 24
+MAX_EVALUATE_HUMAN = 16
+
 
 @dataclass
 class Case:
@@ -153,7 +159,16 @@ class Corpus:
             cases += self._human_cases(human - len(have), exclude={c.text for c in have})
         return cases
 
-    def _human_cases(self, n: int, exclude: set[str] = frozenset()) -> list[Case]:
+    def validation_human_cases(self, n: int) -> list[Case]:
+        """``n`` held-out human prompts that ``evaluate`` does not report, for choosing between checkpoints:
+        the prompts after the first ``EVALUATE_HUMAN_RESERVE`` of the longest-first order that evaluate's
+        ``--human`` top-up draws from (it never needs more than ``--human`` plus its retries and the few
+        sentences of the corpus's own human clips). Why: a corpus holds only a handful of human clips
+        (corpus500: 7), too few to tell a +0.05 lip-sync change from noise."""
+        return self._human_cases(n, skip=EVALUATE_HUMAN_RESERVE, prefix="allison_val")
+
+    def _human_cases(self, n: int, exclude: set[str] = frozenset(), skip: int = 0,
+                     prefix: str = "allison") -> list[Case]:
         from eartalking.evaluate.generate_eval import human_utterances
 
         people = [p for p in self.split.get("heldout_identities", []) if self.portrait_key(p)]
@@ -161,10 +176,10 @@ class Corpus:
             return []
         out = []
         held = [t for t in self.split.get("heldout_sentences", []) if t not in exclude]
-        for i, u in enumerate(human_utterances(self.assets, held, n)):
+        for i, u in enumerate(human_utterances(self.assets, held, n, skip=skip)):
             person = people[i % len(people)]
             key = self.portrait_key(person)
-            out.append(Case(name=f"allison_{i}@{key}", clip=None, portrait_key=key, portrait=self.portrait(key),
+            out.append(Case(name=f"{prefix}_{i}@{key}", clip=None, portrait_key=key, portrait=self.portrait(key),
                             identity=person, source="allison", voice_key=u["voice_key"],
                             heldout_voice=u["voice_key"] in self.heldout_voices, human=True, text=u["text"],
                             pcm=u["pcm"], labels=u["labels"], video=None))

@@ -161,11 +161,12 @@ def utterance_labels(labels: dict[str, np.ndarray] | None, n_frames: int) -> dic
 
 
 def human_utterances(assets: str | None, heldout_sentences: list[str], n: int,
-                     fps: int = 25) -> list[dict]:
-    """Up to ``n`` held-out prompts (longest first; a prompt pocketsphinx cannot align, twice, is skipped and
-    the next one taken) of the human ``allison`` source (needs the asset cache), as
-    ``{"pcm": float32 [T*640], "labels": {"openness": float32 [T]}, "text", "voice_key"}``; [] when the
-    source or its held-out prompts are not available."""
+                     fps: int = 25, skip: int = 0) -> list[dict]:
+    """Up to ``n`` held-out prompts (longest first, after the first ``skip`` of that order; a prompt
+    pocketsphinx cannot align, twice, is skipped and the next one taken) of the human ``allison`` source (needs
+    the asset cache), as ``{"pcm": float32 [T*640], "labels": {"openness": float32 [T]}, "text", "voice_key"}``;
+    [] when the source or its held-out prompts are not available. ``skip`` keeps a validation set apart from
+    the prompts ``evaluate --human`` reports, which come from the head of the same order."""
     from eartalking.data.corpus_plan import ceil_frames, voice_key
     from eartalking.data.speech import available_sources
     from eartalking.data.visemes import viseme_track
@@ -176,7 +177,7 @@ def human_utterances(assets: str | None, heldout_sentences: list[str], n: int,
     if src is None or not hasattr(src, "prompts"):
         return []
     held = set(heldout_sentences)
-    texts = sorted({text for _, text in src.prompts() if text in held}, key=lambda x: (-len(x), x))
+    texts = sorted({text for _, text in src.prompts() if text in held}, key=lambda x: (-len(x), x))[skip:]
     out = []
     voice = src.voices()[0]
     for text in texts:

@@ -66,7 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--human", type=int, default=8,
                    help="held-out human-voice cases to measure (default 8): the human eval clips among --clips, "
                         "topped up with the longest held-out prompts of the human (allison) recordings from the "
-                        "asset cache; a corpus has few human eval clips, and r over 2 short clips is noise")
+                        "asset cache; a corpus has few human eval clips, and r over 2 short clips is noise. At most "
+                        "16: the prompts after those are scripts/code_mean_sweep.py's validation set")
     p.add_argument("--assets", default=None, help="asset cache for the held-out human prompts (default: the corpus "
                    "manifest's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -359,6 +360,9 @@ def run(args: argparse.Namespace) -> int:
     from eartalking.train.common import pick_device
 
     t0 = time.perf_counter()
+    if not 0 <= args.human <= casesmod.MAX_EVALUATE_HUMAN:
+        raise UserError(f"--human {args.human}: must be 0..{casesmod.MAX_EVALUATE_HUMAN} (later held-out human "
+                        "prompts are the validation set of scripts/code_mean_sweep.py)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device here (use --device cpu or auto)")
     device = pick_device(args.device, args.threads)

@@ -221,7 +221,8 @@ def test_human_cases_are_topped_up_with_other_heldout_prompts(corpus_dir, monkey
     rng = np.random.default_rng()
     asked: list[tuple[list[str], int]] = []
 
-    def fake_utterances(assets, heldout, n, fps=25):
+    def fake_utterances(assets, heldout, n, fps=25, skip=0):
+        assert skip == 0  # evaluate draws from the head of the order
         asked.append((list(heldout), n))
         T = int(rng.integers(20, 40))
         return [{"pcm": rng.standard_normal(T * 640).astype(np.float32),
@@ -239,6 +240,48 @@ def test_human_cases_are_topped_up_with_other_heldout_prompts(corpus_dir, monkey
     n_asked = len(asked)
     assert sum(c.human for c in corpus.heldout_cases(1)) == 1 and len(asked) == n_asked  # old rule: none added
     assert sum(c.human for c in corpus.heldout_cases(1, human=1)) == 1 and len(asked) == n_asked
+
+
+def test_validation_human_prompts_never_overlap_the_ones_evaluate_reports(corpus_dir, monkeypatch, tmp_path, capsys):
+    """Corpus.validation_human_cases (code_mean_sweep's --human-prompts) draws held-out human prompts after
+    those evaluate --human may report, even at evaluate's largest --human with prompts that fail to align;
+    evaluate refuses a larger --human with the limit named."""
+    import types
+
+    from eartalking.data import speech
+    from eartalking.evaluate import cases as casesmod
+
+    rng = np.random.default_rng()
+    prompts = [f"held-out prompt {i:02d} " + "x" * (80 - i) for i in range(60)]  # longest first = index order
+    failing = set(rng.choice(prompts[:20], size=3, replace=False))
+
+    class FakeAllison:
+        name = "allison"
+
+        def prompts(self):
+            return [(f"id{i}", t) for i, t in enumerate(prompts)]
+
+        def voices(self):
+            return ["allison"]
+
+        def synth(self, text, voice):
+            if text in failing:
+                raise ValueError("alignment failed")
+            dur = 0.4
+            return types.SimpleNamespace(pcm=rng.uniform(-0.5, 0.5, int(16000 * dur)).astype(np.float32),
+                                         phones=[(0.0, dur / 2, "AA"), (dur / 2, dur, "M")], phone_set="cmu")
+
+    monkeypatch.setattr(speech, "available_sources", lambda assets: [FakeAllison()])
+    corpus = casesmod.Corpus(corpus_dir, 64, str(tmp_path))
+    corpus.split["heldout_sentences"] = list(prompts)
+    reported = {c.text for c in corpus.heldout_cases(1, human=casesmod.MAX_EVALUATE_HUMAN) if c.human}
+    val = corpus.validation_human_cases(10)
+    assert len(val) == 10 and all(c.human and c.name.startswith("allison_val") for c in val)
+    assert [c.text for c in val] == prompts[casesmod.EVALUATE_HUMAN_RESERVE:casesmod.EVALUATE_HUMAN_RESERVE + 10]
+    assert len(reported) >= casesmod.MAX_EVALUATE_HUMAN - 1 and not reported & {c.text for c in val}
+    rc = main(["evaluate", "--checkpoint", str(tmp_path / "none"), "--data", str(corpus_dir), "--json",
+               str(tmp_path / "o.json"), "--plots", str(tmp_path), "--human", "17"])
+    assert rc == 2 and "--human 17: must be 0..16" in capsys.readouterr().err
 
 
 def test_human_utterances_skip_unalignable_prompts_and_still_return_n(monkeypatch, tmp_path):
