@@ -12,8 +12,9 @@ corpus --out corpus500 --clips 500``: its eval clips pair the held-out people, v
 differently and are rendered afresh; evaluate reads ``corpus``). Training clips are printed beside it
 as a check that seen input does not get worse. A corpus holds few human clips (corpus500: 7), so
 ``--human-prompts`` adds held-out recordings of the human voice that evaluate never reports
-(``Corpus.validation_human_cases``), on held-out portraits; they are printed as their own group and with the
-human clips (``human_all``), and do not enter the choice, which stays the mean over the corpus's clips.
+(``Corpus.validation_human_cases``; other sentences than the corpus's human clips), on held-out
+portraits; they are printed as their own group and with the human clips (``human_all``), and do not
+enter the choice, which stays the mean over the corpus's clips.
 
 For each T it generates every clip greedily from its portrait and speech (the streaming generator that
 evaluate uses), measures mouth openness on the frames (``measure_frames``, as evaluate does) and prints
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     model.decoder.greedy = "code_mean"
     corpus = casesmod.Corpus(args.data, cfg.tokenizer.image_size)
     held = corpus.heldout_cases(args.clips, human=0)  # the eval clips only: no top-up from the asset cache
-    prompts = corpus.validation_human_cases(args.human_prompts) if args.human_prompts else []
+    clip_texts = {c.text for c in held if c.human}  # one recording per prompt: never measure it twice
+    prompts = corpus.validation_human_cases(args.human_prompts, exclude=clip_texts) if args.human_prompts else []
     if args.human_prompts and not prompts:
         print("note: no held-out human prompts (no asset cache with the allison recordings); --human-prompts skipped",
               file=sys.stderr)

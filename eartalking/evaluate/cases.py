@@ -159,13 +159,15 @@ class Corpus:
             cases += self._human_cases(human - len(have), exclude={c.text for c in have})
         return cases
 
-    def validation_human_cases(self, n: int) -> list[Case]:
+    def validation_human_cases(self, n: int, exclude: set[str] = frozenset()) -> list[Case]:
         """``n`` held-out human prompts that ``evaluate`` does not report, for choosing between checkpoints:
         the prompts after the first ``EVALUATE_HUMAN_RESERVE`` of the longest-first order that evaluate's
         ``--human`` top-up draws from (it never needs more than ``--human`` plus its retries and the few
-        sentences of the corpus's own human clips). Why: a corpus holds only a handful of human clips
-        (corpus500: 7), too few to tell a +0.05 lip-sync change from noise."""
-        return self._human_cases(n, skip=EVALUATE_HUMAN_RESERVE, prefix="allison_val")
+        sentences of the corpus's own human clips). ``exclude``: sentences already measured (the validation
+        corpus's human clips: the voice has one recording per prompt, so a sentence in both would count the
+        same recording twice). Why: a corpus holds only a handful of human clips (corpus500: 7), too few to
+        tell a +0.05 lip-sync change from noise."""
+        return self._human_cases(n, exclude=exclude, skip=EVALUATE_HUMAN_RESERVE, prefix="allison_val")
 
     def _human_cases(self, n: int, exclude: set[str] = frozenset(), skip: int = 0,
                      prefix: str = "allison") -> list[Case]:

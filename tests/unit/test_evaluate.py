@@ -279,6 +279,10 @@ def test_validation_human_prompts_never_overlap_the_ones_evaluate_reports(corpus
     assert len(val) == 10 and all(c.human and c.name.startswith("allison_val") for c in val)
     assert [c.text for c in val] == prompts[casesmod.EVALUATE_HUMAN_RESERVE:casesmod.EVALUATE_HUMAN_RESERVE + 10]
     assert len(reported) >= casesmod.MAX_EVALUATE_HUMAN - 1 and not reported & {c.text for c in val}
+    R = casesmod.EVALUATE_HUMAN_RESERVE
+    skip_two = {prompts[R + 1], prompts[R + 4]}  # sentences the validation corpus's own human clips already read
+    val2 = [c.text for c in corpus.validation_human_cases(4, exclude=skip_two)]
+    assert val2 == [prompts[i] for i in (R, R + 2, R + 3, R + 5)]
     rc = main(["evaluate", "--checkpoint", str(tmp_path / "none"), "--data", str(corpus_dir), "--json",
                str(tmp_path / "o.json"), "--plots", str(tmp_path), "--human", "17"])
     assert rc == 2 and "--human 17: must be 0..16" in capsys.readouterr().err
