@@ -390,3 +390,46 @@ def test_audio_openness_scores_a_prediction_per_source_at_its_lag(corpus_dir, ca
     assert mod.main(["--data", str(corpus_dir), "--audio", str(out), "--preset", "test_small"]) == 0
     table = capsys.readouterr().out
     assert "| speech source | clips | openness r from audio alone (lag 0) |" in table
+
+
+def test_token_lipsync_readout_scores_tokens_that_follow_the_labels_and_not_random_ones(corpus_dir, ckpt, capsys,
+                                                                                       monkeypatch):
+    """scripts/token_lipsync.py: a readout fitted on even clips scores r ~ 1 on odd clips whose digits are a
+    noisy linear map of their labels, and ~0 for digits unrelated to them; per group; fewer than 2 clips is
+    a clear error. On a random-weight checkpoint the CLI records the mouth cells' digits of every frame."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "token_lipsync", Path(__file__).resolve().parents[2] / "scripts" / "token_lipsync.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng()
+    W = rng.standard_normal(6)
+    labels = [rng.random(int(rng.integers(40, 80))) for _ in range(12)]
+    groups = ["tts", "tts", "human", "human"] * 3  # odd (scored) clips: tts, human, tts, ...
+    follow = [np.outer(y, W) + 0.05 * rng.standard_normal((len(y), 6)) for y in labels]
+    res = mod.readout_r(follow, labels, groups)
+    assert set(res) == {"tts", "human"} and all(n == 3 for _, n in res.values())
+    assert all(r > 0.95 for r, _ in res.values())
+    unrelated = [rng.standard_normal((len(y), 6)) for y in labels]
+    assert all(abs(r) < 0.5 for r, _ in mod.readout_r(unrelated, labels, groups).values())
+    with pytest.raises(SystemExit):
+        mod.readout_r(follow[:1], labels[:1], groups[:1])
+
+    from eartalking.evaluate.cases import Corpus
+    from eartalking.model import checkpoint
+    from eartalking.train.decoder import eye_cells, region_cells
+
+    model, cfg = checkpoint.load(str(ckpt))
+    case = Corpus(corpus_dir, cfg.tokenizer.image_size).heldout_cases(1, human=0)[0]
+    cells = [c for c in region_cells(cfg) if c not in set(eye_cells(cfg))]
+    d = mod.mouth_digits(model, case, cells, "picked")
+    assert d.shape == (case.n_frames, len(cells) * int(model.tokenizer.radix.numel()))
+    assert d.min() >= 0 and d.max() <= int(model.tokenizer.levels) - 1 and np.all(d == np.round(d))
+    assert getattr(model.decoder.pick, "__func__", None) is type(model.decoder).pick  # the hook is removed
+    args = ["--checkpoint", str(ckpt), "--data", str(corpus_dir), "--clips", "2"]
+    with pytest.raises(SystemExit, match="needs at least 2 clips"):
+        mod.main(args)  # the fixture corpus holds 1 held-out clip
+    monkeypatch.setattr(Corpus, "heldout_cases", lambda self, n, human=None: [case, case])
+    assert mod.main(args) == 0
+    assert "| voices | clips scored | token lip-sync r |" in capsys.readouterr().out
