@@ -49,11 +49,9 @@ def mouth_digits(model, case, cells: list[int], mode: str) -> np.ndarray:
 
     from eartalking.evaluate import generate_eval as ge
 
-    tok = model.tokenizer
-    L = int(tok.levels)
-    d = int(tok.radix.numel())
-    idx = torch.arange(L ** d)
-    grid = torch.stack([(idx // L ** j) % L for j in range(d)], -1).float()  # [K, d] digits of each token
+    L = int(model.tokenizer.levels)
+    # [K, d] digits of each token: Tokenizer.grid holds them mapped to [-1, 1]
+    grid = torch.round((model.tokenizer.grid.float().cpu() + 1.0) * (L - 1) / 2.0)
     rows: list[torch.Tensor] = []
     original = model.decoder.pick
 

@@ -22,6 +22,34 @@ from eartalking.evaluate import generate_eval as ge
 from eartalking.evaluate import report
 
 
+class FakeAllison:
+    """Stand-in for the human (``allison``) speech source: ``texts`` are its prompts; ``synth`` records every
+    call in ``calls`` and raises an alignment error when ``fails(text, calls of that text so far)`` is true,
+    else returns noise with two phones."""
+
+    name = "allison"
+
+    def __init__(self, texts: list[str], fails):
+        self.texts, self.fails, self.calls = list(texts), fails, []
+        self.rng = np.random.default_rng()
+
+    def prompts(self):
+        return [(f"id{i}", t) for i, t in enumerate(self.texts)]
+
+    def voices(self):
+        return ["allison"]
+
+    def synth(self, text, voice):
+        import types
+
+        self.calls.append(text)
+        if self.fails(text, self.calls.count(text)):
+            raise ValueError("alignment failed")
+        dur = 0.2 + 0.02 * len(text)
+        return types.SimpleNamespace(pcm=self.rng.uniform(-0.5, 0.5, int(16000 * dur)).astype(np.float32),
+                                     phones=[(0.0, dur / 2, "AA"), (dur / 2, dur, "M")], phone_set="cmu")
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     from eartalking.model import checkpoint
@@ -246,8 +274,6 @@ def test_validation_human_prompts_never_overlap_the_ones_evaluate_reports(corpus
     """Corpus.validation_human_cases (code_mean_sweep's --human-prompts) draws held-out human prompts after
     those evaluate --human may report, even at evaluate's largest --human with prompts that fail to align;
     evaluate refuses a larger --human with the limit named."""
-    import types
-
     from eartalking.data import speech
     from eartalking.evaluate import cases as casesmod
 
@@ -255,23 +281,8 @@ def test_validation_human_prompts_never_overlap_the_ones_evaluate_reports(corpus
     prompts = [f"held-out prompt {i:02d} " + "x" * (80 - i) for i in range(60)]  # longest first = index order
     failing = set(rng.choice(prompts[:20], size=3, replace=False))
 
-    class FakeAllison:
-        name = "allison"
-
-        def prompts(self):
-            return [(f"id{i}", t) for i, t in enumerate(prompts)]
-
-        def voices(self):
-            return ["allison"]
-
-        def synth(self, text, voice):
-            if text in failing:
-                raise ValueError("alignment failed")
-            dur = 0.4
-            return types.SimpleNamespace(pcm=rng.uniform(-0.5, 0.5, int(16000 * dur)).astype(np.float32),
-                                         phones=[(0.0, dur / 2, "AA"), (dur / 2, dur, "M")], phone_set="cmu")
-
-    monkeypatch.setattr(speech, "available_sources", lambda assets: [FakeAllison()])
+    src = FakeAllison(prompts, lambda text, n: text in failing)
+    monkeypatch.setattr(speech, "available_sources", lambda assets: [src])
     corpus = casesmod.Corpus(corpus_dir, 64, str(tmp_path))
     corpus.split["heldout_sentences"] = list(prompts)
     reported = {c.text for c in corpus.heldout_cases(1, human=casesmod.MAX_EVALUATE_HUMAN) if c.human}
@@ -291,36 +302,15 @@ def test_validation_human_prompts_never_overlap_the_ones_evaluate_reports(corpus
 def test_human_utterances_skip_unalignable_prompts_and_still_return_n(monkeypatch, tmp_path):
     """A held-out prompt that fails to align is tried once more; one that fails twice is skipped and the
     next-longest taken, so --human N gets N."""
-    import types
-
     from eartalking.data import speech
 
-    rng = np.random.default_rng()
     prompts = ["a long held-out prompt number one", "held-out prompt two", "prompt three", "four", "seen"]
 
-    class FakeAllison:
-        name = "allison"
-
-        def prompts(self):
-            return [(f"id{i}", t) for i, t in enumerate(prompts)]
-
-        def voices(self):
-            return ["allison"]
-
-        calls: list[str] = []
-
-        def synth(self, text, voice):
-            self.calls.append(text)
-            if text == prompts[1] or (text == prompts[2] and self.calls.count(text) == 1):  # 2: fails once
-                raise ValueError("alignment failed")
-            dur = 0.2 + 0.02 * len(text)
-            return types.SimpleNamespace(pcm=rng.uniform(-0.5, 0.5, int(16000 * dur)).astype(np.float32),
-                                         phones=[(0.0, dur / 2, "AA"), (dur / 2, dur, "M")], phone_set="cmu")
-
-    monkeypatch.setattr(speech, "available_sources", lambda assets: [FakeAllison()])
+    src = FakeAllison(prompts, lambda text, n: text == prompts[1] or (text == prompts[2] and n == 1))  # 2: once
+    monkeypatch.setattr(speech, "available_sources", lambda assets: [src])
     got = ge.human_utterances(str(tmp_path), prompts[:4], 3)
     assert [u["text"] for u in got] == [prompts[0], prompts[2], prompts[3]]  # longest first, the failure skipped
-    assert FakeAllison.calls[:5] == [prompts[0], prompts[1], prompts[1], prompts[2], prompts[2]]  # each retried once
+    assert src.calls[:5] == [prompts[0], prompts[1], prompts[1], prompts[2], prompts[2]]  # each retried once
     for u in got:
         assert u["pcm"].shape == (len(u["labels"]["openness"]) * 640,) and u["voice_key"].startswith("allison")
     assert len(ge.human_utterances(str(tmp_path), prompts[:4], 5)) == 3  # only 3 alignable held-out prompts
