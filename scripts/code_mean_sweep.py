@@ -89,14 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     model.decoder.greedy = "code_mean"
     corpus = casesmod.Corpus(args.data, cfg.tokenizer.image_size)
     held = corpus.heldout_cases(args.clips, human=0)  # the eval clips only: no top-up from the asset cache
-    clip_texts = {c.text for c in held if c.human}  # one recording per prompt: never measure it twice
+    human_clips = [c for c in held if c.human]
+    clip_texts = {c.text for c in human_clips}  # one recording per prompt: never measure it twice
     prompts = corpus.validation_human_cases(args.human_prompts, exclude=clip_texts) if args.human_prompts else []
     if args.human_prompts and not prompts:
         print("note: no held-out human prompts (no asset cache with the allison recordings); --human-prompts skipped",
               file=sys.stderr)
     groups = {"validation": held, "validation_tts": [c for c in held if not c.human],
-              "validation_human": [c for c in held if c.human], "human_prompts": prompts,
-              "human_all": [c for c in held if c.human] + prompts, "train": corpus.train_cases(args.train_clips)}
+              "validation_human": human_clips, "human_prompts": prompts,
+              "human_all": human_clips + prompts, "train": corpus.train_cases(args.train_clips)}
     groups = {k: v for k, v in groups.items() if v}
     print("clips: " + ", ".join(f"{k} {len(v)}" for k, v in groups.items()), flush=True)
     table: dict[float, dict[str, float]] = {}
