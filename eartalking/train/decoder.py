@@ -183,6 +183,12 @@ def eye_cells(cfg: ModelConfig) -> list[int]:
     return [c for c in region_cells(cfg) if c // g < g // 2]
 
 
+def mouth_cells(cfg: ModelConfig) -> list[int]:
+    """The lower half of ``region_cells``: the token cells over the mouth (tiny: 42-45, 51, 52)."""
+    g = cfg.tokenizer.grid
+    return [c for c in region_cells(cfg) if c // g >= g // 2]
+
+
 def control_masks(controls: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Known labels kept with p=0.5 per (window, control), all dropped for 25% of windows; NaN -> absent."""
     B, T, C = controls.shape

@@ -88,6 +88,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "every token cell except the eyes' near the --init encoder's, so the tokens a decoder "
                         "learned stay valid outside the eyes while the eye cells learn new content (e.g. shut "
                         "eyes with --blink-share); 0 = off")
+    p.add_argument("--anchor-free", choices=("eyes", "mouth"), default="eyes",
+                   help="with --anchor-latent: the cells left free to change meaning (the eyes' or the mouth's); "
+                        "every other cell is held")
+    p.add_argument("--mouth-aux-weight", type=float, default=0.0,
+                   help="with a trainable encoder: weight of an L1 that asks the mean first FSQ digit of the mouth "
+                        "cells to equal the frame's mouth openness label (0 shut .. top level wide open): the "
+                        "mouth tokens then carry openness in one ordered digit the step decoder can predict from "
+                        "the audio and the image side must draw from; 0 = off")
     p.add_argument("--blink-aux-weight", type=float, default=0.0,
                    help="with a trainable encoder: weight of a BCE that asks the eye cells' first FSQ digit to be high "
                         "for shut eyes and low for open ones (the frame's blink label): it makes the eye tokens carry "
@@ -205,13 +213,14 @@ class FrameSampler:
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(frames uint8 [n,S,S,3], references uint8 [n,S,S,3])."""
-        imgs, refs, _ = self.labeled_batch(n)
+        imgs, refs, _, _ = self.labeled_batch(n)
         return imgs, refs
 
-    def labeled_batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``batch`` plus each frame's blink label float32 [n] (0 open .. 1 shut; NaN where unknown, e.g. the
-        real videos), for ``--blink-aux-weight``."""
-        imgs, refs, blinks = [], [], []
+    def labeled_batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``batch`` plus each frame's blink label float32 [n] (0 open .. 1 shut) and mouth openness float32 [n]
+        (0 shut .. 1 wide open), NaN where unknown (e.g. the real videos): for ``--blink-aux-weight`` and
+        ``--mouth-aux-weight``."""
+        imgs, refs, blinks, opens = [], [], [], []
         bi = self.blink_index
         for _ in range(n):
             i = -1  # index into self.clips (-1: a real-video clip)
@@ -227,6 +236,7 @@ class FrameSampler:
                 t = int(self.rng.integers(len(c.frames)))
             img = c.frames[t]
             blinks.append(c.controls[t, bi] if c.controls.shape[1] > bi else np.nan)
+            opens.append(c.openness[t] if len(c.openness) > t else np.nan)
             shut = self.blink_frames.get(i)
             if self.p_ref_blink > 0 and shut and self.rng.random() < self.p_ref_blink:
                 ref = c.frames[shut[self.rng.integers(len(shut))]]
@@ -239,7 +249,7 @@ class FrameSampler:
                 img, ref = img[:, ::-1], ref[:, ::-1]
             imgs.append(img)
             refs.append(ref)
-        return np.stack(imgs), np.stack(refs), np.asarray(blinks, np.float32)
+        return np.stack(imgs), np.stack(refs), np.asarray(blinks, np.float32), np.asarray(opens, np.float32)
 
 
 def real_clips(assets: str, size: int, max_frames: int, held_frames: int = 48
@@ -309,25 +319,28 @@ class UsageMeter:
 
 
 class LatentAnchor:
-    """Keeps a fine-tuned encoder's tokens what a decoder learned, except over the eyes.
+    """Keeps a fine-tuned encoder's tokens what a decoder learned, except over the eyes (or the mouth).
 
     Holds a frozen copy of the encoder as loaded from ``--init``. ``anchor(img, bounded, indices)`` returns
     (drift, kept): drift = mean squared distance, in FSQ digit units, between the trained encoder's pre-rounding
-    digits ``bounded`` [B, d, g, g] and the frozen copy's, over every cell but the eye cells
-    (``train.decoder.eye_cells``); kept = share of those cells whose token index is still the frozen copy's.
+    digits ``bounded`` [B, d, g, g] and the frozen copy's, over every cell but the free ones (the eye cells,
+    ``train.decoder.eye_cells``, or the mouth cells with ``free="mouth"``); kept = share of those cells whose
+    token index is still the frozen copy's. A decoder fine-tuned on the new tokens then only relearns the free
+    cells.
     Why: eye closure is not in the tokens of an encoder trained without it, and retraining the encoder freely
     would change every token and void the decoder; the eye cells alone may change meaning.
     """
 
-    def __init__(self, tok, cfg, device: torch.device):
+    def __init__(self, tok, cfg, device: torch.device, free: str = "eyes"):
+        """``free``: "eyes" or "mouth", the cells (``train.decoder.eye_cells`` / ``mouth_cells``) left free."""
         import copy
 
-        from eartalking.train.decoder import eye_cells
+        from eartalking.train.decoder import eye_cells, mouth_cells
 
         self.frozen = copy.deepcopy(tok).eval().requires_grad_(False)
         g = cfg.tokenizer.grid
         mask = torch.ones(g * g, device=device)
-        mask[eye_cells(cfg)] = 0.0
+        mask[{"eyes": eye_cells, "mouth": mouth_cells}[free](cfg)] = 0.0
         self.mask = mask.view(1, 1, g, g)
 
     def __call__(self, img: torch.Tensor, bounded: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -382,6 +395,40 @@ class BlinkCode:
         return loss, acc
 
 
+class MouthCode:
+    """A fixed code for mouth openness in the mouth tokens (``--mouth-aux-weight``), trained into the encoder.
+
+    ``__call__(bounded [B, d, g, g], openness [B])`` -> (L1 over frames with a known label, the same L1 in
+    label units as a float for the log). The prediction is the mean of FSQ digit 0 over
+    ``train.decoder.mouth_cells``, on the straight-through rounded digits, divided by the top level: 0 = shut,
+    1 = wide open, the openness label's own scale.
+    Why: the encoder of the shipped checkpoint was trained for 17 minutes on the whole-image loss; a linear probe
+    reads openness from its tokens at r ~0.5 per clip, while the video itself measures 0.87. What the tokens
+    leave out no step decoder can predict and no image side can draw. One ordered digit for it also gives the
+    step decoder a target whose neighbouring values look alike.
+    """
+
+    def __init__(self, cfg, levels: int, device: torch.device):
+        """``levels``: the tokenizer's FSQ levels per digit (``Tokenizer.levels``)."""
+        from eartalking.train.decoder import mouth_cells
+
+        self.cells = torch.tensor(mouth_cells(cfg), dtype=torch.long, device=device)
+        self.top = float(levels - 1)
+
+    def predict(self, bounded: torch.Tensor) -> torch.Tensor:
+        """[B, d, g, g] pre-rounding digits -> [B] openness read from the rounded ones (straight-through)."""
+        q = bounded + (torch.round(bounded) - bounded).detach()
+        return q[:, 0].flatten(1)[:, self.cells].mean(1) / self.top
+
+    def __call__(self, bounded: torch.Tensor, openness: torch.Tensor) -> tuple[torch.Tensor, float]:
+        pred = self.predict(bounded)
+        known = ~torch.isnan(openness)
+        if not bool(known.any()):
+            return pred.sum() * 0.0, float("nan")
+        loss = (pred[known] - openness[known].clamp(0, 1)).abs().mean()
+        return loss, float(loss)
+
+
 def load_init(tok, src: str, device: torch.device) -> None:
     """Load ``src`` (file or folder holding tokenizer.safetensors) into ``tok``; only the aligner and the pixel
     path (both identity at initialisation) may be missing."""
@@ -413,9 +460,13 @@ def run(args: argparse.Namespace) -> int:
                         "no --freeze-encoder")
     if args.blink_aux_weight > 0 and args.freeze_encoder:
         raise UserError("--blink-aux-weight trains the encoder's eye tokens: it cannot be used with --freeze-encoder")
+    if args.mouth_aux_weight > 0 and args.freeze_encoder:
+        raise UserError("--mouth-aux-weight trains the encoder's mouth tokens: it cannot be used with "
+                        "--freeze-encoder")
     if args.init:
         load_init(tok, args.init, device)
-    anchor = LatentAnchor(tok, cfg, device) if args.anchor_latent > 0 else None  # the --init encoder, also on resume
+    # the --init encoder, also on resume
+    anchor = LatentAnchor(tok, cfg, device, args.anchor_free) if args.anchor_latent > 0 else None
     if (out / WEIGHTS).is_file():  # resume (the raw weights when an EMA run saved its average as WEIGHTS)
         tok.load_state_dict(load_file(str(out / (RAW if (out / RAW).is_file() else WEIGHTS)), device=str(device)))
     if args.freeze_encoder:
@@ -425,6 +476,7 @@ def run(args: argparse.Namespace) -> int:
     if ema is not None and (out / RAW).is_file():
         ema.shadow = load_file(str(out / WEIGHTS), device=str(device))
     blink_code = BlinkCode(cfg, tok.levels, device) if args.blink_aux_weight > 0 else None
+    mouth_code = MouthCode(cfg, tok.levels, device) if args.mouth_aux_weight > 0 else None
     params = [p for p in tok.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     step = common.load_state(out, opt, device)
@@ -446,7 +498,7 @@ def run(args: argparse.Namespace) -> int:
     while not budget.done(step):
         for g in opt.param_groups:
             g["lr"] = common.cosine_lr(step, args.steps, args.lr)
-        img_np, ref_np, blink_np = sampler.labeled_batch(args.batch)
+        img_np, ref_np, blink_np, open_np = sampler.labeled_batch(args.batch)
         img, ref = common.to_image_tensor(img_np, device), common.to_image_tensor(ref_np, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             rec, L = tok(img, ref)
@@ -464,6 +516,9 @@ def run(args: argparse.Namespace) -> int:
         if blink_code is not None:
             blink_loss, blink_acc = blink_code(L["bounded"].float(), torch.from_numpy(blink_np).to(device))
             loss = loss + args.blink_aux_weight * blink_loss
+        if mouth_code is not None:
+            mouth_loss, mouth_err = mouth_code(L["bounded"].float(), torch.from_numpy(open_np).to(device))
+            loss = loss + args.mouth_aux_weight * mouth_loss
         common.optimizer_step(opt, loss, params)
         if ema is not None:
             ema.update(tok)
@@ -478,6 +533,8 @@ def run(args: argparse.Namespace) -> int:
                 row.update(anchor_drift=float(drift), anchor_kept=kept)
             if blink_code is not None:
                 row.update(blink_loss=float(blink_loss), blink_acc=blink_acc)
+            if mouth_code is not None:
+                row.update(mouth_code_err=mouth_err)
             bar.set_postfix(psnr=f"{row['psnr']:.2f}", usage=f"{row['usage']:.2f}")
             if step % args.eval_every == 0:
                 with WeightEMA.applied(ema, tok):

@@ -225,13 +225,21 @@ def test_frame_sampler_draws_blinking_frames_at_the_requested_share():
     shut = rng.choice(np.arange(1, T), size=2, replace=False)  # frame 0 is the portrait: never shut
     controls[shut, bi] = rng.uniform(0.5, 1.0, size=2)
     frames[shut, ..., 0] = 255
-    c = MemClip("c", frames, np.zeros(0, np.float32), controls, np.full(T, np.nan, np.float32), frames[0].copy(), "p")
-    imgs, _, labels = FrameSampler([c], 1, p_blink=0.4).labeled_batch(400)
+    opening = rng.uniform(0, 1, T).astype(np.float32)
+    opening[5] = np.nan  # unknown openness stays unknown
+    c = MemClip("c", frames, np.zeros(0, np.float32), controls, opening, frames[0].copy(), "p")
+    imgs, _, labels, opens = FrameSampler([c], 1, p_blink=0.4).labeled_batch(400)
     share = float((imgs[:, 0, 0, 0] == 255).mean())  # 0.4 + 0.6 * 2/40 = 0.43
     assert 0.35 < share < 0.51, share
     # each frame comes with its own blink label (--blink-aux-weight): shut frames >= 0.5, the others 0
     assert labels.shape == (400,) and labels.dtype == np.float32
     assert np.array_equal(labels >= 0.5, imgs[:, 0, 0, 0] == 255) and set(labels[labels < 0.5]) == {0.0}
+    # ... and its own openness label (--mouth-aux-weight)
+    t = imgs[:, 0, 0, 0].astype(int)
+    t[t == 255] = -1  # the shut frames, told apart by value only
+    drawn = t >= 0
+    assert opens.shape == (400,) and np.array_equal(opens[drawn], opening[t[drawn]], equal_nan=True)
+    assert np.isnan(opens[t == 5]).all() and (t == 5).any()
     imgs, _ = FrameSampler([c], 1).batch(400)
     assert float((imgs[:, 0, 0, 0] == 255).mean()) < 0.12
     # --ref-blink-share: that share of references is a blinking frame (jitter keeps them far above 100)
@@ -353,6 +361,64 @@ def test_blink_code_reads_only_the_eye_tokens_first_digit_and_skips_unknown_labe
                                                    "--blink-aux-weight", "1", "--ref-eye-mask", "0.5"]) == 0
     row = next(r for r in _rows(out / "metrics.jsonl") if "blink_loss" in r)
     assert row["blink_loss"] >= 0.0 and (row["blink_acc"] != row["blink_acc"] or 0 <= row["blink_acc"] <= 1)
+
+
+def test_mouth_code_reads_the_mouth_tokens_first_digit_as_openness(corpus_dir, tmp_path, capsys):
+    """--mouth-aux-weight: the L1's gradient reaches digit 0 of the mouth cells and nothing else, the top digit
+    reads as openness 1 and digit 0 as 0, NaN labels do not count, and the CLI trains with it (logging the
+    error) with the mouth cells left free by --anchor-free mouth, and only when the encoder can learn."""
+    from eartalking.config import preset
+    from eartalking.model.tokenizer import Tokenizer
+    from eartalking.train.decoder import eye_cells, mouth_cells, region_cells
+    from eartalking.train.tokenizer import LatentAnchor, MouthCode
+
+    cfg = preset("tiny")
+    g, mouth = cfg.tokenizer.grid, mouth_cells(cfg)
+    assert mouth and sorted(mouth + eye_cells(cfg)) == sorted(region_cells(cfg))
+    assert all(c // g >= g // 2 for c in mouth)
+    code = MouthCode(cfg, 8, torch.device("cpu"))
+    bounded = (torch.rand(6, 3, g, g) * 7.0 - 0.4).requires_grad_(True)
+    opening = torch.rand(6)
+    opening[[0, 3]] = float("nan")
+    loss, err = code(bounded, opening)
+    loss.backward()
+    grad = bounded.grad.abs().sum(0).flatten(1)
+    others = [c for c in range(g * g) if c not in mouth]
+    assert float(grad[0, mouth].min()) > 0 and float(grad[0, others].max()) == 0.0 and float(grad[1:].max()) == 0.0
+    assert float(bounded.grad[[0, 3]].abs().sum()) == 0.0
+    known = [1, 2, 4, 5]
+    alone, _ = code(bounded[known].detach(), opening[known])
+    assert float(loss.detach()) == pytest.approx(float(alone), rel=1e-6) == pytest.approx(err, rel=1e-6)
+    top, low = torch.full((2, 3, g, g), 6.8), torch.full((2, 3, g, g), 0.2)
+    assert torch.allclose(code.predict(top), torch.ones(2)) and torch.allclose(code.predict(low), torch.zeros(2))
+    assert float(code(top, torch.ones(2))[0]) == 0.0 and float(code(low, torch.ones(2))[0]) == pytest.approx(1.0)
+    half = torch.full((1, 3, g, g), 0.2)
+    half.view(1, 3, -1)[0, 0, mouth[: len(mouth) // 2]] = 6.8  # half the mouth cells at the top digit
+    assert float(code.predict(half)) == pytest.approx(0.5)
+    none, _ = code(bounded.detach(), torch.full((6,), float("nan")))
+    assert float(none) == 0.0
+
+    small = preset("test_small")
+    tok = Tokenizer(small.tokenizer).eval()
+    anchor = LatentAnchor(tok, small, torch.device("cpu"), free="mouth")
+    img = torch.rand(2, 3, 64, 64)
+    _, L = tok(img, torch.rand(2, 3, 64, 64))
+    moved = L["bounded"].detach().clone().flatten(2)
+    moved[:, :, mouth_cells(small)] += 1.0  # the mouth cells: free
+    assert float(anchor(img, moved.view_as(L["bounded"]), L["indices"])[0]) == 0.0
+    moved[:, :, eye_cells(small)] += 1.0  # the eyes are held now
+    assert float(anchor(img, moved.view_as(L["bounded"]), L["indices"])[0]) > 0.0
+
+    init = tmp_path / "init"
+    assert main(_tok_args(corpus_dir, init, 1)) == 0
+    assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + ["--init", str(init), "--freeze-encoder",
+                                                             "--mouth-aux-weight", "1"]) == 2
+    assert "--mouth-aux-weight trains the encoder's mouth tokens" in capsys.readouterr().err
+    out = tmp_path / "coded"
+    assert main(_tok_args(corpus_dir, out, 200) + ["--init", str(init), "--anchor-latent", "5", "--anchor-free",
+                                                   "mouth", "--mouth-aux-weight", "1"]) == 0
+    row = next(r for r in _rows(out / "metrics.jsonl") if "mouth_code_err" in r)
+    assert 0.0 <= row["mouth_code_err"] <= 1.0 and 0.0 <= row["anchor_kept"] <= 1.0
 
 
 def test_eye_boxes_cover_both_eyes_of_the_aligned_crop():
