@@ -70,6 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref-eye-mask", type=float, default=0.0,
                    help="share of references whose eye boxes are filled with their mean colour: the image side "
                         "must draw the eyes (open or shut) from the tokens")
+    p.add_argument("--ref-mouth-mask", type=float, default=0.0,
+                   help="share of references whose mouth box is filled with its mean colour: the image side must "
+                        "draw the mouth (open cavity, teeth, lips) from the tokens instead of blending in the "
+                        "portrait's closed mouth")
     p.add_argument("--eye-weight", type=float, default=2.0,
                    help="extra L1 weight at the eye centres (the loss weight there is 1 + this; the mouth's is 1 + 3)")
     p.add_argument("--ema", type=float, default=0.0,
@@ -171,7 +175,8 @@ class FrameSampler:
     clips (real videos), a share ``p_extra`` of each batch comes from them."""
 
     def __init__(self, clips: list[common.MemClip], seed: int, extra: list[common.MemClip] | None = None,
-                 p_extra: float = 0.0, p_blink: float = 0.0, p_ref_blink: float = 0.0, p_ref_eyes: float = 0.0):
+                 p_extra: float = 0.0, p_blink: float = 0.0, p_ref_blink: float = 0.0, p_ref_eyes: float = 0.0,
+                 p_ref_mouth: float = 0.0):
         self.clips, self.rng = clips, np.random.default_rng(seed)
         self.extra, self.p_extra = list(extra or []), p_extra if extra else 0.0
         # (clip, frame) of every frame whose blink label is >= 0.5: drawn with probability p_blink
@@ -187,8 +192,9 @@ class FrameSampler:
             self.blink_frames.setdefault(i, []).append(t)
         if p_ref_blink > 0 and not self.blinks:
             raise UserError("--ref-blink-share: no training frame has a blink label >= 0.5 to draw from")
-        self.p_ref_blink, self.p_ref_eyes = p_ref_blink, p_ref_eyes
+        self.p_ref_blink, self.p_ref_eyes, self.p_ref_mouth = p_ref_blink, p_ref_eyes, p_ref_mouth
         self._eye_box: np.ndarray | None = None
+        self._mouth_box: np.ndarray | None = None
 
     def jitter(self, ref: np.ndarray) -> np.ndarray:
         """Shift the reference by up to 6 px and change its gain/offset by up to 10%: the decoder must take
@@ -209,6 +215,16 @@ class FrameSampler:
             m = np.zeros_like(self._eye_box)
             m[:, cols] = self._eye_box[:, cols]
             out[m] = ref[m].reshape(-1, 3).mean(0).astype(np.uint8)
+        return out
+
+    def hide_mouth(self, ref: np.ndarray) -> np.ndarray:
+        """The reference with its mouth box (``mouth_boxes``) filled with the box's mean colour: the image side
+        cannot copy the portrait's (mostly closed) mouth and must draw lips, teeth and the open cavity from
+        the tokens."""
+        if self._mouth_box is None or self._mouth_box.shape[0] != ref.shape[0]:
+            self._mouth_box = mouth_boxes(ref.shape[0], torch.device("cpu"))[0, 0].numpy() > 0
+        out = ref.copy()
+        out[self._mouth_box] = ref[self._mouth_box].reshape(-1, 3).mean(0).astype(np.uint8)
         return out
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -244,6 +260,8 @@ class FrameSampler:
                 ref = c.portrait if self.rng.random() < 0.7 else c.frames[self.rng.integers(len(c.frames))]
             if self.p_ref_eyes > 0 and self.rng.random() < self.p_ref_eyes:
                 ref = self.hide_eyes(ref)
+            if self.p_ref_mouth > 0 and self.rng.random() < self.p_ref_mouth:
+                ref = self.hide_mouth(ref)
             ref = self.jitter(ref)
             if self.rng.random() < 0.5:
                 img, ref = img[:, ::-1], ref[:, ::-1]
@@ -484,7 +502,7 @@ def run(args: argparse.Namespace) -> int:
     real, real_held = real_clips(args.real_video, cfg.tokenizer.image_size, args.real_max_frames) \
         if args.real_video else ([], [])
     sampler = FrameSampler(train, args.seed + step, real, args.real_weight, args.blink_share, args.ref_blink_share,
-                           args.ref_eye_mask)
+                           args.ref_eye_mask, args.ref_mouth_mask)
     weights = region_weights(cfg.tokenizer.image_size, device, args.eye_weight)
     eye_box = eye_boxes(cfg.tokenizer.image_size, device)
     mouth_box = mouth_boxes(cfg.tokenizer.image_size, device)

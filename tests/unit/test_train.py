@@ -416,9 +416,37 @@ def test_mouth_code_reads_the_mouth_tokens_first_digit_as_openness(corpus_dir, t
     assert "--mouth-aux-weight trains the encoder's mouth tokens" in capsys.readouterr().err
     out = tmp_path / "coded"
     assert main(_tok_args(corpus_dir, out, 200) + ["--init", str(init), "--anchor-latent", "5", "--anchor-free",
-                                                   "mouth", "--mouth-aux-weight", "1"]) == 0
+                                                   "mouth", "--mouth-aux-weight", "1", "--ref-mouth-mask",
+                                                   "0.5"]) == 0
     row = next(r for r in _rows(out / "metrics.jsonl") if "mouth_code_err" in r)
     assert 0.0 <= row["mouth_code_err"] <= 1.0 and 0.0 <= row["anchor_kept"] <= 1.0
+
+
+def test_ref_mouth_mask_fills_only_the_mouth_box_of_that_share_of_references():
+    """--ref-mouth-mask: ``hide_mouth`` sets every pixel of the mouth box to the box's mean colour and leaves the
+    rest alone; the sampler does it to about that share of references."""
+    import numpy as np
+
+    from eartalking.train.common import MemClip
+    from eartalking.train.tokenizer import FrameSampler, mouth_boxes
+
+    rng = np.random.default_rng()
+    S, T = 64, 6
+    frames = rng.integers(0, 256, (T, S, S, 3), dtype=np.uint8)
+    c = MemClip("c", frames, np.zeros(0, np.float32), np.zeros((T, 0), np.float32), np.zeros(T, np.float32),
+                frames[0].copy(), "p")
+    box = mouth_boxes(S, torch.device("cpu"))[0, 0].numpy() > 0
+    ref = frames[3]
+    hidden = FrameSampler([c], 0, p_ref_mouth=1.0).hide_mouth(ref)
+    assert np.array_equal(hidden[~box], ref[~box]) and not np.array_equal(hidden[box], ref[box])
+    assert np.array_equal(hidden[box], np.broadcast_to(ref[box].mean(0).astype(np.uint8), hidden[box].shape))
+    # the sampler's references: jitter shifts by <= 6 px, so the box's inner part stays flat where it was hidden
+    inner = np.zeros_like(box)
+    ys, xs = np.nonzero(box)
+    inner[ys.min() + 7:ys.max() - 6, xs.min() + 7:xs.max() - 6] = True
+    flat = lambda refs: float((refs[:, inner].std(axis=1).max(axis=1) < 1.0).mean())  # noqa: E731
+    assert flat(FrameSampler([c], 1, p_ref_mouth=0.5).batch(300)[1]) == pytest.approx(0.5, abs=0.1)
+    assert flat(FrameSampler([c], 1).batch(300)[1]) == 0.0
 
 
 def test_eye_boxes_cover_both_eyes_of_the_aligned_crop():
