@@ -12,6 +12,8 @@ and ``loss.png``; held-out identities (split ``eval``) give the PSNR that is log
 average of the weights instead. Eye options (``--blink-share``, ``--ref-blink-share``, ``--ref-eye-mask``,
 ``--eye-box-weight``, ``--anchor-latent``, ``--blink-aux-weight``) are for teaching the tokens to carry the eye
 state and the image side to draw shut eyes from them; ``scripts/eye_token_search.py`` checks whether it can.
+Mouth options (``--mouth-box-weight``, ``--mouth-aux-weight`` with ``--anchor-free mouth``, ``--ref-mouth-mask``)
+do the same for mouth openness; ``scripts/token_lipsync.py`` reads it back from generated tokens.
 """
 
 from __future__ import annotations
