@@ -195,8 +195,7 @@ class FrameSampler:
         if p_ref_blink > 0 and not self.blinks:
             raise UserError("--ref-blink-share: no training frame has a blink label >= 0.5 to draw from")
         self.p_ref_blink, self.p_ref_eyes, self.p_ref_mouth = p_ref_blink, p_ref_eyes, p_ref_mouth
-        self._eye_box: np.ndarray | None = None
-        self._mouth_box: np.ndarray | None = None
+        self._boxes: dict[tuple[str, int], np.ndarray] = {}  # (eyes|mouth, size) -> bool mask [S, S]
 
     def jitter(self, ref: np.ndarray) -> np.ndarray:
         """Shift the reference by up to 6 px and change its gain/offset by up to 10%: the decoder must take
@@ -206,27 +205,37 @@ class FrameSampler:
         out = out * self.rng.uniform(0.9, 1.1) + self.rng.uniform(-12, 12)
         return np.clip(out, 0, 255).astype(np.uint8)
 
+    def _box(self, part: str, size: int) -> np.ndarray:
+        """The ``eye_boxes`` / ``mouth_boxes`` mask for ``size`` px as bool [S, S], built once per size."""
+        key = (part, size)
+        if key not in self._boxes:
+            boxes = eye_boxes if part == "eyes" else mouth_boxes
+            self._boxes[key] = boxes(size, torch.device("cpu"))[0, 0].numpy() > 0
+        return self._boxes[key]
+
+    @staticmethod
+    def _fill_mean(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> None:
+        """Set ``out``'s pixels under ``mask`` to ``ref``'s mean colour there (in place)."""
+        out[mask] = ref[mask].reshape(-1, 3).mean(0).astype(np.uint8)
+
     def hide_eyes(self, ref: np.ndarray) -> np.ndarray:
         """The reference with each eye box (``eye_boxes``) filled with its own mean colour: nothing of the eye
         state is left to copy."""
-        if self._eye_box is None or self._eye_box.shape[0] != ref.shape[0]:
-            self._eye_box = eye_boxes(ref.shape[0], torch.device("cpu"))[0, 0].numpy() > 0
+        box = self._box("eyes", ref.shape[0])
         out = ref.copy()
         half = ref.shape[1] // 2
         for cols in (slice(0, half), slice(half, None)):
-            m = np.zeros_like(self._eye_box)
-            m[:, cols] = self._eye_box[:, cols]
-            out[m] = ref[m].reshape(-1, 3).mean(0).astype(np.uint8)
+            m = np.zeros_like(box)
+            m[:, cols] = box[:, cols]
+            self._fill_mean(out, ref, m)
         return out
 
     def hide_mouth(self, ref: np.ndarray) -> np.ndarray:
         """The reference with its mouth box (``mouth_boxes``) filled with the box's mean colour: the image side
         cannot copy the portrait's (mostly closed) mouth and must draw lips, teeth and the open cavity from
         the tokens."""
-        if self._mouth_box is None or self._mouth_box.shape[0] != ref.shape[0]:
-            self._mouth_box = mouth_boxes(ref.shape[0], torch.device("cpu"))[0, 0].numpy() > 0
         out = ref.copy()
-        out[self._mouth_box] = ref[self._mouth_box].reshape(-1, 3).mean(0).astype(np.uint8)
+        self._fill_mean(out, ref, self._box("mouth", ref.shape[0]))
         return out
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -374,6 +383,12 @@ class LatentAnchor:
         return drift, kept
 
 
+def rounded_digits(bounded: torch.Tensor) -> torch.Tensor:
+    """Pre-rounding FSQ digits -> the rounded digits the token index is made of, with the gradient passed
+    straight through (for the fixed codes ``BlinkCode`` and ``MouthCode``)."""
+    return bounded + (torch.round(bounded) - bounded).detach()
+
+
 class BlinkCode:
     """A fixed code for the eye state in the eye tokens (``--blink-aux-weight``), trained into the encoder.
 
@@ -401,7 +416,7 @@ class BlinkCode:
 
     def logit(self, bounded: torch.Tensor) -> torch.Tensor:
         """[B, d, g, g] pre-rounding digits -> [B] shut-eye logit of the rounded ones (straight-through)."""
-        q = bounded + (torch.round(bounded) - bounded).detach()  # the digits the token index is made of
+        q = rounded_digits(bounded)
         return self.SCALE * (q[:, 0].flatten(1)[:, self.cells].mean(1) - self.mid)
 
     def __call__(self, bounded: torch.Tensor, blink: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -437,7 +452,7 @@ class MouthCode:
 
     def predict(self, bounded: torch.Tensor) -> torch.Tensor:
         """[B, d, g, g] pre-rounding digits -> [B] openness read from the rounded ones (straight-through)."""
-        q = bounded + (torch.round(bounded) - bounded).detach()
+        q = rounded_digits(bounded)
         return q[:, 0].flatten(1)[:, self.cells].mean(1) / self.top
 
     def __call__(self, bounded: torch.Tensor, openness: torch.Tensor) -> tuple[torch.Tensor, float]:
