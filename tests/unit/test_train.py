@@ -319,6 +319,22 @@ def test_latent_anchor_holds_every_cell_but_the_eyes(tokenizer_runs, corpus_dir,
     assert 0.0 <= row["anchor_kept"] <= 1.0 and row["anchor_drift"] >= 0.0
 
 
+def _aux_code_run(corpus_dir: Path, tmp_path: Path, capsys, flag: str, refusal: str, extra: list[str],
+                  logged: str) -> dict:
+    """The CLI side of a fixed-code option (``flag`` = --blink-aux-weight / --mouth-aux-weight): refused with
+    --freeze-encoder (the error names the flag and ``refusal``), then 200 steps from an --init run with
+    --anchor-latent 5 and ``extra`` -> the first metrics row that logs ``logged``."""
+    init = tmp_path / "init"
+    assert main(_tok_args(corpus_dir, init, 1)) == 0
+    assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + ["--init", str(init), "--freeze-encoder",
+                                                             flag, "1"]) == 2
+    assert f"{flag} {refusal}" in capsys.readouterr().err
+    out = tmp_path / "coded"
+    assert main(_tok_args(corpus_dir, out, 200) + ["--init", str(init), "--anchor-latent", "5", flag, "1",
+                                                   *extra]) == 0
+    return next(r for r in _rows(out / "metrics.jsonl") if logged in r)
+
+
 def test_blink_code_reads_only_the_eye_tokens_first_digit_and_skips_unknown_labels(corpus_dir, tmp_path, capsys):
     """--blink-aux-weight: the loss's gradient reaches digit 0 of the eye cells and nothing else, high digits
     mean shut, frames with an unknown (NaN) label do not count, and the CLI trains with it (logging loss and
@@ -351,15 +367,8 @@ def test_blink_code_reads_only_the_eye_tokens_first_digit_and_skips_unknown_labe
     assert code(top, torch.ones(2))[1] == 1.0 and code(low, torch.zeros(2))[1] == 1.0
     assert float(code(top, torch.ones(2))[0]) < 0.01 < float(code(low, torch.ones(2))[0])
 
-    tok = tmp_path / "init"
-    assert main(_tok_args(corpus_dir, tok, 1)) == 0
-    assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + ["--init", str(tok), "--freeze-encoder",
-                                                             "--blink-aux-weight", "1"]) == 2
-    assert "--blink-aux-weight trains the encoder's eye tokens" in capsys.readouterr().err
-    out = tmp_path / "coded"
-    assert main(_tok_args(corpus_dir, out, 200) + ["--init", str(tok), "--anchor-latent", "5",
-                                                   "--blink-aux-weight", "1", "--ref-eye-mask", "0.5"]) == 0
-    row = next(r for r in _rows(out / "metrics.jsonl") if "blink_loss" in r)
+    row = _aux_code_run(corpus_dir, tmp_path, capsys, "--blink-aux-weight", "trains the encoder's eye tokens",
+                        ["--ref-eye-mask", "0.5"], "blink_loss")
     assert row["blink_loss"] >= 0.0 and (row["blink_acc"] != row["blink_acc"] or 0 <= row["blink_acc"] <= 1)
 
 
@@ -409,16 +418,8 @@ def test_mouth_code_reads_the_mouth_tokens_first_digit_as_openness(corpus_dir, t
     moved[:, :, eye_cells(small)] += 1.0  # the eyes are held now
     assert float(anchor(img, moved.view_as(L["bounded"]), L["indices"])[0]) > 0.0
 
-    init = tmp_path / "init"
-    assert main(_tok_args(corpus_dir, init, 1)) == 0
-    assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + ["--init", str(init), "--freeze-encoder",
-                                                             "--mouth-aux-weight", "1"]) == 2
-    assert "--mouth-aux-weight trains the encoder's mouth tokens" in capsys.readouterr().err
-    out = tmp_path / "coded"
-    assert main(_tok_args(corpus_dir, out, 200) + ["--init", str(init), "--anchor-latent", "5", "--anchor-free",
-                                                   "mouth", "--mouth-aux-weight", "1", "--ref-mouth-mask",
-                                                   "0.5"]) == 0
-    row = next(r for r in _rows(out / "metrics.jsonl") if "mouth_code_err" in r)
+    row = _aux_code_run(corpus_dir, tmp_path, capsys, "--mouth-aux-weight", "trains the encoder's mouth tokens",
+                        ["--anchor-free", "mouth", "--ref-mouth-mask", "0.5"], "mouth_code_err")
     assert 0.0 <= row["mouth_code_err"] <= 1.0 and 0.0 <= row["anchor_kept"] <= 1.0
 
 
