@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -93,3 +95,15 @@ def test_sequence_store_end_reap_and_errors():
     with pytest.raises(SequenceError, match="START"):
         st.get(2)
     assert not st.end(2)
+
+
+def test_every_model_and_template_folder_is_a_listed_package():
+    """pyproject.toml lists each data folder under triton_repo/models and triton_repo/templates as a package:
+    an unlisted one still ships through package-data, but setuptools prints a 30-line warning for it on every
+    `make setup`. A new model folder must be added there."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    root = Path(__file__).resolve().parents[2]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {f"eartalking.triton_repo.{kind}.{d.name}" for kind in ("models", "templates")
+               for d in (root / "triton_repo" / kind).iterdir() if d.is_dir() and not d.name.startswith("__")}
+    assert len(folders) >= 11 and folders <= listed, sorted(folders - listed)
