@@ -273,8 +273,13 @@ class Tokenizer(nn.Module):
         return self.decode_codes(codes.transpose(1, 2).reshape(tokens.shape[0], -1, g, g), refs)
 
     # ---- training ----
-    def forward(self, image: torch.Tensor, ref_image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, image: torch.Tensor, ref_image: torch.Tensor, replace: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """FSQ autoencoding of ``image`` conditioned on ``ref_image`` (both [B,3,S,S]).
+
+        ``replace`` int64 [B, N] (optional): where >= 0, that token is decoded in place of the image's own
+        (``train-tokenizer --decoder-tokens``: the step decoder's picks); -1 keeps the image's token. The
+        returned ``indices`` and ``bounded`` stay the image's own.
 
         Returns (recon [B,3,S,S], losses) with losses: ``vq``, ``commit`` and ``vq_total`` (zero: FSQ needs
         no codebook or commitment loss; kept so training code can add them unconditionally), ``l1`` (recon),
@@ -286,6 +291,11 @@ class Tokenizer(nn.Module):
         digits = torch.round(zb).clamp(0, self.levels - 1)
         idx = (digits.flatten(2) * self.radix[None, :, None]).sum(1).long()
         q = zb + (digits - zb).detach()  # straight-through rounding
+        if replace is not None:
+            g = self.cfg.grid
+            given = torch.div(replace.clamp_min(0)[:, None, :].float(), self.radix[None, :, None],
+                              rounding_mode="floor") % self.levels  # digits [B, d, N]
+            q = torch.where((replace >= 0)[:, None, :].reshape(-1, 1, g, g), given.reshape(q.shape).to(q.dtype), q)
         vals = q * (2.0 / (self.levels - 1)) - 1.0
         z_q = self.from_fsq(vals.movedim(1, -1)).movedim(-1, 1)  # [B, code_dim, g, g]
         zero = zb.sum() * 0.0

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from eartalking.cli import UserError
 from eartalking.config import CONTROL_NAMES, ModelConfig
 from eartalking.train import common
+from eartalking.train.decoder_tokens import clip_pcm
 
 AUX = "aux_head.safetensors"
 BLINK = CONTROL_NAMES.index("blink")
@@ -109,13 +110,7 @@ class WindowSampler:
 
     def pcm_span(self, clip: common.MemClip, t0: int) -> np.ndarray:
         """Samples the audio encoder needs for video frames t0..t0+T-1 (stream coordinates, zero padded)."""
-        T, spf = self.T, self.spf
-        lo = (t0 + self.la) * spf - self.left  # in clip sample coordinates (may be negative)
-        hi = (t0 + T + self.la) * spf
-        out = np.zeros(hi - lo, np.float32)
-        src = clip.pcm[max(lo, 0):min(hi, len(clip.pcm))]
-        out[max(0, -lo):max(0, -lo) + len(src)] = src
-        return out
+        return clip_pcm(clip, self.spf, self.la, self.left, t0, self.T)
 
     def batch(self, B: int) -> dict[str, np.ndarray]:
         keys = ("controls", "openness", "pcm") + (("ref", "tokens", "prev") if self.tok is not None else ())

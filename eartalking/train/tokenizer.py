@@ -59,9 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train only the reference encoder and the image decoder: token indices stay exactly as they "
                         "are, so a decoder trained on them stays valid (fine-tune beside `eartalking train`)")
     p.add_argument("--init", default="",
-                   help="start from these tokenizer weights (a tokenizer.safetensors or a run folder) with a fresh "
-                        "optimizer; parts the source lacks (the reference aligner of flow_at, the pixel path of "
-                        "ref_pixels) start at their identity initialisation")
+                   help="start from these tokenizer weights (a tokenizer.safetensors, a run folder, or a "
+                        "checkpoint folder such as checkpoints/tiny) with a fresh optimizer; parts the source lacks "
+                        "(the reference aligner of flow_at, the pixel path of ref_pixels) start at their identity "
+                        "initialisation")
     p.add_argument("--blink-share", type=float, default=0.0,
                    help="share of each batch drawn from frames whose blink label is >= 0.5 (rare otherwise: about "
                         "3%% of frames), so the image side learns to draw shut eyes from the tokens")
@@ -107,6 +108,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "for shut eyes and low for open ones (the frame's blink label): it makes the eye tokens carry "
                         "the eye state, which the image loss alone leaves out (the reference supplies open eyes); "
                         "0 = off")
+    p.add_argument("--decoder-tokens", default="", metavar="CHECKPOINT",
+                   help="with --freeze-encoder: a full checkpoint (e.g. checkpoints/tiny) whose step decoder picks the "
+                        "mouth tokens of a share of the training frames (teacher-forced, audio only, its own pick "
+                        "rule); those frames decode the picks in place of their own mouth tokens, with the real "
+                        "frame as the target, so the image side learns to draw the tokens it gets at inference. "
+                        "Its tokenizer encoder must equal this one")
+    p.add_argument("--decoder-token-share", type=float, default=0.5,
+                   help="share of the corpus frames that decode the --decoder-tokens picks (0..1)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
@@ -178,8 +187,12 @@ class FrameSampler:
 
     def __init__(self, clips: list[common.MemClip], seed: int, extra: list[common.MemClip] | None = None,
                  p_extra: float = 0.0, p_blink: float = 0.0, p_ref_blink: float = 0.0, p_ref_eyes: float = 0.0,
-                 p_ref_mouth: float = 0.0):
+                 p_ref_mouth: float = 0.0, picks: list[np.ndarray] | None = None, p_picks: float = 0.0):
         self.clips, self.rng = clips, np.random.default_rng(seed)
+        # per clip int64 [T, N] (decoder_tokens.decoder_picks): a share p_picks of frames decode these tokens
+        if picks is not None and len(picks) != len(clips):
+            raise ValueError(f"picks for {len(picks)} clips, sampler has {len(clips)}")
+        self.picks, self.p_picks = picks, p_picks if picks is not None else 0.0
         self.extra, self.p_extra = list(extra or []), p_extra if extra else 0.0
         # (clip, frame) of every frame whose blink label is >= 0.5: drawn with probability p_blink
         self.blink_index = bi = CONTROL_NAMES.index("blink")
@@ -240,14 +253,16 @@ class FrameSampler:
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(frames uint8 [n,S,S,3], references uint8 [n,S,S,3])."""
-        imgs, refs, _, _ = self.labeled_batch(n)
+        imgs, refs, _, _, _ = self.labeled_batch(n)
         return imgs, refs
 
-    def labeled_batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def labeled_batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """``batch`` plus each frame's blink label float32 [n] (0 open .. 1 shut) and mouth openness float32 [n]
         (0 shut .. 1 wide open), NaN where unknown (e.g. the real videos): for ``--blink-aux-weight`` and
-        ``--mouth-aux-weight``."""
-        imgs, refs, blinks, opens = [], [], [], []
+        ``--mouth-aux-weight``; and with ``picks``, the tokens to decode in place of each frame's own, int64
+        [n, N] (-1 = its own; a share ``p_picks`` of the corpus frames get their clip's picks, and those frames
+        are never flipped, since tokens cannot be), else None."""
+        imgs, refs, blinks, opens, replace = [], [], [], [], []
         bi = self.blink_index
         for _ in range(n):
             i = -1  # index into self.clips (-1: a real-video clip)
@@ -274,11 +289,15 @@ class FrameSampler:
             if self.p_ref_mouth > 0 and self.rng.random() < self.p_ref_mouth:
                 ref = self.hide_mouth(ref)
             ref = self.jitter(ref)
-            if self.rng.random() < 0.5:
+            picked = self.p_picks > 0 and i >= 0 and self.rng.random() < self.p_picks
+            if self.picks is not None:
+                replace.append(self.picks[i][t] if picked else np.full(self.picks[0].shape[1], -1, np.int64))
+            if not picked and self.rng.random() < 0.5:
                 img, ref = img[:, ::-1], ref[:, ::-1]
             imgs.append(img)
             refs.append(ref)
-        return np.stack(imgs), np.stack(refs), np.asarray(blinks, np.float32), np.asarray(opens, np.float32)
+        return (np.stack(imgs), np.stack(refs), np.asarray(blinks, np.float32), np.asarray(opens, np.float32),
+                np.stack(replace).astype(np.int64) if self.picks is not None else None)
 
 
 def real_clips(assets: str, size: int, max_frames: int, held_frames: int = 48
@@ -467,11 +486,19 @@ class MouthCode:
 def load_init(tok, src: str, device: torch.device) -> None:
     """Load ``src`` (file or folder holding tokenizer.safetensors) into ``tok``; only the aligner and the pixel
     path (both identity at initialisation) may be missing."""
+    from eartalking.model.checkpoint import WEIGHTS_FILE
+
     path = Path(src)
-    path = path / WEIGHTS if path.is_dir() else path
+    prefix = ""
+    if path.is_dir():
+        prefix = "tokenizer." if not (path / WEIGHTS).is_file() and (path / WEIGHTS_FILE).is_file() else ""
+        path = path / (WEIGHTS_FILE if prefix else WEIGHTS)
     if not path.is_file():
-        raise SystemExit(f"--init {src}: no {WEIGHTS} there")
-    missing, unexpected = tok.load_state_dict(load_file(str(path), device=str(device)), strict=False)
+        raise SystemExit(f"--init {src}: no {WEIGHTS} (or checkpoint {WEIGHTS_FILE}) there")
+    state = load_file(str(path), device=str(device))
+    if prefix:  # a full checkpoint: its tokenizer part
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    missing, unexpected = tok.load_state_dict(state, strict=False)
     bad = [k for k in missing if not k.startswith(("align.", "pix."))] + list(unexpected)
     if bad:
         raise SystemExit(f"--init {src}: weights do not fit this preset ({len(bad)} keys differ, e.g. {bad[:3]})")
@@ -498,6 +525,11 @@ def run(args: argparse.Namespace) -> int:
     if args.mouth_aux_weight > 0 and args.freeze_encoder:
         raise UserError("--mouth-aux-weight trains the encoder's mouth tokens: it cannot be used with "
                         "--freeze-encoder")
+    if args.decoder_tokens and not args.freeze_encoder:
+        raise UserError("--decoder-tokens gives the step decoder's picks of the frozen encoder's tokens: it needs "
+                        "--freeze-encoder")
+    if not 0.0 <= args.decoder_token_share <= 1.0:
+        raise UserError(f"--decoder-token-share must be in 0..1, got {args.decoder_token_share}")
     if args.init:
         load_init(tok, args.init, device)
     # the --init encoder, also on resume
@@ -518,8 +550,14 @@ def run(args: argparse.Namespace) -> int:
     log = common.MetricsLog(out / "metrics.jsonl")
     real, real_held = real_clips(args.real_video, cfg.tokenizer.image_size, args.real_max_frames) \
         if args.real_video else ([], [])
+    picks = None
+    if args.decoder_tokens:
+        from eartalking.train.decoder import mouth_cells
+        from eartalking.train.decoder_tokens import load_picks
+
+        picks = load_picks(args.decoder_tokens, tok, train, mouth_cells(cfg), device)
     sampler = FrameSampler(train, args.seed + step, real, args.real_weight, args.blink_share, args.ref_blink_share,
-                           args.ref_eye_mask, args.ref_mouth_mask)
+                           args.ref_eye_mask, args.ref_mouth_mask, picks, args.decoder_token_share)
     weights = region_weights(cfg.tokenizer.image_size, device, args.eye_weight)
     eye_box = eye_boxes(cfg.tokenizer.image_size, device)
     mouth_box = mouth_boxes(cfg.tokenizer.image_size, device)
@@ -533,10 +571,11 @@ def run(args: argparse.Namespace) -> int:
     while not budget.done(step):
         for g in opt.param_groups:
             g["lr"] = common.cosine_lr(step, args.steps, args.lr)
-        img_np, ref_np, blink_np, open_np = sampler.labeled_batch(args.batch)
+        img_np, ref_np, blink_np, open_np, replace_np = sampler.labeled_batch(args.batch)
         img, ref = common.to_image_tensor(img_np, device), common.to_image_tensor(ref_np, device)
+        replace = torch.from_numpy(replace_np).to(device) if replace_np is not None else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            rec, L = tok(img, ref)
+            rec, L = tok(img, ref, replace)
         rec = rec.float()
         l1w = ((rec - img).abs() * weights).mean()
         if args.eye_box_weight > 0:

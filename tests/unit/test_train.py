@@ -228,7 +228,8 @@ def test_frame_sampler_draws_blinking_frames_at_the_requested_share():
     opening = rng.uniform(0, 1, T).astype(np.float32)
     opening[5] = np.nan  # unknown openness stays unknown
     c = MemClip("c", frames, np.zeros(0, np.float32), controls, opening, frames[0].copy(), "p")
-    imgs, _, labels, opens = FrameSampler([c], 1, p_blink=0.4).labeled_batch(400)
+    imgs, _, labels, opens, replace = FrameSampler([c], 1, p_blink=0.4).labeled_batch(400)
+    assert replace is None  # no decoder picks given
     share = float((imgs[:, 0, 0, 0] == 255).mean())  # 0.4 + 0.6 * 2/40 = 0.43
     assert 0.35 < share < 0.51, share
     # each frame comes with its own blink label (--blink-aux-weight): shut frames >= 0.5, the others 0

@@ -1,0 +1,96 @@
+"""The step decoder's own picks for the mouth cells of corpus frames: what ``train-tokenizer --decoder-tokens``
+teaches the image side to draw.
+
+Why: the image side learns from the tokenizer encoder's tokens, but at inference it draws the step decoder's
+picks. With ``decoder.greedy = "code_mean"`` a pick is the token nearest the *expected* FSQ digits, so over the
+mouth it takes in-between digit combinations that the encoder seldom gives a real frame; the image side has
+hardly seen them. Measured on the shipped model: the generated mouth tokens follow the human voice at r ~0.7,
+the frames drawn from them at ~0.57 (MODEL_CARD.md, session 9). Training the image side on (portrait, frame's
+own tokens with the mouth cells replaced by the decoder's picks) -> the real frame puts those tokens in its
+training distribution, with the real frame's mouth as the target.
+
+The picks are teacher-forced (one pass per clip: the previous frames' tokens are the encoder's), audio only (no
+controls, as ``evaluate`` generates for lip-sync), with the checkpoint's own pick rule at temperature 0. The
+shipped decoder anchors the previous frame's mouth cells to the portrait (``decoder.anchor_cells``), so its
+mouth picks depend on the audio and the other cells, as in free-running generation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from eartalking.cli import UserError
+from eartalking.train import common
+
+ENCODER_PARTS = ("encoder.", "to_code.", "to_fsq.")  # the tokenizer weights that decide a frame's tokens
+
+
+def clip_pcm(clip: common.MemClip, samples_per_frame: int, lookahead_frames: int, left_context: int,
+             t0: int, frames: int) -> np.ndarray:
+    """The PCM the audio encoder needs for video frames t0..t0+frames-1, in streaming coordinates (frame t is
+    paired with its lookahead; ``left_context`` samples before; zero padded past either end) -> float32
+    [(frames + lookahead) * spf + left_context - lookahead * spf] (the span ``model.audio`` turns into
+    ``frames`` audio blocks)."""
+    lo = (t0 + lookahead_frames) * samples_per_frame - left_context
+    hi = (t0 + frames + lookahead_frames) * samples_per_frame
+    out = np.zeros(hi - lo, np.float32)
+    src = clip.pcm[max(lo, 0):min(hi, len(clip.pcm))]
+    out[max(0, -lo):max(0, -lo) + len(src)] = src
+    return out
+
+
+def check_same_encoder(model_tokenizer: torch.nn.Module, tok: torch.nn.Module, source: str) -> None:
+    """Refuse (UserError) unless ``tok``'s encoder is bit-identical to the checkpoint's: the decoder's picks
+    are indices of the checkpoint's tokens, meaningless under another encoder."""
+    mine = tok.state_dict()
+    theirs = model_tokenizer.state_dict()
+    differ = [k for k in mine if k.startswith(ENCODER_PARTS)
+              and (k not in theirs or not torch.equal(mine[k].cpu(), theirs[k].cpu()))]
+    if differ:
+        raise UserError(f"--decoder-tokens {source}: its tokenizer encoder differs from the one trained here "
+                        f"({len(differ)} tensors, e.g. {differ[0]}): start with --init from the same tokenizer "
+                        f"and --freeze-encoder")
+
+
+@torch.no_grad()
+def decoder_picks(model, clips: list[common.MemClip], cells: list[int], device: torch.device
+                  ) -> list[np.ndarray]:
+    """Per clip int64 [T, N]: -1 everywhere except ``cells``, which hold the step decoder's teacher-forced,
+    audio-only temperature-0 pick for that frame (``model`` = a full EARTalking, eval mode)."""
+    from eartalking.model.decoder import teacher_prev_tokens
+
+    a = model.cfg.audio
+    tok, dec = model.tokenizer, model.decoder
+    N = model.cfg.tokens_per_frame
+    keep = torch.zeros(N, dtype=torch.bool, device=device)
+    keep[cells] = True
+    out = []
+    for c in tqdm(clips, desc="decoder picks", unit="clip"):
+        T = len(c.frames)
+        frames = torch.cat([tok.encode(common.to_image_tensor(c.frames[i:i + 64], device))
+                            for i in range(0, T, 64)])[None]  # [1, T, N]
+        ref = tok.encode(common.to_image_tensor(c.portrait[None], device))  # [1, N]
+        pcm = clip_pcm(c, a.samples_per_frame, a.lookahead_frames, a.left_context, 0, T)
+        audio = model.audio(torch.from_numpy(pcm)[None].to(device))  # [1, T, A, Da]
+        zeros = torch.zeros(1, T, dec.C, device=device)
+        logits = dec.forward_train(ref, audio, zeros, zeros, teacher_prev_tokens(ref, frames))  # [1, T, N, K]
+        picks = dec.pick(logits[0], torch.zeros(T, 1, device=device), torch.zeros_like(logits[0]))  # [T, N]
+        out.append(torch.where(keep, picks, torch.full_like(picks, -1)).cpu().numpy())
+    return out
+
+
+def load_picks(source: str, tok: torch.nn.Module, clips: list[common.MemClip], cells: list[int],
+               device: torch.device) -> list[np.ndarray]:
+    """``--decoder-tokens SOURCE``: load the checkpoint, check its encoder against ``tok``'s, and return
+    ``decoder_picks`` for ``clips``."""
+    from eartalking.model import checkpoint
+
+    if not Path(source).is_dir():
+        raise UserError(f"--decoder-tokens {source}: not a folder (give a checkpoint or `eartalking train` run)")
+    model, _ = checkpoint.load(source, device)
+    check_same_encoder(model.tokenizer, tok, source)
+    return decoder_picks(model, clips, cells, device)
