@@ -17,6 +17,8 @@ mouth picks depend on the audio and the other cells, as in free-running generati
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -83,14 +85,40 @@ def decoder_picks(model, clips: list[common.MemClip], cells: list[int], device: 
     return out
 
 
+CACHE = "decoder_picks.npz"  # in the train-tokenizer run folder: resuming (or a copy) skips the decoder pass
+
+
+def _cache_key(source: Path, clips: list[common.MemClip], cells: list[int]) -> str:
+    """What the picks depend on: the checkpoint's weights and config, the clips (names, frame counts) and cells."""
+    from eartalking.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+    h = hashlib.sha256()
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        h.update((source / name).read_bytes())
+    h.update(json.dumps([[c.name, len(c.frames)] for c in clips] + [list(cells)]).encode())
+    return h.hexdigest()
+
+
 def load_picks(source: str, tok: torch.nn.Module, clips: list[common.MemClip], cells: list[int],
-               device: torch.device) -> list[np.ndarray]:
+               device: torch.device, cache: Path | None = None) -> list[np.ndarray]:
     """``--decoder-tokens SOURCE``: load the checkpoint, check its encoder against ``tok``'s, and return
-    ``decoder_picks`` for ``clips``."""
+    ``decoder_picks`` for ``clips``; with ``cache`` (a .npz path) they are read from there when it was written
+    for the same checkpoint, clips and cells, else computed and written there."""
     from eartalking.model import checkpoint
 
     if not Path(source).is_dir():
         raise UserError(f"--decoder-tokens {source}: not a folder (give a checkpoint or `eartalking train` run)")
     model, _ = checkpoint.load(source, device)
     check_same_encoder(model.tokenizer, tok, source)
-    return decoder_picks(model, clips, cells, device)
+    key = _cache_key(Path(source), clips, cells)
+    if cache is not None and cache.is_file():
+        with np.load(cache) as z:
+            if str(z["key"]) == key:
+                print(f"decoder picks: {len(clips)} clips from {cache}")
+                return [z[f"clip{i}"] for i in range(len(clips))]
+    picks = decoder_picks(model, clips, cells, device)
+    if cache is not None:
+        tmp = cache.with_name(cache.name + ".tmp.npz")
+        np.savez_compressed(tmp, key=np.array(key), **{f"clip{i}": p.astype(np.int16) for i, p in enumerate(picks)})
+        tmp.replace(cache)
+    return picks

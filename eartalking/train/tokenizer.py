@@ -553,9 +553,9 @@ def run(args: argparse.Namespace) -> int:
     picks = None
     if args.decoder_tokens:
         from eartalking.train.decoder import mouth_cells
-        from eartalking.train.decoder_tokens import load_picks
+        from eartalking.train.decoder_tokens import CACHE, load_picks
 
-        picks = load_picks(args.decoder_tokens, tok, train, mouth_cells(cfg), device)
+        picks = load_picks(args.decoder_tokens, tok, train, mouth_cells(cfg), device, out / CACHE)
     sampler = FrameSampler(train, args.seed + step, real, args.real_weight, args.blink_share, args.ref_blink_share,
                            args.ref_eye_mask, args.ref_mouth_mask, picks, args.decoder_token_share)
     weights = region_weights(cfg.tokenizer.image_size, device, args.eye_weight)

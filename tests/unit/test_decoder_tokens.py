@@ -149,3 +149,19 @@ def test_train_tokenizer_learns_from_the_decoders_picks(corpus_dir, tmp_path, ca
     assert enc and all(torch.equal(got[k], start[k]) for k in enc)
     assert any(not torch.equal(got[k], start[k]) for k in start if k not in enc)  # the image side trained
     assert json.loads((out / "trainer_state.json").read_text())["step"] == 3
+    # the picks are cached in the run folder: resuming reads them instead of running the decoder again
+    assert (out / "decoder_picks.npz").is_file()
+    capsys.readouterr()
+    assert main(_tok(corpus_dir, out, 4) + ["--init", str(dec), "--freeze-encoder", "--decoder-tokens", str(dec),
+                                            "--decoder-token-share", "1.0"]) == 0
+    assert f"from {out / 'decoder_picks.npz'}" in capsys.readouterr().out
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 4
+    # a cache written for anything else (another checkpoint, clips or cells) is recomputed, not trusted
+    with np.load(out / "decoder_picks.npz") as z:
+        kept = {k: z[k] for k in z.files if k != "key"}
+    np.savez(out / "decoder_picks.npz", key=np.array("other"), **kept)
+    assert main(_tok(corpus_dir, out, 5) + ["--init", str(dec), "--freeze-encoder", "--decoder-tokens", str(dec),
+                                            "--decoder-token-share", "1.0"]) == 0
+    assert "decoder_picks.npz" not in capsys.readouterr().out  # not read from the cache
+    with np.load(out / "decoder_picks.npz") as z:
+        assert str(z["key"]) != "other" and all(np.array_equal(z[k], v) for k, v in kept.items())
