@@ -14,6 +14,8 @@ average of the weights instead. Eye options (``--blink-share``, ``--ref-blink-sh
 state and the image side to draw shut eyes from them; ``scripts/eye_token_search.py`` checks whether it can.
 Mouth options (``--mouth-box-weight``, ``--mouth-aux-weight`` with ``--anchor-free mouth``, ``--ref-mouth-mask``)
 do the same for mouth openness; ``scripts/token_lipsync.py`` reads it back from generated tokens.
+``--decoder-tokens CHECKPOINT`` (with ``--freeze-encoder``) trains the image side on the step decoder's own
+mouth picks instead of only the encoder's tokens (``train/decoder_tokens.py``).
 """
 
 from __future__ import annotations
