@@ -109,8 +109,10 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, clip:
 
 
 def to_image_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 [...,S,S,3] -> float [...,3,S,S] in 0..1 on ``device``."""
-    t = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
+    """uint8 [...,S,S,3] -> float [...,3,S,S] in 0..1 on ``device``. Decoded clips are read-only arrays: those are
+    copied (torch would warn about sharing non-writable memory, and the float result is a copy anyway)."""
+    frames = np.ascontiguousarray(frames)
+    t = torch.from_numpy(frames if frames.flags.writeable else frames.copy()).to(device)
     return t.movedim(-1, -3).float().div_(255.0)
 
 
