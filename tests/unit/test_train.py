@@ -293,7 +293,7 @@ def test_latent_anchor_holds_every_cell_but_the_eyes(tokenizer_runs, corpus_dir,
     img, ref = torch.rand(3, 3, 64, 64), torch.rand(3, 3, 64, 64)
     _, L = tok(img, ref)
     drift, kept = anchor(img, L["bounded"], L["indices"])
-    assert float(drift) == 0.0 and kept == 1.0
+    assert float(drift.detach()) == 0.0 and kept == 1.0
     g, eyes = cfg.tokenizer.grid, eye_cells(cfg)
     moved = L["bounded"].detach().clone().flatten(2)
     moved[:, :, eyes] += torch.rand(3, moved.shape[1], len(eyes)) + 1.0  # eye cells: free
