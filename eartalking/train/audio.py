@@ -102,11 +102,11 @@ def run(args: argparse.Namespace) -> int:
         step += 1
         bar.update(1)
         if step % 100 == 0:
-            row = {"step": step, "loss": float(loss)}
+            row = {"step": step, "loss": loss.item()}
             if step % 500 == 0:
                 row.update(evaluate(audio, aux, held, device))
                 _save(out, audio, aux, opt, step)
-            bar.set_postfix(loss=f"{float(loss):.4f}", r=row.get("eval_r", ""))
+            bar.set_postfix(loss=f"{loss.item():.4f}", r=row.get("eval_r", ""))
             log.write(**row)
     bar.close()
     _save(out, audio, aux, opt, step)

@@ -334,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
         if step % 100 == 0:
             acc = float((logits.argmax(-1) == b["tokens"]).float().mean())
-            row = {"step": step, "loss": float(loss), "ce": float(ce), "aux": float(aux_loss), "acc": acc}
+            row = {"step": step, "loss": loss.item(), "ce": ce.item(), "aux": aux_loss.item(), "acc": acc}
             if step % args.eval_every == 0:
                 row.update(evaluate(model, held_sampler, device, in_region=in_region, in_eyes=in_eyes))
             bar.set_postfix(ce=f"{row['ce']:.3f}", acc=f"{acc:.3f}")

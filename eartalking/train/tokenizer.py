@@ -482,7 +482,7 @@ class MouthCode:
         if not bool(known.any()):
             return pred.sum() * 0.0, float("nan")
         loss = (pred[known] - openness[known].clamp(0, 1)).abs().mean()
-        return loss, float(loss)
+        return loss, loss.item()
 
 
 def load_init(tok, src: str, device: torch.device) -> None:
@@ -602,13 +602,13 @@ def run(args: argparse.Namespace) -> int:
         step += 1
         bar.update(1)
         if step % 200 == 0:
-            row = {"step": step, "loss": float(loss), "l1": float(L["l1"]), "psnr": common.psnr(rec.detach(), img),
+            row = {"step": step, "loss": loss.item(), "l1": L["l1"].item(), "psnr": common.psnr(rec.detach(), img),
                    "usage": meter.usage(), "perplexity": meter.perplexity(),
                    "batch_perplexity": float(L["perplexity"])}
             if anchor is not None:
-                row.update(anchor_drift=float(drift), anchor_kept=kept)
+                row.update(anchor_drift=drift.item(), anchor_kept=kept)
             if blink_code is not None:
-                row.update(blink_loss=float(blink_loss), blink_acc=blink_acc)
+                row.update(blink_loss=blink_loss.item(), blink_acc=blink_acc)
             if mouth_code is not None:
                 row.update(mouth_code_err=mouth_err)
             bar.set_postfix(psnr=f"{row['psnr']:.2f}", usage=f"{row['usage']:.2f}")
