@@ -13,6 +13,7 @@ into the photo and blends it through a feathered mask (computed once per session
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,10 @@ def load_models():
     if _DETECTOR is None:
         try:
             import dlib
-            import face_recognition_models
+
+            with warnings.catch_warnings():  # face_recognition_models imports the deprecated pkg_resources
+                warnings.simplefilter("ignore", UserWarning)
+                import face_recognition_models
         except ImportError as e:
             raise UserError(f"face finding needs dlib-bin and face-recognition-models ({e}); pip install "
                             "'eartalking[runtime]', or pass a pre-aligned crop with crop_only") from None
