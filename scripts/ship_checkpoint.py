@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-ENCODER_PARTS = ("encoder.", "to_code.", "to_fsq.")
 #: tokenizer config fields that decide which token an image gets (with the encoder weights, ENCODER_PARTS)
 TOKEN_FIELDS = ("image_size", "downsample", "codebook_size", "code_dim", "enc_channels")
 
@@ -46,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from eartalking.config import ModelConfig
     from eartalking.model import checkpoint
+    from eartalking.model.tokenizer import ENCODER_PARTS
 
     model, cfg = checkpoint.load(args.decoder)
     state = model.state_dict()

@@ -42,6 +42,9 @@ from torch import nn
 from eartalking.config import TokenizerConfig
 
 FSQ_DIMS = 3  # scalars per token position; codebook_size = levels ** FSQ_DIMS
+#: state-dict prefixes of the weights that decide which token a frame gets (``Tokenizer.encode``); the rest is
+#: the image side (reference encoder, decoder), which can be fine-tuned without changing any token
+ENCODER_PARTS = ("encoder.", "to_code.", "to_fsq.")
 
 
 def _gn(ch: int) -> nn.GroupNorm:
@@ -291,12 +294,10 @@ class Tokenizer(nn.Module):
         digits = torch.round(zb).clamp(0, self.levels - 1)
         idx = (digits.flatten(2) * self.radix[None, :, None]).sum(1).long()
         q = zb + (digits - zb).detach()  # straight-through rounding
-        if replace is not None:
-            g = self.cfg.grid
-            given = torch.div(replace.clamp_min(0)[:, None, :].float(), self.radix[None, :, None],
-                              rounding_mode="floor") % self.levels  # digits [B, d, N]
-            q = torch.where((replace >= 0)[:, None, :].reshape(-1, 1, g, g), given.reshape(q.shape).to(q.dtype), q)
         vals = q * (2.0 / (self.levels - 1)) - 1.0
+        if replace is not None:  # the given tokens' grid points (what ``decode`` embeds), [B, d, g, g]
+            given = self.grid[replace.clamp_min(0)].movedim(-1, 1).reshape(vals.shape)
+            vals = torch.where((replace >= 0).reshape(vals.shape[0], 1, *vals.shape[2:]), given.to(vals.dtype), vals)
         z_q = self.from_fsq(vals.movedim(1, -1)).movedim(-1, 1)  # [B, code_dim, g, g]
         zero = zb.sum() * 0.0
         vq, commit = zero, zero

@@ -26,9 +26,8 @@ import torch
 from tqdm import tqdm
 
 from eartalking.cli import UserError
+from eartalking.model.tokenizer import ENCODER_PARTS
 from eartalking.train import common
-
-ENCODER_PARTS = ("encoder.", "to_code.", "to_fsq.")  # the tokenizer weights that decide a frame's tokens
 
 
 def clip_pcm(clip: common.MemClip, samples_per_frame: int, lookahead_frames: int, left_context: int,
@@ -64,18 +63,19 @@ def decoder_picks(model, clips: list[common.MemClip], cells: list[int], device: 
     """Per clip int64 [T, N]: -1 everywhere except ``cells``, which hold the step decoder's teacher-forced,
     audio-only temperature-0 pick for that frame (``model`` = a full EARTalking, eval mode)."""
     from eartalking.model.decoder import teacher_prev_tokens
+    from eartalking.train.decoder import tokenize_clips
 
     a = model.cfg.audio
-    tok, dec = model.tokenizer, model.decoder
+    dec = model.decoder
     N = model.cfg.tokens_per_frame
     keep = torch.zeros(N, dtype=torch.bool, device=device)
     keep[cells] = True
     out = []
-    for c in tqdm(clips, desc="decoder picks", unit="clip"):
+    all_frames, portraits = tokenize_clips(model.tokenizer, clips, device)
+    for c, toks, por in tqdm(list(zip(clips, all_frames, portraits, strict=True)), desc="decoder picks", unit="clip"):
         T = len(c.frames)
-        frames = torch.cat([tok.encode(common.to_image_tensor(c.frames[i:i + 64], device))
-                            for i in range(0, T, 64)])[None]  # [1, T, N]
-        ref = tok.encode(common.to_image_tensor(c.portrait[None], device))  # [1, N]
+        frames = torch.from_numpy(toks).to(device)[None]  # [1, T, N]
+        ref = torch.from_numpy(por).to(device)[None]  # [1, N]
         pcm = clip_pcm(c, a.samples_per_frame, a.lookahead_frames, a.left_context, 0, T)
         audio = model.audio(torch.from_numpy(pcm)[None].to(device))  # [1, T, A, Da]
         zeros = torch.zeros(1, T, dec.C, device=device)

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from eartalking.cli import main
+from eartalking.model.tokenizer import ENCODER_PARTS
 
 
 def _rows(path: Path) -> list[dict]:
@@ -138,7 +139,7 @@ def test_tokenizer_init_adds_the_aligner_and_keeps_the_encoder(tokenizer_runs, c
     assert main(_tok_args(corpus_dir, out, 2) + ["--init", str(tmp_path / "plain.safetensors"),
                                                  "--freeze-encoder"]) == 0
     got = load_file(str(out / "tokenizer.safetensors"))
-    enc = [k for k in plain if k.startswith(("encoder.", "to_code.", "to_fsq."))]
+    enc = [k for k in plain if k.startswith(ENCODER_PARTS)]
     assert enc and all(torch.equal(got[k], plain[k]) for k in enc)
     assert float(got["align.conv.weight"].abs().sum()) > 0  # starts at zero (identity), then trained
     save_file({**plain, "extra.weight": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
@@ -494,7 +495,7 @@ def test_ema_saves_the_average_and_keeps_frozen_weights_bit_identical(tokenizer_
     args = ["--init", str(tokenizer_runs["out"]), "--freeze-encoder", "--ema", "0.5", "--bf16", "off"]
     assert main(_tok_args(corpus_dir, out, 1) + args) == 0
     avg, raw = load_file(str(out / "tokenizer.safetensors")), load_file(str(out / "tokenizer_raw.safetensors"))
-    enc = [k for k in init if k.startswith(("encoder.", "to_code.", "to_fsq."))]
+    enc = [k for k in init if k.startswith(ENCODER_PARTS)]
     assert enc and all(torch.equal(avg[k], init[k]) and torch.equal(raw[k], init[k]) for k in enc)
     from eartalking.config import preset
     from eartalking.model.tokenizer import Tokenizer
