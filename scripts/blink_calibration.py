@@ -11,7 +11,9 @@ and how many detected events match no labelled blink (per minute of video), plus
 dip at labelled blinks (minimum over the blink / running median). This is what says whether the blink target
 can be read at this resolution, and where ``signals.BLINK_DROP`` comes from; it does not change the evaluator.
 With --tokenizer the same is measured on the clips' tokenizer round trip (encode, decode with the clip's
-portrait): the most of the labelled blinks a decoder predicting perfect tokens could show.
+portrait): the most of the labelled blinks a decoder predicting perfect tokens could show. A tokenizer
+trained with ``--eye-code`` gets each frame's blink label written into its eye tokens first
+(``train/eye_code.py``), as the step decoder's targets are. ``--split eval`` keeps to held-out people.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=60)
     p.add_argument("--drops", default="0.65,0.75,0.8,0.83,0.86,0.9")
     p.add_argument("--signal", default="eye_signal", choices=("eye_signal", "eye_openness"))
+    p.add_argument("--split", default="all", choices=("all", "train", "eval"))
     p.add_argument("--skip", type=int, default=0, help="leave out the first N clips (a second, unseen sample)")
     p.add_argument("--tokenizer", default="",
                    help="a train-tokenizer run or a checkpoint folder: measure its round trip of each clip instead")
@@ -39,7 +42,7 @@ def main() -> None:
     from eartalking.train import common
 
     drops = [float(x) for x in a.drops.split(",")]
-    clips = common.load_corpus(a.data, "all", a.skip + a.clips, size=128)[a.skip:]
+    clips = common.load_corpus(a.data, a.split, a.skip + a.clips, size=128)[a.skip:]
     bi = CONTROL_NAMES.index("blink")
     found = {d: [0, 0] for d in drops}
     dips, labelled, frames = [], 0, 0
@@ -72,17 +75,26 @@ def _roundtrip(src: str):
     """clip -> uint8 [T,S,S,3]: the tokenizer of ``src`` encodes each frame and decodes it with the portrait."""
     import torch
 
+    from eartalking.config import CONTROL_NAMES, ModelConfig
     from eartalking.model import checkpoint
     from eartalking.train import common
+    from eartalking.train.decoder import eye_cells
+    from eartalking.train.eye_code import clip_eye_code
 
     tok = checkpoint.load_tokenizer(src)[0]
     cpu = torch.device("cpu")
+    code = tuple(tok.cfg.eye_code)
+    eyes = eye_cells(ModelConfig(tokenizer=tok.cfg))
+    bi = CONTROL_NAMES.index("blink")
 
     def run(c) -> np.ndarray:
         with torch.no_grad():
             img = common.to_image_tensor(c.frames, cpu)
             ref = common.to_image_tensor(np.repeat(c.portrait[None], len(img), 0), cpu)
-            rec = tok.decode(tok.encode(img), tok.reference(ref)).clamp(0, 1)
+            toks = tok.encode(img)
+            if code:
+                toks = torch.from_numpy(clip_eye_code(toks.numpy(), c.controls[:, bi], code, tok.levels, eyes))
+            rec = tok.decode(toks, tok.reference(ref)).clamp(0, 1)
         return (rec.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
     return run

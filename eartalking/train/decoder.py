@@ -84,12 +84,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 @torch.no_grad()
 def tokenize_clips(tok, clips: list[common.MemClip], device: torch.device) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Frame tokens int64 [T,N] and portrait tokens [N] of every clip (frozen tokenizer)."""
+    """Frame tokens int64 [T,N] and portrait tokens [N] of every clip (frozen tokenizer).
+
+    With ``tok.cfg.eye_code`` each frame's blink label is written into its eye cells' tokens
+    (``train.eye_code``); the portrait's tokens stay the encoder's own, as at inference."""
+    from eartalking.train.eye_code import clip_eye_code
+
+    code = tuple(tok.cfg.eye_code)
+    eyes = eye_cells(ModelConfig(tokenizer=tok.cfg)) if code else []
     frames, portraits = [], []
     for c in tqdm(clips, desc="tokenizing clips", unit="clip"):
         toks = [tok.encode(common.to_image_tensor(c.frames[i:i + 64], device)).cpu()
                 for i in range(0, len(c.frames), 64)]
-        frames.append(torch.cat(toks).numpy())
+        ft = torch.cat(toks).numpy()
+        if code:
+            blink = c.controls[:, BLINK] if c.controls.shape[1] > BLINK else np.full(len(ft), np.nan)
+            ft = clip_eye_code(ft, blink, code, tok.levels, eyes)
+        frames.append(ft)
         portraits.append(tok.encode(common.to_image_tensor(c.portrait[None], device))[0].cpu().numpy())
     return frames, portraits
 

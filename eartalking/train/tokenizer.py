@@ -16,6 +16,9 @@ Mouth options (``--mouth-box-weight``, ``--mouth-aux-weight`` with ``--anchor-fr
 do the same for mouth openness; ``scripts/token_lipsync.py`` reads it back from generated tokens.
 ``--decoder-tokens CHECKPOINT`` (with ``--freeze-encoder``) trains the image side on the step decoder's own
 mouth picks instead of only the encoder's tokens (``train/decoder_tokens.py``).
+``--eye-code DIGIT,OPEN_MAX`` (with ``--freeze-encoder``) writes each frame's blink label into one digit of its
+eye tokens and trains the image side to draw what that digit says (``train/eye_code.py``); the run's config
+records it, so ``eartalking train`` on this tokenizer teaches the step decoder the same digit.
 """
 
 from __future__ import annotations
@@ -118,6 +121,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Its tokenizer encoder must equal this one")
     p.add_argument("--decoder-token-share", type=float, default=0.5,
                    help="share of the corpus frames that decode the --decoder-tokens picks (0..1)")
+    p.add_argument("--eye-code", default="", metavar="DIGIT,OPEN_MAX",
+                   help="with --freeze-encoder: in the eye cells' tokens, FSQ digit DIGIT (0..2) is capped at "
+                        "OPEN_MAX for open eyes and set above it for frames whose blink label is >= 0.5, and the "
+                        "image side learns to draw shut eyes from it (e.g. 0,5; use with --blink-share and "
+                        "--eye-box-weight). Recorded in config.json as tokenizer.eye_code")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
@@ -485,6 +493,21 @@ class MouthCode:
         return loss, loss.item()
 
 
+def parse_eye_code(text: str, codebook_size: int) -> tuple[int, int]:
+    """``--eye-code DIGIT,OPEN_MAX`` -> (digit, open_max), checked against the FSQ digits and levels."""
+    from eartalking.model.tokenizer import FSQ_DIMS
+
+    levels = round(codebook_size ** (1 / FSQ_DIMS))
+    try:
+        digit, open_max = (int(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--eye-code takes DIGIT,OPEN_MAX (e.g. 0,5), got {text!r}") from None
+    if not 0 <= digit < FSQ_DIMS or not 0 <= open_max < levels - 1:
+        raise UserError(f"--eye-code {text}: DIGIT must be 0..{FSQ_DIMS - 1} and OPEN_MAX 0..{levels - 2} "
+                        f"(levels 0..{levels - 1}; a level above OPEN_MAX means shut)")
+    return digit, open_max
+
+
 def load_init(tok, src: str, device: torch.device) -> None:
     """Load ``src`` (file or folder holding tokenizer.safetensors) into ``tok``; only the aligner and the pixel
     path (both identity at initialisation) may be missing."""
@@ -530,6 +553,12 @@ def run(args: argparse.Namespace) -> int:
     if args.decoder_tokens and not args.freeze_encoder:
         raise UserError("--decoder-tokens gives the step decoder's picks of the frozen encoder's tokens: it needs "
                         "--freeze-encoder")
+    eye_code = parse_eye_code(args.eye_code, cfg.tokenizer.codebook_size) if args.eye_code else ()
+    if eye_code and not args.freeze_encoder:
+        raise UserError("--eye-code rewrites the frozen encoder's eye tokens: it needs --freeze-encoder")
+    if eye_code and args.decoder_tokens:
+        raise UserError("--eye-code and --decoder-tokens both replace tokens: use one of them")
+    cfg.tokenizer.eye_code = eye_code
     if not 0.0 <= args.decoder_token_share <= 1.0:
         raise UserError(f"--decoder-token-share must be in 0..1, got {args.decoder_token_share}")
     if args.init:
@@ -562,6 +591,12 @@ def run(args: argparse.Namespace) -> int:
                            args.ref_eye_mask, args.ref_mouth_mask, picks, args.decoder_token_share)
     weights = region_weights(cfg.tokenizer.image_size, device, args.eye_weight)
     eye_box = eye_boxes(cfg.tokenizer.image_size, device)
+    if eye_code:
+        from eartalking.train.decoder import eye_cells
+        from eartalking.train.eye_code import eye_code_tokens
+
+        eyes = eye_cells(cfg)
+        code_gen = torch.Generator().manual_seed(args.seed + step)
     mouth_box = mouth_boxes(cfg.tokenizer.image_size, device)
     budget = common.Budget(args.steps, args.minutes)
     amp = common.use_bf16(device, args.bf16)
@@ -576,6 +611,12 @@ def run(args: argparse.Namespace) -> int:
         img_np, ref_np, blink_np, open_np, replace_np = sampler.labeled_batch(args.batch)
         img, ref = common.to_image_tensor(img_np, device), common.to_image_tensor(ref_np, device)
         replace = torch.from_numpy(replace_np).to(device) if replace_np is not None else None
+        if eye_code:
+            with torch.no_grad():
+                own = tok.encode(img)
+            coded = eye_code_tokens(own, torch.from_numpy(blink_np), eye_code, tok.levels, eyes, code_gen)
+            replace = torch.full_like(own, -1)
+            replace[:, eyes] = coded[:, eyes]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             rec, L = tok(img, ref, replace)
         rec = rec.float()

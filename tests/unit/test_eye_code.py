@@ -1,0 +1,106 @@
+"""``tokenizer.eye_code``: the blink label written into one digit of the eye cells' tokens, for the image
+side (``train-tokenizer --eye-code``) and the step decoder's targets (``train`` on such a tokenizer)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from eartalking.cli import main
+from eartalking.config import CONTROL_NAMES
+from eartalking.model import checkpoint
+from eartalking.model.tokenizer import ENCODER_PARTS
+from eartalking.train.common import MemClip
+from eartalking.train.decoder import tokenize_clips
+from eartalking.train.eye_code import clip_eye_code, eye_code_tokens, eye_state
+
+BLINK = CONTROL_NAMES.index("blink")
+
+
+def _digits(idx: torch.Tensor, levels: int) -> torch.Tensor:
+    """int [..] -> its FSQ digits [.., 3] (digit i has weight levels^i)."""
+    return torch.stack([(idx // levels ** i) % levels for i in range(3)], -1)
+
+
+def test_eye_code_writes_the_label_into_one_digit_of_the_eye_cells():
+    levels, cells, code = 8, [3, 10, 20], (1, 4)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, levels ** 3, (6, 32), generator=g)
+    blink = torch.tensor([0.0, 0.3, 0.5, 1.0, float("nan"), 0.9])
+    shut = torch.tensor([False, False, True, True, False, True])
+    out = eye_code_tokens(idx, blink, code, levels, cells)
+    others = [c for c in range(32) if c not in cells]
+    assert torch.equal(out[:, others], idx[:, others])
+    d_in, d_out = _digits(idx[:, cells], levels), _digits(out[:, cells], levels)
+    assert torch.equal(d_out[..., [0, 2]], d_in[..., [0, 2]])  # the other digits stay the encoder's
+    assert torch.equal(d_out[~shut, :, 1], d_in[~shut, :, 1].clamp_max(4))  # open (and unknown): capped
+    assert (d_out[shut, :, 1] == levels - 1).all()  # shut: the top level (decoder targets)
+    assert (d_in[..., 1] > 4).any() and not torch.equal(out, idx)  # the input had levels to cap
+    assert torch.equal(eye_state(out, code, levels, cells), shut.float())
+    # with a generator (image-side training) a shut digit is any level above open_max
+    drawn = torch.stack([eye_code_tokens(idx, blink, code, levels, cells, g) for _ in range(40)])
+    lv = _digits(drawn[:, shut][..., cells], levels)[..., 1]
+    assert set(lv.unique().tolist()) == {5, 6, 7}
+    assert torch.equal(drawn[:, ~shut], out[~shut].expand(40, -1, -1))
+    with pytest.raises(ValueError, match="open_max 7"):
+        eye_code_tokens(idx, blink, (0, 7), levels, cells)
+
+
+def _clip(cfg, T: int, seed: int) -> MemClip:
+    rng = np.random.default_rng(seed)
+    S = cfg.tokenizer.image_size
+    ctrl = np.full((T, len(CONTROL_NAMES)), np.nan, np.float32)
+    ctrl[:, BLINK] = 0.0
+    ctrl[3:6, BLINK] = (0.6, 1.0, 0.7)
+    return MemClip("c", rng.integers(0, 256, (T, S, S, 3), dtype=np.uint8), np.zeros(0, np.float32), ctrl,
+                   np.zeros(T, np.float32), rng.integers(0, 256, (S, S, 3), dtype=np.uint8), "p")
+
+
+@torch.no_grad()
+def test_tokenize_clips_writes_the_labels_into_the_frames_and_leaves_the_portrait_as_encoded():
+    model = checkpoint.random_model("test_small", seed=2)
+    tok = model.tokenizer
+    eyes = [5, 6]  # test_small's eye cells (train.decoder.eye_cells)
+    clip = _clip(model.cfg, 10, 0)
+    plain_f, plain_p = tokenize_clips(tok, [clip], torch.device("cpu"))
+    tok.cfg.eye_code = (0, tok.levels - 2)
+    coded_f, coded_p = tokenize_clips(tok, [clip], torch.device("cpu"))
+    assert np.array_equal(coded_p[0], plain_p[0])  # the sink: the encoder's own tokens, as at inference
+    want = clip_eye_code(plain_f[0], clip.controls[:, BLINK], tok.cfg.eye_code, tok.levels, eyes)
+    assert np.array_equal(coded_f[0], want)
+    state = eye_state(torch.from_numpy(coded_f[0]), tok.cfg.eye_code, tok.levels, eyes)
+    assert state.tolist() == [0.0] * 3 + [1.0] * 3 + [0.0] * 4
+    assert not np.array_equal(coded_f[0][3:6], plain_f[0][3:6])
+
+
+def _tok(data, out, steps: int) -> list[str]:
+    return ["train-tokenizer", "--data", str(data), "--out", str(out), "--preset", "test_small", "--steps",
+            str(steps), "--batch", "2", "--threads", "1", "--device", "cpu", "--minutes", "0", "--seed", "5"]
+
+
+def test_train_tokenizer_eye_code_cli(corpus_dir, tmp_path, capsys):
+    """Refused without --freeze-encoder, with --decoder-tokens, or malformed; a run keeps the encoder
+    bit-identical, trains the image side and records the code in config.json for `train` to read."""
+    base = tmp_path / "base"
+    assert main(_tok(corpus_dir, base, 1)) == 0
+    capsys.readouterr()
+    assert main(_tok(corpus_dir, tmp_path / "a", 1) + ["--init", str(base), "--eye-code", "0,1"]) == 2
+    assert "--freeze-encoder" in capsys.readouterr().err
+    for bad, msg in (("0", "DIGIT,OPEN_MAX"), ("3,1", "DIGIT must be 0..2"), ("0,3", "OPEN_MAX 0..2")):
+        assert main(_tok(corpus_dir, tmp_path / "b", 1) + ["--freeze-encoder", "--eye-code", bad]) == 2
+        assert msg in capsys.readouterr().err
+    assert main(_tok(corpus_dir, tmp_path / "c", 1) + ["--freeze-encoder", "--eye-code", "0,1",
+                                                       "--decoder-tokens", str(base)]) == 2
+    assert "use one of them" in capsys.readouterr().err
+    out = tmp_path / "eyes"
+    assert main(_tok(corpus_dir, out, 3) + ["--init", str(base), "--freeze-encoder", "--eye-code", "2,1"]) == 0
+    assert json.loads((out / "config.json").read_text())["tokenizer"]["eye_code"] == [2, 1]
+    got, start = load_file(str(out / "tokenizer.safetensors")), load_file(str(base / "tokenizer.safetensors"))
+    enc = [k for k in start if k.startswith(ENCODER_PARTS)]
+    assert enc and all(torch.equal(got[k], start[k]) for k in enc)
+    assert any(not torch.equal(got[k], start[k]) for k in start if k not in enc)
+    assert checkpoint.load_tokenizer(out)[0].cfg.eye_code == (2, 1)
