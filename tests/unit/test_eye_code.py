@@ -104,3 +104,43 @@ def test_train_tokenizer_eye_code_cli(corpus_dir, tmp_path, capsys):
     assert enc and all(torch.equal(got[k], start[k]) for k in enc)
     assert any(not torch.equal(got[k], start[k]) for k in start if k not in enc)
     assert checkpoint.load_tokenizer(out)[0].cfg.eye_code == (2, 1)
+
+
+@torch.no_grad()
+def test_evaluate_tokenizer_psnr_gives_an_eye_coded_tokenizer_the_labelled_eye_state():
+    """evaluate's round trip decodes what the image side was trained on: the encoder's tokens with the
+    clip's blink labels written in (open where a clip has no labels)."""
+    from types import SimpleNamespace
+
+    from eartalking.evaluate import generate_eval as ge
+    from eartalking.evaluate.report import tokenizer_psnr
+
+    model = checkpoint.random_model("test_small", seed=4)
+    tok = model.tokenizer
+    g = torch.Generator().manual_seed(1)
+    for w in (tok.from_fsq.weight, tok.from_code.weight):  # make the decoded image depend on the digits
+        w.copy_(torch.randn(w.shape, generator=g) * 2)
+    clip = _clip(model.cfg, 16, 3)
+    blink = clip.controls[:, BLINK]
+
+    def case(labels):
+        return SimpleNamespace(video=clip.frames, portrait=clip.portrait, labels=labels, psnr=None)
+
+    def manual(tokens_fn) -> float:
+        img = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 255.0
+        ref = ge.portrait_tensor(clip.portrait, model.device).expand(len(img), -1, -1, -1)
+        rec = tok.decode(tokens_fn(tok.encode(img)), tok.reference(ref)).clamp(0, 1)
+        mse = ((rec - img) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+        return float((10 * torch.log10(1.0 / mse)).mean())
+
+    plain = tokenizer_psnr(model, [case({"blink": blink})])["psnr_db"]
+    assert plain == pytest.approx(manual(lambda t: t), abs=1e-4)
+    tok.cfg.eye_code = (0, tok.levels - 2)
+    eyes = [5, 6]
+    coded = tokenizer_psnr(model, [case({"blink": blink})])["psnr_db"]
+    want = manual(lambda t: eye_code_tokens(t, torch.from_numpy(blink), tok.cfg.eye_code, tok.levels, eyes))
+    assert coded == pytest.approx(want, abs=1e-4) and abs(coded - plain) > 1e-3
+    unlabelled = tokenizer_psnr(model, [case(None)])["psnr_db"]
+    nan = torch.full((16,), float("nan"))
+    assert unlabelled == pytest.approx(manual(lambda t: eye_code_tokens(t, nan, tok.cfg.eye_code, tok.levels, eyes)),
+                                       abs=1e-4)
