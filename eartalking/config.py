@@ -54,10 +54,10 @@ class TokenizerConfig:
     #: output per pixel, so detail finer than its last stage comes from the portrait (needs ``flow_at``)
     ref_pixels: bool = False
     commitment: float = 0.25
-    #: eye-state digit (``train-tokenizer --eye-code``, ``eartalking/train/eye_code.py``): (digit, open_max) =
-    #: in the eye cells' tokens, FSQ digit ``digit`` above ``open_max`` means shut eyes; the image side and the
-    #: step decoder were trained on tokens with the blink label written in. () = none. Training-only meaning:
-    #: no graph reads it.
+    #: eye state in the eye cells' tokens (``train-tokenizer --eye-code``, ``eartalking/train/eye_code.py``):
+    #: (open_max,) = a token whose FSQ digits are all above ``open_max`` means shut eyes; the image side and
+    #: the step decoder were trained on tokens with the blink label written in. () = none. Training-only
+    #: meaning: no graph reads it.
     eye_code: tuple[int, ...] = ()
 
     @property

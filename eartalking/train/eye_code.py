@@ -1,20 +1,25 @@
-"""The eye-state digit of the eye tokens (``tokenizer.eye_code``; ``train-tokenizer --eye-code``).
+"""The eye state in the eye cells' tokens (``tokenizer.eye_code``; ``train-tokenizer --eye-code``).
 
 Why: at 128 px an eyelid is a few pixels of one 16 px token cell. Trained on images alone, neither the
 encoder (it did not put the eye state into any digit, even with a fixed blink code, in 30 CPU minutes) nor the
 image side (it copies the portrait's open eyes) spends capacity on it, so no step decoder could show a
-requested blink. Here the corpus's blink *label* writes the eye state into one FSQ digit of the eye cells'
-tokens, and the image side and the step decoder are trained on those tokens:
+requested blink. Here the corpus's blink *label* writes the eye state into the eye cells' tokens, and the
+image side and the step decoder are trained on those tokens. With ``eye_code = (open_max,)``, "shut" is the
+corner of the FSQ cube where every digit is above ``open_max`` (tiny: levels 6-7 of 0-7, 8 of 512 tokens):
 
-- open frames (label < ``SHUT``, or unknown): digit ``d`` of each eye cell is capped at ``open_max``;
-- shut frames (label >= ``SHUT``): digit ``d`` is set above ``open_max`` (the image side sees every level
-  above it, so the step decoder's ``code_mean`` pick may land on any of them; decoder targets use the top).
+- shut frames (label >= ``SHUT``): each eye cell's token is moved into that corner (image-side training draws
+  each digit at random among the corner's levels, so the step decoder's ``code_mean`` pick may land on any
+  of them; decoder targets use the top level);
+- open frames (label < ``SHUT``, or unknown): the rare token the encoder itself puts in the corner has its
+  first digit capped at ``open_max``; every other token is left as the encoder gave it.
 
-The rest of each token (the other digits) stays the encoder's own, so the eye region keeps its pose and
-appearance. Nothing changes at inference: the exported graphs take and give token indices as before; only
-what the step decoder learned to predict (from the blink control) and what the image side learned to draw
-carry the digit's meaning. The portrait's tokens (the sink, and the anchored eye cells) stay the encoder's
-own, uncapped, exactly as ``tokenizer_encoder`` gives them at inference.
+A corner, not one digit: moving all three digits changes the code vector the image side sees by far more
+than any open-eye token does (one capped digit moved it by 1/7 of the range and was learned too slowly), and
+it leaves 98% of open-eye tokens untouched. Shut frames lose their eye cells' other detail, which the
+portrait and the neighbouring cells supply. Nothing changes at inference: the exported graphs take and give
+token indices as before; only what the step decoder learned to predict (from the blink control) and what the
+image side learned to draw carry the corner's meaning. The portrait's tokens (the sink, and the anchored
+eye cells) stay the encoder's own, exactly as ``tokenizer_encoder`` gives them at inference.
 
 Shapes: ``indices`` int64 [B, N] (row-major cells), ``blink`` float [B] in 0..1 (NaN = unknown).
 """
@@ -24,43 +29,48 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from eartalking.model.tokenizer import FSQ_DIMS
+
 SHUT = 0.5  # blink label (0 open .. 1 shut) from which a frame's eye digit says "shut"
+
+
+def _digits(tok: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """int64 tokens -> their FSQ digits (digit i of token k is (k // levels^i) % levels)."""
+    return [(tok // levels ** i) % levels for i in range(FSQ_DIMS)]
 
 
 def eye_code_tokens(indices: torch.Tensor, blink: torch.Tensor, eye_code: tuple[int, ...], levels: int,
                     cells: list[int], generator: torch.Generator | None = None) -> torch.Tensor:
-    """Tokens with the eye state written into digit ``eye_code[0]`` of the eye ``cells`` (module docstring).
+    """Tokens with the eye state written into the eye ``cells`` (module docstring).
 
-    ``eye_code`` = (digit, open_max); ``levels``: FSQ levels per digit (digit i of token k is
-    (k // levels^i) % levels). With ``generator`` a shut frame's digit is drawn uniformly from the levels
-    above open_max (image-side training); without it, it is the top level (step decoder targets).
-    Returns a new int64 tensor [B, N]; cells outside ``cells`` are unchanged.
+    ``eye_code`` = (open_max,); ``levels``: FSQ levels per digit. With ``generator`` each digit of a shut
+    frame's eye token is drawn uniformly from the levels above open_max (image-side training); without it,
+    it is the top level (step decoder targets). Returns a new int64 tensor [B, N]; other cells unchanged.
     """
-    digit, open_max = int(eye_code[0]), int(eye_code[1])
+    open_max = int(eye_code[0])
     if not 0 <= open_max < levels - 1:
         raise ValueError(f"eye_code open_max {open_max} must leave a level above it (levels 0..{levels - 1})")
     out = indices.clone()
     cells_t = torch.as_tensor(cells, dtype=torch.long, device=indices.device)
     tok = out[:, cells_t]  # [B, E]
-    w = levels ** digit
-    dig = (tok // w) % levels
-    shut = (torch.nan_to_num(blink.to(indices.device).float(), nan=0.0) >= SHUT)[:, None].expand_as(dig)
+    digits = _digits(tok, levels)
+    in_corner = torch.stack([d > open_max for d in digits]).all(0)
+    opened = tok - in_corner * (digits[0] - open_max)  # digit 0 (weight 1) capped: out of the corner
     if generator is None:
-        shut_level = torch.full_like(dig, levels - 1)
+        corner = torch.full_like(tok, levels ** FSQ_DIMS - 1)
     else:
-        draw = torch.randint(open_max + 1, levels, dig.shape, generator=generator)
-        shut_level = draw.to(indices.device)
-    new = torch.where(shut, shut_level, dig.clamp_max(open_max))
-    out[:, cells_t] = tok + (new - dig) * w
+        draw = torch.randint(open_max + 1, levels, (FSQ_DIMS, *tok.shape), generator=generator).to(tok.device)
+        corner = sum(draw[i] * levels ** i for i in range(FSQ_DIMS))
+    shut = (torch.nan_to_num(blink.to(indices.device).float(), nan=0.0) >= SHUT)[:, None].expand_as(tok)
+    out[:, cells_t] = torch.where(shut, corner, opened)
     return out
 
 
 def eye_state(indices: torch.Tensor, eye_code: tuple[int, ...], levels: int, cells: list[int]) -> torch.Tensor:
-    """Share of the eye ``cells`` whose digit says shut (> open_max), float [B]: what a token sequence asks
+    """Share of the eye ``cells`` whose token is in the shut corner, float [B]: what a token sequence asks
     the image side to draw (for checks and diagnostics)."""
-    digit, open_max = int(eye_code[0]), int(eye_code[1])
-    dig = (indices[:, list(cells)] // levels ** digit) % levels
-    return (dig > open_max).float().mean(1)
+    digits = _digits(indices[:, list(cells)], levels)
+    return torch.stack([d > int(eye_code[0]) for d in digits]).all(0).float().mean(1)
 
 
 def clip_eye_code(frames: np.ndarray, blink: np.ndarray, eye_code: tuple[int, ...], levels: int,

@@ -16,9 +16,9 @@ Mouth options (``--mouth-box-weight``, ``--mouth-aux-weight`` with ``--anchor-fr
 do the same for mouth openness; ``scripts/token_lipsync.py`` reads it back from generated tokens.
 ``--decoder-tokens CHECKPOINT`` (with ``--freeze-encoder``) trains the image side on the step decoder's own
 mouth picks instead of only the encoder's tokens (``train/decoder_tokens.py``).
-``--eye-code DIGIT,OPEN_MAX`` (with ``--freeze-encoder``) writes each frame's blink label into one digit of its
-eye tokens and trains the image side to draw what that digit says (``train/eye_code.py``); the run's config
-records it, so ``eartalking train`` on this tokenizer teaches the step decoder the same digit.
+``--eye-code OPEN_MAX`` (with ``--freeze-encoder``) writes each frame's blink label into its eye tokens
+and trains the image side to draw shut eyes from them (``train/eye_code.py``); the run's config records it, so
+``eartalking train`` on this tokenizer teaches the step decoder the same code.
 """
 
 from __future__ import annotations
@@ -121,11 +121,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Its tokenizer encoder must equal this one")
     p.add_argument("--decoder-token-share", type=float, default=0.5,
                    help="share of the corpus frames that decode the --decoder-tokens picks (0..1)")
-    p.add_argument("--eye-code", default="", metavar="DIGIT,OPEN_MAX",
-                   help="with --freeze-encoder: in the eye cells' tokens, FSQ digit DIGIT (0..2) is capped at "
-                        "OPEN_MAX for open eyes and set above it for frames whose blink label is >= 0.5, and the "
-                        "image side learns to draw shut eyes from it (e.g. 0,5; use with --blink-share and "
-                        "--eye-box-weight). Recorded in config.json as tokenizer.eye_code")
+    p.add_argument("--eye-code", type=int, default=None, metavar="OPEN_MAX",
+                   help="with --freeze-encoder: the eye cells' tokens of frames whose blink label is >= 0.5 are "
+                        "moved to the corner where every FSQ digit is above OPEN_MAX (open frames are kept out of "
+                        "it), and the image side learns to draw shut eyes from that corner (e.g. 5 of levels 0-7; "
+                        "use with --blink-share and --eye-box-weight). Recorded in config.json as "
+                        "tokenizer.eye_code")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
@@ -493,19 +494,15 @@ class MouthCode:
         return loss, loss.item()
 
 
-def parse_eye_code(text: str, codebook_size: int) -> tuple[int, int]:
-    """``--eye-code DIGIT,OPEN_MAX`` -> (digit, open_max), checked against the FSQ digits and levels."""
+def check_eye_code(open_max: int, codebook_size: int) -> tuple[int]:
+    """``--eye-code OPEN_MAX`` -> (open_max,), checked against the FSQ levels."""
     from eartalking.model.tokenizer import FSQ_DIMS
 
     levels = round(codebook_size ** (1 / FSQ_DIMS))
-    try:
-        digit, open_max = (int(x) for x in text.split(","))
-    except ValueError:
-        raise UserError(f"--eye-code takes DIGIT,OPEN_MAX (e.g. 0,5), got {text!r}") from None
-    if not 0 <= digit < FSQ_DIMS or not 0 <= open_max < levels - 1:
-        raise UserError(f"--eye-code {text}: DIGIT must be 0..{FSQ_DIMS - 1} and OPEN_MAX 0..{levels - 2} "
-                        f"(levels 0..{levels - 1}; a level above OPEN_MAX means shut)")
-    return digit, open_max
+    if not 0 <= open_max < levels - 1:
+        raise UserError(f"--eye-code {open_max}: OPEN_MAX must be 0..{levels - 2} (FSQ levels 0..{levels - 1}; "
+                        "a token with every digit above it means shut eyes)")
+    return (open_max,)
 
 
 def load_init(tok, src: str, device: torch.device) -> None:
@@ -553,7 +550,7 @@ def run(args: argparse.Namespace) -> int:
     if args.decoder_tokens and not args.freeze_encoder:
         raise UserError("--decoder-tokens gives the step decoder's picks of the frozen encoder's tokens: it needs "
                         "--freeze-encoder")
-    eye_code = parse_eye_code(args.eye_code, cfg.tokenizer.codebook_size) if args.eye_code else ()
+    eye_code = check_eye_code(args.eye_code, cfg.tokenizer.codebook_size) if args.eye_code is not None else ()
     if eye_code and not args.freeze_encoder:
         raise UserError("--eye-code rewrites the frozen encoder's eye tokens: it needs --freeze-encoder")
     if eye_code and args.decoder_tokens:

@@ -1,4 +1,4 @@
-"""``tokenizer.eye_code``: the blink label written into one digit of the eye cells' tokens, for the image
+"""``tokenizer.eye_code``: the blink label written into the eye cells' tokens, for the image
 side (``train-tokenizer --eye-code``) and the step decoder's targets (``train`` on such a tokenizer)."""
 
 from __future__ import annotations
@@ -26,28 +26,33 @@ def _digits(idx: torch.Tensor, levels: int) -> torch.Tensor:
     return torch.stack([(idx // levels ** i) % levels for i in range(3)], -1)
 
 
-def test_eye_code_writes_the_label_into_one_digit_of_the_eye_cells():
-    levels, cells, code = 8, [3, 10, 20], (1, 4)
+def test_eye_code_moves_shut_frames_into_the_corner_and_keeps_open_ones_out():
+    levels, cells, code = 8, [3, 10, 20], (4,)
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, levels ** 3, (6, 32), generator=g)
+    idx[0, 3], idx[4, 10] = 5 + 8 * 6 + 64 * 7, 7 + 8 * 5 + 64 * 5  # the encoder's own corner tokens (open rows)
     blink = torch.tensor([0.0, 0.3, 0.5, 1.0, float("nan"), 0.9])
     shut = torch.tensor([False, False, True, True, False, True])
     out = eye_code_tokens(idx, blink, code, levels, cells)
     others = [c for c in range(32) if c not in cells]
     assert torch.equal(out[:, others], idx[:, others])
     d_in, d_out = _digits(idx[:, cells], levels), _digits(out[:, cells], levels)
-    assert torch.equal(d_out[..., [0, 2]], d_in[..., [0, 2]])  # the other digits stay the encoder's
-    assert torch.equal(d_out[~shut, :, 1], d_in[~shut, :, 1].clamp_max(4))  # open (and unknown): capped
-    assert (d_out[shut, :, 1] == levels - 1).all()  # shut: the top level (decoder targets)
-    assert (d_in[..., 1] > 4).any() and not torch.equal(out, idx)  # the input had levels to cap
+    corner_in = (d_in > 4).all(-1)
+    assert corner_in[0, 0] and corner_in[4, 1]
+    keep = ~shut[:, None] & ~corner_in
+    assert torch.equal(out[:, cells][keep], idx[:, cells][keep])  # open, outside the corner: untouched
+    moved = ~shut[:, None] & corner_in  # open but in the corner: digit 0 capped, the rest kept
+    assert (d_out[moved][:, 0] == 4).all() and torch.equal(d_out[moved][:, 1:], d_in[moved][:, 1:])
+    assert (out[shut][:, cells] == levels ** 3 - 1).all()  # shut: the top corner (decoder targets)
     assert torch.equal(eye_state(out, code, levels, cells), shut.float())
-    # with a generator (image-side training) a shut digit is any level above open_max
+    # with a generator (image-side training) each digit of a shut token is any level above open_max
     drawn = torch.stack([eye_code_tokens(idx, blink, code, levels, cells, g) for _ in range(40)])
-    lv = _digits(drawn[:, shut][..., cells], levels)[..., 1]
-    assert set(lv.unique().tolist()) == {5, 6, 7}
+    dd = _digits(drawn[:, shut][..., cells], levels)
+    assert set(dd.unique().tolist()) == {5, 6, 7} and len(drawn[:, shut][..., cells].unique()) > 10
     assert torch.equal(drawn[:, ~shut], out[~shut].expand(40, -1, -1))
+    assert torch.equal(eye_state(drawn[7], code, levels, cells), shut.float())
     with pytest.raises(ValueError, match="open_max 7"):
-        eye_code_tokens(idx, blink, (0, 7), levels, cells)
+        eye_code_tokens(idx, blink, (7,), levels, cells)
 
 
 def _clip(cfg, T: int, seed: int) -> MemClip:
@@ -67,7 +72,7 @@ def test_tokenize_clips_writes_the_labels_into_the_frames_and_leaves_the_portrai
     eyes = [5, 6]  # test_small's eye cells (train.decoder.eye_cells)
     clip = _clip(model.cfg, 10, 0)
     plain_f, plain_p = tokenize_clips(tok, [clip], torch.device("cpu"))
-    tok.cfg.eye_code = (0, tok.levels - 2)
+    tok.cfg.eye_code = (tok.levels - 3,)
     coded_f, coded_p = tokenize_clips(tok, [clip], torch.device("cpu"))
     assert np.array_equal(coded_p[0], plain_p[0])  # the sink: the encoder's own tokens, as at inference
     want = clip_eye_code(plain_f[0], clip.controls[:, BLINK], tok.cfg.eye_code, tok.levels, eyes)
@@ -88,22 +93,22 @@ def test_train_tokenizer_eye_code_cli(corpus_dir, tmp_path, capsys):
     base = tmp_path / "base"
     assert main(_tok(corpus_dir, base, 1)) == 0
     capsys.readouterr()
-    assert main(_tok(corpus_dir, tmp_path / "a", 1) + ["--init", str(base), "--eye-code", "0,1"]) == 2
+    assert main(_tok(corpus_dir, tmp_path / "a", 1) + ["--init", str(base), "--eye-code", "1"]) == 2
     assert "--freeze-encoder" in capsys.readouterr().err
-    for bad, msg in (("0", "DIGIT,OPEN_MAX"), ("3,1", "DIGIT must be 0..2"), ("0,3", "OPEN_MAX 0..2")):
+    for bad in ("3", "-1"):  # test_small: 4 levels, so OPEN_MAX 0..2
         assert main(_tok(corpus_dir, tmp_path / "b", 1) + ["--freeze-encoder", "--eye-code", bad]) == 2
-        assert msg in capsys.readouterr().err
-    assert main(_tok(corpus_dir, tmp_path / "c", 1) + ["--freeze-encoder", "--eye-code", "0,1",
+        assert "OPEN_MAX must be 0..2" in capsys.readouterr().err
+    assert main(_tok(corpus_dir, tmp_path / "c", 1) + ["--freeze-encoder", "--eye-code", "1",
                                                        "--decoder-tokens", str(base)]) == 2
     assert "use one of them" in capsys.readouterr().err
     out = tmp_path / "eyes"
-    assert main(_tok(corpus_dir, out, 3) + ["--init", str(base), "--freeze-encoder", "--eye-code", "2,1"]) == 0
-    assert json.loads((out / "config.json").read_text())["tokenizer"]["eye_code"] == [2, 1]
+    assert main(_tok(corpus_dir, out, 3) + ["--init", str(base), "--freeze-encoder", "--eye-code", "1"]) == 0
+    assert json.loads((out / "config.json").read_text())["tokenizer"]["eye_code"] == [1]
     got, start = load_file(str(out / "tokenizer.safetensors")), load_file(str(base / "tokenizer.safetensors"))
     enc = [k for k in start if k.startswith(ENCODER_PARTS)]
     assert enc and all(torch.equal(got[k], start[k]) for k in enc)
     assert any(not torch.equal(got[k], start[k]) for k in start if k not in enc)
-    assert checkpoint.load_tokenizer(out)[0].cfg.eye_code == (2, 1)
+    assert checkpoint.load_tokenizer(out)[0].cfg.eye_code == (1,)
 
 
 @torch.no_grad()
@@ -135,7 +140,7 @@ def test_evaluate_tokenizer_psnr_gives_an_eye_coded_tokenizer_the_labelled_eye_s
 
     plain = tokenizer_psnr(model, [case({"blink": blink})])["psnr_db"]
     assert plain == pytest.approx(manual(lambda t: t), abs=1e-4)
-    tok.cfg.eye_code = (0, tok.levels - 2)
+    tok.cfg.eye_code = (tok.levels - 3,)
     eyes = [5, 6]
     coded = tokenizer_psnr(model, [case({"blink": blink})])["psnr_db"]
     want = manual(lambda t: eye_code_tokens(t, torch.from_numpy(blink), tok.cfg.eye_code, tok.levels, eyes))
