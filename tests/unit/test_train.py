@@ -126,6 +126,48 @@ def test_decoder_init_and_eye_only_loss_keep_the_audio_encoder(tokenizer_runs, c
                                                          b.decoder.state_dict().values(), strict=True))
 
 
+def test_keep_others_holds_the_non_eye_cells_at_the_init_decoder(tokenizer_runs, corpus_dir, tmp_path, capsys):
+    """train --loss-cells eyes --keep-others W: refused without --loss-cells eyes; with it, the other cells'
+    token distributions (on fresh random inputs) move less from the --init decoder's than without it."""
+    import torch.nn.functional as F
+
+    from eartalking.model import checkpoint
+    from eartalking.train.decoder import eye_cells
+
+    tok = tokenizer_runs["out"]
+    base = ["train", "--data", str(corpus_dir), "--tokenizer", str(tok), "--batch", "2", "--frames", "8",
+            "--threads", "1", "--device", "cpu", "--minutes", "0", "--region-drop", "1.0", "--seed", "3"]
+    first = tmp_path / "first"
+    assert main(base + ["--out", str(first), "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "bad"), "--steps", "1", "--init", str(first),
+                        "--keep-others", "1"]) == 2
+    assert "--loss-cells eyes" in capsys.readouterr().err
+    eyes = ["--init", str(first), "--loss-cells", "eyes", "--steps", "4", "--lr", "1e-2", "--blink-weight", "4"]
+    assert main(base + ["--out", str(tmp_path / "plain")] + eyes) == 0
+    assert main(base + ["--out", str(tmp_path / "kept"), "--keep-others", "50"] + eyes) == 0
+    init, cfg = checkpoint.load(first)
+    g = torch.Generator().manual_seed(0)
+    B, T, N, K, C = 3, 6, cfg.tokenizer.tokens_per_frame, cfg.tokenizer.codebook_size, 5
+    ref, prev = torch.randint(0, K, (B, N), generator=g), torch.randint(0, K, (B, T, N), generator=g)
+    audio = torch.randn(B, T, cfg.audio.tokens_per_frame, cfg.audio.dim, generator=g)
+    ctrl, mask = torch.rand(B, T, C, generator=g), (torch.rand(B, T, C, generator=g) < 0.5).float()
+    others = [c for c in range(N) if c not in eye_cells(cfg)]
+
+    def logp(model) -> torch.Tensor:
+        with torch.no_grad():
+            return F.log_softmax(model.decoder.forward_train(ref, audio, ctrl, mask, prev)[..., others, :], -1)
+
+    want = logp(init)
+
+    def moved(run: str) -> float:
+        got = logp(checkpoint.load(tmp_path / run)[0])
+        return float((want.exp() * (want - got)).sum(-1).mean())
+
+    plain, kept = moved("plain"), moved("kept")
+    assert plain > 1e-3 and kept < 0.5 * plain, (plain, kept)
+
+
 def test_tokenizer_init_adds_the_aligner_and_keeps_the_encoder(tokenizer_runs, corpus_dir, tmp_path):
     """--init from weights without the reference aligner (an older tokenizer): they load, the aligner starts at
     identity and trains, and with --freeze-encoder the encoder (so every token index) stays bit-identical."""
