@@ -31,7 +31,7 @@ import torch
 
 from eartalking.model.tokenizer import FSQ_DIMS
 
-SHUT = 0.5  # blink label (0 open .. 1 shut) from which a frame's eye digit says "shut"
+SHUT = 0.5  # blink label (0 open .. 1 shut) from which a frame's eye tokens say "shut"
 
 
 def _digits(tok: torch.Tensor, levels: int) -> list[torch.Tensor]:
