@@ -75,25 +75,20 @@ def _roundtrip(src: str):
     """clip -> uint8 [T,S,S,3]: the tokenizer of ``src`` encodes each frame and decodes it with the portrait."""
     import torch
 
-    from eartalking.config import CONTROL_NAMES, ModelConfig
+    from eartalking.config import CONTROL_NAMES
     from eartalking.model import checkpoint
     from eartalking.train import common
-    from eartalking.train.decoder import eye_cells
-    from eartalking.train.eye_code import clip_eye_code
+    from eartalking.train.eye_code import tokenizer_eye_code
 
     tok = checkpoint.load_tokenizer(src)[0]
     cpu = torch.device("cpu")
-    code = tuple(tok.cfg.eye_code)
-    eyes = eye_cells(ModelConfig(tokenizer=tok.cfg))
     bi = CONTROL_NAMES.index("blink")
 
     def run(c) -> np.ndarray:
         with torch.no_grad():
             img = common.to_image_tensor(c.frames, cpu)
             ref = common.to_image_tensor(np.repeat(c.portrait[None], len(img), 0), cpu)
-            toks = tok.encode(img)
-            if code:
-                toks = torch.from_numpy(clip_eye_code(toks.numpy(), c.controls[:, bi], code, tok.levels, eyes))
+            toks = tokenizer_eye_code(tok, tok.encode(img), torch.from_numpy(c.controls[:, bi].astype(np.float32)))
             rec = tok.decode(toks, tok.reference(ref)).clamp(0, 1)
         return (rec.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 

@@ -280,12 +280,9 @@ def tokenizer_psnr(model, cases: list[casesmod.Case], per_clip: int = 16) -> dic
     clip's blink label written into the eye cells (open where unlabelled; ``train/eye_code.py``)."""
     import torch
 
-    from eartalking.train.decoder import eye_cells
-    from eartalking.train.eye_code import eye_code_tokens
+    from eartalking.train.eye_code import tokenizer_eye_code
 
     tok, dev = model.tokenizer, model.device
-    code = tuple(tok.cfg.eye_code)
-    eyes = eye_cells(model.cfg) if code else []
     vals, codes = [], set()
     with torch.no_grad():
         for c in cases:
@@ -295,9 +292,8 @@ def tokenizer_psnr(model, cases: list[casesmod.Case], per_clip: int = 16) -> dic
             img = torch.from_numpy(c.video[idx]).to(dev).permute(0, 3, 1, 2).float() / 255.0
             ref = ge.portrait_tensor(c.portrait, dev).expand(len(idx), -1, -1, -1)
             t = tok.encode(img)
-            if code:
-                blink = np.asarray((c.labels or {}).get("blink", [np.nan] * len(c.video)), np.float32)[idx]
-                t = eye_code_tokens(t, torch.from_numpy(blink), code, tok.levels, eyes)
+            blink = np.asarray((c.labels or {}).get("blink", [np.nan] * len(c.video)), np.float32)[idx]
+            t = tokenizer_eye_code(tok, t, torch.from_numpy(blink).to(dev))
             rec = tok.decode(t, tok.reference(ref)).clamp(0, 1)
             mse = ((rec - img) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
             p = (10 * torch.log10(1.0 / mse)).cpu().numpy()

@@ -94,19 +94,15 @@ def tokenize_clips(tok, clips: list[common.MemClip], device: torch.device) -> tu
 
     With ``tok.cfg.eye_code`` each frame's blink label is written into its eye cells' tokens
     (``train.eye_code``); the portrait's tokens stay the encoder's own, as at inference."""
-    from eartalking.train.eye_code import clip_eye_code
+    from eartalking.train.eye_code import tokenizer_eye_code
 
-    code = tuple(tok.cfg.eye_code)
-    eyes = eye_cells(ModelConfig(tokenizer=tok.cfg)) if code else []
     frames, portraits = [], []
     for c in tqdm(clips, desc="tokenizing clips", unit="clip"):
         toks = [tok.encode(common.to_image_tensor(c.frames[i:i + 64], device)).cpu()
                 for i in range(0, len(c.frames), 64)]
-        ft = torch.cat(toks).numpy()
-        if code:
-            blink = c.controls[:, BLINK] if c.controls.shape[1] > BLINK else np.full(len(ft), np.nan)
-            ft = clip_eye_code(ft, blink, code, tok.levels, eyes)
-        frames.append(ft)
+        ft = torch.cat(toks)
+        blink = c.controls[:, BLINK] if c.controls.shape[1] > BLINK else np.full(len(ft), np.nan)
+        frames.append(tokenizer_eye_code(tok, ft, torch.from_numpy(np.asarray(blink, np.float32))).numpy())
         portraits.append(tok.encode(common.to_image_tensor(c.portrait[None], device))[0].cpu().numpy())
     return frames, portraits
 

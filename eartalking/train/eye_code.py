@@ -26,7 +26,6 @@ Shapes: ``indices`` int64 [B, N] (row-major cells), ``blink`` float [B] in 0..1 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from eartalking.model.tokenizer import FSQ_DIMS
@@ -37,6 +36,11 @@ SHUT = 0.5  # blink label (0 open .. 1 shut) from which a frame's eye tokens say
 def _digits(tok: torch.Tensor, levels: int) -> list[torch.Tensor]:
     """int64 tokens -> their FSQ digits (digit i of token k is (k // levels^i) % levels)."""
     return [(tok // levels ** i) % levels for i in range(FSQ_DIMS)]
+
+
+def _in_corner(tok: torch.Tensor, open_max: int, levels: int) -> torch.Tensor:
+    """bool, same shape as ``tok``: every FSQ digit above ``open_max`` (the shut corner)."""
+    return torch.stack([d > open_max for d in _digits(tok, levels)]).all(0)
 
 
 def eye_code_tokens(indices: torch.Tensor, blink: torch.Tensor, eye_code: tuple[int, ...], levels: int,
@@ -53,9 +57,8 @@ def eye_code_tokens(indices: torch.Tensor, blink: torch.Tensor, eye_code: tuple[
     out = indices.clone()
     cells_t = torch.as_tensor(cells, dtype=torch.long, device=indices.device)
     tok = out[:, cells_t]  # [B, E]
-    digits = _digits(tok, levels)
-    in_corner = torch.stack([d > open_max for d in digits]).all(0)
-    opened = tok - in_corner * (digits[0] - open_max)  # digit 0 (weight 1) capped: out of the corner
+    # the encoder's own corner tokens: digit 0 (weight 1, tok % levels) capped at open_max, out of the corner
+    opened = tok - _in_corner(tok, open_max, levels) * (tok % levels - open_max)
     if generator is None:
         corner = torch.full_like(tok, levels ** FSQ_DIMS - 1)
     else:
@@ -69,13 +72,18 @@ def eye_code_tokens(indices: torch.Tensor, blink: torch.Tensor, eye_code: tuple[
 def eye_state(indices: torch.Tensor, eye_code: tuple[int, ...], levels: int, cells: list[int]) -> torch.Tensor:
     """Share of the eye ``cells`` whose token is in the shut corner, float [B]: what a token sequence asks
     the image side to draw (for checks and diagnostics)."""
-    digits = _digits(indices[:, list(cells)], levels)
-    return torch.stack([d > int(eye_code[0]) for d in digits]).all(0).float().mean(1)
+    return _in_corner(indices[:, list(cells)], int(eye_code[0]), levels).float().mean(1)
 
 
-def clip_eye_code(frames: np.ndarray, blink: np.ndarray, eye_code: tuple[int, ...], levels: int,
-                  cells: list[int]) -> np.ndarray:
-    """A whole clip's frame tokens int64 [T, N] with its blink labels [T] written in (decoder targets)."""
-    t = eye_code_tokens(torch.from_numpy(frames), torch.from_numpy(np.asarray(blink, np.float32)), eye_code,
-                        levels, cells)
-    return t.numpy()
+def tokenizer_eye_code(tok, indices: torch.Tensor, blink: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """``eye_code_tokens`` with the code, levels and eye cells of tokenizer ``tok``; ``indices`` unchanged when
+    ``tok.cfg.eye_code`` is empty. The one entry for every caller that holds a tokenizer."""
+    if not tok.cfg.eye_code:
+        return indices
+    from eartalking.config import ModelConfig
+    from eartalking.train.decoder import eye_cells
+
+    return eye_code_tokens(indices, blink, tuple(tok.cfg.eye_code), tok.levels,
+                           eye_cells(ModelConfig(tokenizer=tok.cfg)), generator)
+

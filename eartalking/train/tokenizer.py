@@ -494,11 +494,8 @@ class MouthCode:
         return loss, loss.item()
 
 
-def check_eye_code(open_max: int, codebook_size: int) -> tuple[int]:
-    """``--eye-code OPEN_MAX`` -> (open_max,), checked against the FSQ levels."""
-    from eartalking.model.tokenizer import FSQ_DIMS
-
-    levels = round(codebook_size ** (1 / FSQ_DIMS))
+def check_eye_code(open_max: int, levels: int) -> tuple[int]:
+    """``--eye-code OPEN_MAX`` -> (open_max,), checked against the tokenizer's FSQ levels per digit."""
     if not 0 <= open_max < levels - 1:
         raise UserError(f"--eye-code {open_max}: OPEN_MAX must be 0..{levels - 2} (FSQ levels 0..{levels - 1}; "
                         "a token with every digit above it means shut eyes)")
@@ -550,12 +547,12 @@ def run(args: argparse.Namespace) -> int:
     if args.decoder_tokens and not args.freeze_encoder:
         raise UserError("--decoder-tokens gives the step decoder's picks of the frozen encoder's tokens: it needs "
                         "--freeze-encoder")
-    eye_code = check_eye_code(args.eye_code, cfg.tokenizer.codebook_size) if args.eye_code is not None else ()
+    eye_code = check_eye_code(args.eye_code, tok.levels) if args.eye_code is not None else ()
     if eye_code and not args.freeze_encoder:
         raise UserError("--eye-code rewrites the frozen encoder's eye tokens: it needs --freeze-encoder")
     if eye_code and args.decoder_tokens:
         raise UserError("--eye-code and --decoder-tokens both replace tokens: use one of them")
-    cfg.tokenizer.eye_code = eye_code
+    cfg.tokenizer.eye_code = eye_code  # tok.cfg is this same object
     if not 0.0 <= args.decoder_token_share <= 1.0:
         raise UserError(f"--decoder-token-share must be in 0..1, got {args.decoder_token_share}")
     if args.init:
@@ -590,7 +587,7 @@ def run(args: argparse.Namespace) -> int:
     eye_box = eye_boxes(cfg.tokenizer.image_size, device)
     if eye_code:
         from eartalking.train.decoder import eye_cells
-        from eartalking.train.eye_code import eye_code_tokens
+        from eartalking.train.eye_code import tokenizer_eye_code
 
         eyes = eye_cells(cfg)
         code_gen = torch.Generator().manual_seed(args.seed + step)
@@ -611,7 +608,7 @@ def run(args: argparse.Namespace) -> int:
         if eye_code:
             with torch.no_grad():
                 own = tok.encode(img)
-            coded = eye_code_tokens(own, torch.from_numpy(blink_np), eye_code, tok.levels, eyes, code_gen)
+            coded = tokenizer_eye_code(tok, own, torch.from_numpy(blink_np), code_gen)
             replace = torch.full_like(own, -1)
             replace[:, eyes] = coded[:, eyes]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

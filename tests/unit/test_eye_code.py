@@ -16,7 +16,7 @@ from eartalking.model import checkpoint
 from eartalking.model.tokenizer import ENCODER_PARTS
 from eartalking.train.common import MemClip
 from eartalking.train.decoder import tokenize_clips
-from eartalking.train.eye_code import clip_eye_code, eye_code_tokens, eye_state
+from eartalking.train.eye_code import eye_code_tokens, eye_state
 
 BLINK = CONTROL_NAMES.index("blink")
 
@@ -75,7 +75,8 @@ def test_tokenize_clips_writes_the_labels_into_the_frames_and_leaves_the_portrai
     tok.cfg.eye_code = (tok.levels - 3,)
     coded_f, coded_p = tokenize_clips(tok, [clip], torch.device("cpu"))
     assert np.array_equal(coded_p[0], plain_p[0])  # the sink: the encoder's own tokens, as at inference
-    want = clip_eye_code(plain_f[0], clip.controls[:, BLINK], tok.cfg.eye_code, tok.levels, eyes)
+    want = eye_code_tokens(torch.from_numpy(plain_f[0]), torch.from_numpy(clip.controls[:, BLINK]), tok.cfg.eye_code,
+                           tok.levels, eyes).numpy()
     assert np.array_equal(coded_f[0], want)
     state = eye_state(torch.from_numpy(coded_f[0]), tok.cfg.eye_code, tok.levels, eyes)
     assert state.tolist() == [0.0] * 3 + [1.0] * 3 + [0.0] * 4
