@@ -127,6 +127,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "it), and the image side learns to draw shut eyes from that corner (e.g. 5 of levels 0-7; "
                         "use with --blink-share and --eye-box-weight). Recorded in config.json as "
                         "tokenizer.eye_code")
+    p.add_argument("--keep-image", type=float, default=0.0, metavar="W",
+                   help="with --init: weight of an L1 that holds the image outside the eye boxes to what the --init "
+                        "image side draws from the same tokens and reference (a frozen copy). With --eye-code it "
+                        "lets the eyes learn shut from the corner tokens while the mouth, which lip-sync reads, "
+                        "stays as the --init tokenizer draws it (training on the ground truth alone moved it); "
+                        "0 = off")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
@@ -186,6 +192,13 @@ def box_l1(x: torch.Tensor, target: torch.Tensor, box: torch.Tensor) -> torch.Te
     """[B,3,S,S] vs [B or 1,3,S,S] -> [B] mean absolute error inside the 0/1 mask ``box`` [1,1,S,S]
     (``eye_boxes`` or ``mouth_boxes``)."""
     return ((x - target).abs() * box).sum((1, 2, 3)) / (box.sum() * x.shape[1])
+
+
+def outside_eyes(size: int, device: torch.device, margin: int = 3) -> torch.Tensor:
+    """[1,1,S,S] 0/1 mask of everything but the eye boxes (``eye_boxes``) grown by ``margin`` px: where
+    ``--keep-image`` holds the image to the --init image side's."""
+    grown = F.max_pool2d(eye_boxes(size, device), 2 * margin + 1, stride=1, padding=margin)
+    return 1.0 - grown
 
 
 def grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -557,6 +570,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--decoder-token-share must be in 0..1, got {args.decoder_token_share}")
     if args.init:
         load_init(tok, args.init, device)
+    if args.keep_image < 0 or (args.keep_image > 0 and not args.init):
+        raise UserError("--keep-image holds the image to the --init tokenizer's: it needs --init and a weight >= 0")
+    teacher = None
+    if args.keep_image > 0:  # a frozen copy of the --init tokenizer (also on resume)
+        teacher = Tokenizer(cfg.tokenizer).to(device)
+        load_init(teacher, args.init, device)
+        teacher.eval().requires_grad_(False)
+        keep_mask = outside_eyes(cfg.tokenizer.image_size, device)
     # the --init encoder, also on resume
     anchor = LatentAnchor(tok, cfg, device, args.anchor_free) if args.anchor_latent > 0 else None
     if (out / WEIGHTS).is_file():  # resume (the raw weights when an EMA run saved its average as WEIGHTS)
@@ -621,6 +642,11 @@ def run(args: argparse.Namespace) -> int:
             l1w = l1w + args.mouth_box_weight * (box_l1(rec, img, mouth_box) +
                                                  box_grad_l1(rec, img, mouth_box)).mean()
         loss = l1w + 0.5 * grad_l1(rec, img) + L["vq_total"].float()
+        if teacher is not None:
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                held_img = teacher(img, ref)[0].float()
+            kept_l1 = box_l1(rec, held_img, keep_mask).mean()
+            loss = loss + args.keep_image * kept_l1
         if anchor is not None:
             drift, kept = anchor(img, L["bounded"].float(), L["indices"])
             loss = loss + args.anchor_latent * drift
@@ -646,6 +672,8 @@ def run(args: argparse.Namespace) -> int:
                 row.update(blink_loss=blink_loss.item(), blink_acc=blink_acc)
             if mouth_code is not None:
                 row.update(mouth_code_err=mouth_err)
+            if teacher is not None:
+                row.update(keep_image_l1=kept_l1.item())
             bar.set_postfix(psnr=f"{row['psnr']:.2f}", usage=f"{row['usage']:.2f}")
             if step % args.eval_every == 0:
                 with WeightEMA.applied(ema, tok):

@@ -553,6 +553,38 @@ def test_ema_saves_the_average_and_keeps_frozen_weights_bit_identical(tokenizer_
         torch.testing.assert_close(avg2[k], 0.5 * (avg[k] + raw2[k]), rtol=1e-5, atol=1e-6)
 
 
+def test_keep_image_holds_the_image_outside_the_eyes_at_the_init_tokenizer(tokenizer_runs, corpus_dir, tmp_path,
+                                                                          capsys):
+    """--keep-image W: after the same steps from the same start, the image outside the eye boxes moves at least
+    2x less from the --init tokenizer's (same tokens, same reference) than without it; refused without --init."""
+    from eartalking.config import preset
+    from eartalking.model.tokenizer import Tokenizer
+    from eartalking.train.tokenizer import load_init, outside_eyes
+
+    assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + ["--keep-image", "1"]) == 2
+    assert "--keep-image" in capsys.readouterr().err
+    cfg = preset("test_small").tokenizer
+    gen = torch.Generator().manual_seed(11)
+    img, ref = (torch.rand(6, 3, cfg.image_size, cfg.image_size, generator=gen) for _ in range(2))
+    mask = outside_eyes(cfg.image_size, torch.device("cpu"))
+    assert 0.8 < mask.mean() < 0.98  # the grown eye boxes are out, the rest in
+
+    def drawn(src) -> torch.Tensor:
+        tok = Tokenizer(cfg)
+        load_init(tok, str(src), torch.device("cpu"))
+        return tok.eval()(img, ref)[0].detach()
+
+    start = drawn(tokenizer_runs["out"])
+    moved = {}
+    for w in ("0", "20"):
+        out = tmp_path / f"keep{w}"
+        args = ["--init", str(tokenizer_runs["out"]), "--freeze-encoder", "--keep-image", w, "--lr", "3e-3",
+                "--bf16", "off"]
+        assert main(_tok_args(corpus_dir, out, 6) + args) == 0
+        moved[w] = float(((drawn(out) - start).abs() * mask).mean())
+    assert moved["0"] > 0 and moved["20"] < 0.5 * moved["0"], moved
+
+
 def test_hide_eyes_flattens_each_eye_box_and_nothing_else():
     import numpy as np
 
