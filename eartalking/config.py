@@ -137,6 +137,12 @@ class DecoderConfig:
     #: unseen people and voices, chosen on a validation corpus (``scripts/code_mean_sweep.py``), set at ship
     #: time (``scripts/ship_checkpoint.py --code-mean-temperature``) and baked into the step graph.
     code_mean_temperature: float = 1.0
+    #: token cells that ``code_mean`` reads at ``code_mean_cells_temperature`` instead (row-major on the token
+    #: grid; () = none). For the eye cells of an eye-coded checkpoint (``train-tokenizer --eye-code``): a blink
+    #: is one decisive token state, which the higher temperature chosen for the mouth's averaging spreads
+    #: back out (``scripts/ship_checkpoint.py --eye-temperature``). Baked into the step graph.
+    code_mean_cells: tuple[int, ...] = ()
+    code_mean_cells_temperature: float = 1.0
     #: token cells (row-major on the token grid) whose *previous-frame* input is always the portrait's token:
     #: with the mouth and eyes here the decoder cannot copy them forward, so it must draw the mouth from the
     #: audio and the eyes from the blink control (trained with ``train --region-drop``). () = none.

@@ -106,8 +106,12 @@ def graph_metadata(cfg: ModelConfig, spec: S.GraphSpec, weights_sha: str) -> dic
         "weights_sha256": weights_sha,
         "greedy": cfg.decoder.greedy,
         "code_mean_temperature": str(cfg.decoder.code_mean_temperature),
+        "code_mean_cells": ",".join(map(str, cfg.decoder.code_mean_cells)),
+        "code_mean_cells_temperature": str(cfg.decoder.code_mean_cells_temperature),
         "sampling": f"{cfg.decoder.greedy} at temperature 0 (code_mean: round the expected FSQ digits under "
-                    f"softmax(logits / {cfg.decoder.code_mean_temperature})); "
+                    f"softmax(logits / {cfg.decoder.code_mean_temperature})"
+                    + (f"; cells {list(cfg.decoder.code_mean_cells)} at {cfg.decoder.code_mean_cells_temperature}"
+                       if cfg.decoder.code_mean_cells else "") + "); "
                     "else argmax(topk(logits, top_k)/temperature + gumbel)",
     })
     return meta

@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
                         "for a decoder trained with `eartalking train --region-drop`")
     p.add_argument("--greedy", choices=("argmax", "code_mean"), default=None,
                    help="temperature-0 token choice to ship (decoder.greedy; default: keep the run's)")
+    p.add_argument("--eye-temperature", type=float, default=None, metavar="T",
+                   help="code_mean temperature of the eye cells alone (decoder.code_mean_cells = the eye cells, "
+                        "decoder.code_mean_cells_temperature = T > 0): for an eye-coded tokenizer, whose shut eye "
+                        "is one token state that a mouth-tuned temperature above 1 spreads out; default: none")
     p.add_argument("--code-mean-temperature", type=float, default=None, metavar="T",
                    help="softmax temperature of code_mean (decoder.code_mean_temperature, > 0; default: keep the "
                         "run's). Choose it on a validation corpus with scripts/code_mean_sweep.py")
@@ -78,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.code_mean_temperature > 0:
             p.error(f"--code-mean-temperature must be > 0, got {args.code_mean_temperature}")
         cfg.decoder.code_mean_temperature = args.code_mean_temperature
+    if args.eye_temperature is not None:
+        if not args.eye_temperature > 0:
+            p.error(f"--eye-temperature must be > 0, got {args.eye_temperature}")
+        from eartalking.train.decoder import eye_cells
+
+        cfg.decoder.code_mean_cells = tuple(eye_cells(cfg))
+        cfg.decoder.code_mean_cells_temperature = args.eye_temperature
+        print(f"code_mean cells {list(cfg.decoder.code_mean_cells)} at temperature {args.eye_temperature}")
     model = checkpoint.random_model(cfg, seed=0)  # the final config's modules and buffers (anchors) ...
     missing, unexpected = model.load_state_dict(state, strict=False)  # ... with the trained weights
     if missing or unexpected:

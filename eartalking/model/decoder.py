@@ -104,6 +104,15 @@ class StepDecoder(nn.Module):
         if not d.code_mean_temperature > 0:
             raise ValueError(f"decoder.code_mean_temperature must be > 0, got {d.code_mean_temperature}")
         self.greedy, self.code_mean_temperature = d.greedy, float(d.code_mean_temperature)
+        if not d.code_mean_cells_temperature > 0:
+            raise ValueError(f"decoder.code_mean_cells_temperature must be > 0, got {d.code_mean_cells_temperature}")
+        bad = [c for c in d.code_mean_cells if not 0 <= c < self.N]
+        if bad:
+            raise ValueError(f"code_mean_cells {bad} outside the {self.N} token cells")
+        self.code_mean_cells_temperature = float(d.code_mean_cells_temperature)
+        own = torch.zeros(self.N, dtype=torch.bool)
+        own[list(d.code_mean_cells)] = True
+        self.register_buffer("code_mean_cells", own, persistent=False)
         std = 0.02
         self.null_embedding = nn.Parameter(torch.randn(self.C, D) * std)
         self.control_weight = nn.Parameter(torch.randn(self.C, D) * std)
@@ -144,7 +153,16 @@ class StepDecoder(nn.Module):
     def pick(self, logits: torch.Tensor, temperature: torch.Tensor, gumbel: torch.Tensor) -> torch.Tensor:
         """logits [B,N,K] -> tokens int64 [B,N] with this decoder's top_k, greedy rule and code_mean temperature
         (``select``); every path (stream, reference, torch backend, export) picks through here."""
-        return select(logits, temperature, gumbel, self.top_k, self.greedy, self.code_mean_temperature)
+        return select(logits, temperature, gumbel, self.top_k, self.greedy, self.cell_temperatures())
+
+    def cell_temperatures(self) -> float | torch.Tensor:
+        """``code_mean``'s temperature: ``code_mean_temperature`` (a float) when no cell has its own, else float
+        [N] with ``code_mean_cells_temperature`` at the ``code_mean_cells``. Read at each pick, so a sweep that
+        sets the attributes (``scripts/code_mean_sweep.py``) takes effect."""
+        if not bool(self.code_mean_cells.any()):
+            return self.code_mean_temperature
+        return torch.where(self.code_mean_cells, torch.tensor(self.code_mean_cells_temperature),
+                           torch.tensor(self.code_mean_temperature)).to(torch.float32)
 
     # ---- block embedding ----
     def embed_block(self, audio: torch.Tensor, controls: torch.Tensor, mask: torch.Tensor,
@@ -274,9 +292,10 @@ def teacher_prev_tokens(ref_tokens: torch.Tensor, frame_tokens: torch.Tensor) ->
 GREEDY = ("argmax", "code_mean")
 
 
-def code_mean(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """logits [..., K] with K = L**FSQ_DIMS -> the token whose FSQ digits are the rounded expected digits under
-    softmax(logits / temperature), int64 [...].
+def code_mean(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """logits [..., N, K] with K = L**FSQ_DIMS -> the token whose FSQ digits are the rounded expected digits under
+    softmax(logits / temperature), int64 [..., N]. ``temperature``: a float, or float [N], one per token cell
+    (``decoder.code_mean_cells``).
 
     Token k has digits (k // L**i) % L (``Tokenizer.quantize_indices``) and its code vector is linear in them,
     so rounding the expected digits picks the grid point nearest the mean code under the predicted
@@ -290,13 +309,17 @@ def code_mean(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     k = torch.arange(K, device=logits.device)
     radix = [L ** i for i in range(FSQ_DIMS)]
     digits = torch.stack([torch.div(k, r, rounding_mode="floor") % L for r in radix], -1).to(torch.float32)  # [K,d]
-    p = torch.softmax(logits.float() / float(temperature), dim=-1)
+    if isinstance(temperature, torch.Tensor):
+        t = temperature.to(device=logits.device, dtype=torch.float32)[:, None]  # [N, 1] against [..., N, K]
+    else:
+        t = float(temperature)
+    p = torch.softmax(logits.float() / t, dim=-1)
     e = torch.round(torch.matmul(p, digits)).clamp(0, L - 1)  # [..., d]
     return (e * torch.tensor(radix, dtype=torch.float32, device=logits.device)).sum(-1).to(torch.int64)
 
 
 def select(logits: torch.Tensor, temperature: torch.Tensor, gumbel: torch.Tensor, top_k: int,
-           greedy: str = "argmax", code_mean_temperature: float = 1.0) -> torch.Tensor:
+           greedy: str = "argmax", code_mean_temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
     """Pick tokens from logits [B,N,K]: where temperature [B,1] == 0 the ``greedy`` choice (argmax, or
     ``code_mean`` at ``code_mean_temperature``), else argmax over the top_k logits of (logit / temperature +
     gumbel) with gumbel [B,N,K] from ``eartalking.sampling.gumbel_noise``. No data-dependent control flow; TopK sorted.

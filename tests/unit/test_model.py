@@ -280,6 +280,37 @@ def test_code_mean_temperature_flattens_the_distribution_and_reaches_every_path(
         random_model(bad, seed=0)
 
 
+def test_code_mean_cells_take_their_own_temperature():
+    """decoder.code_mean_cells read at code_mean_cells_temperature, every other cell at code_mean_temperature
+    (cell by cell equal to code_mean at that cell's temperature, on fresh random logits), through
+    StepDecoder.pick; cells outside the grid and a temperature <= 0 are refused by name."""
+    import dataclasses
+
+    from eartalking import config
+    from eartalking.model.checkpoint import random_model
+
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    K, cells = 64, (3, 7, 8)
+    logits = torch.randn(4, 16, K, generator=g) * 3.0
+    per_cell = torch.full((16,), 2.5)
+    per_cell[list(cells)] = 0.4
+    got = code_mean(logits, per_cell)
+    for n in range(16):
+        assert torch.equal(got[:, n], code_mean(logits[:, n], 0.4 if n in cells else 2.5))
+    assert not torch.equal(got[:, list(cells)], code_mean(logits, 2.5)[:, list(cells)])
+    cfg = config.preset("test_small")
+    dcfg = dataclasses.replace(cfg.decoder, greedy="code_mean", code_mean_temperature=2.5, code_mean_cells=cells,
+                               code_mean_cells_temperature=0.4)
+    dec = random_model(dataclasses.replace(cfg, decoder=dcfg), seed=0).decoder
+    temp = torch.zeros(4, 1)
+    noise = torch.from_numpy(np.stack([gumbel_noise(4, 2, (16, K))] * 4))
+    assert torch.equal(dec.pick(logits, temp, noise), got)
+    for bad, msg in (({"code_mean_cells": (3, cfg.tokens_per_frame)}, "outside"),
+                     ({"code_mean_cells_temperature": 0.0}, "code_mean_cells_temperature must be > 0")):
+        with pytest.raises(ValueError, match=msg):
+            random_model(dataclasses.replace(cfg, decoder=dataclasses.replace(dcfg, **bad)), seed=0)
+
+
 # ---------------------------------------------------------------- audio encoder
 def test_audio_chunked_equals_whole(model):
     enc, c = model.audio, model.cfg.audio
