@@ -1,7 +1,8 @@
 """Requested blinks over many held-out portraits: what ``evaluate``'s control check measures on one.
 
 Usage: .venv/bin/python scripts/blink_requests.py [--checkpoint checkpoints/tiny] [--data corpus500]
-       [--people 8] [--frames 150] [--split eval]
+       [--people 8] [--skip-people 0] [--frames 150]
+       [--split eval]
 
 For each of the first ``--people`` distinct people of the split, the PyTorch streaming generator speaks that
 clip's audio with the blink control set as ``evaluate`` sets it (``generate_eval.control_track``: a blink
@@ -26,6 +27,9 @@ def main() -> None:
     p.add_argument("--data", default="corpus500")
     p.add_argument("--split", default="eval", choices=("eval", "train"))
     p.add_argument("--people", type=int, default=8)
+    p.add_argument("--skip-people", type=int, default=0,
+                   help="leave out the first N people: a validation set apart from evaluate's (e.g. to choose "
+                        "ship_checkpoint.py --eye-temperature)")
     p.add_argument("--frames", type=int, default=150)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
@@ -45,7 +49,9 @@ def main() -> None:
         if c.identity not in seen:
             seen.add(c.identity)
             people.append(c)
-    people = people[:a.people]
+    people = people[a.skip_people:a.skip_people + a.people]
+    if not people:
+        raise SystemExit(f"no people left in the {a.split} split after --skip-people {a.skip_people}")
     T = a.frames
     blinks = list(range(12, T - 6, 25))
     hits = requested = unrequested = 0

@@ -76,6 +76,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "token distributions to this one's on every other cell, so teaching the eyes does not move "
                         "what the mouth and the rest learned (eyes-only CE alone lowered the held-out accuracy of "
                         "the other cells from 0.61 to 0.56 in 600 steps); 0 = off")
+    p.add_argument("--eye-rows-only", action="store_true",
+                   help="with --loss-cells eyes and --init: train only the eye cells' slot queries and the blink "
+                        "control's embeddings (their rows of slot_query, control_weight, type_embedding, "
+                        "null_embedding; no weight decay): every other weight, the head and all layers included, "
+                        "stays as loaded, so the mouth can move only through attention to those rows")
     p.add_argument("--init", default="",
                    help="start from this decoder run's weights (model.safetensors + aux head) with a fresh optimizer "
                         "and step 0; the tokenizer still comes from --tokenizer")
@@ -183,6 +188,25 @@ def region_cells(cfg: ModelConfig) -> list[int]:
     t = cfg.tokenizer
     r = region_tokens(t.image_size, t.grid, torch.device("cpu"))
     return [int(i) for i in torch.nonzero(r > REGION_THRESHOLD).flatten()]
+
+
+def eye_rows_only(decoder, cells: list[int]) -> list[torch.nn.Parameter]:
+    """Freeze ``decoder`` but for the rows ``cells`` of ``slot_query`` [N, D] and the blink control's row of
+    ``control_weight``, ``type_embedding`` and ``null_embedding`` [C, D] (``train --eye-rows-only``): the other
+    rows' gradients are zeroed by hooks, so with no weight decay they stay bit-identical. -> the four
+    parameters to optimise."""
+    decoder.requires_grad_(False)
+    rows = {"slot_query": list(cells), "control_weight": [BLINK], "type_embedding": [BLINK],
+            "null_embedding": [BLINK]}
+    params = []
+    for name, keep in rows.items():
+        w = getattr(decoder, name)
+        mask = torch.zeros(w.shape[0], 1, dtype=w.dtype, device=w.device)
+        mask[keep] = 1.0
+        w.requires_grad_(True)
+        w.register_hook(lambda g, m=mask: g * m)
+        params.append(w)
+    return params
 
 
 def eye_cells(cfg: ModelConfig) -> list[int]:
@@ -298,12 +322,18 @@ def run(args: argparse.Namespace) -> int:
     sampler = WindowSampler(cfg, train, *tokenize_clips(model.tokenizer, train, device), args.frames, args.seed)
     held_sampler = WindowSampler(cfg, held, *tokenize_clips(model.tokenizer, held, device), args.frames, 7)
     params = list(model.decoder.parameters())
+    decay = 0.01
+    if args.eye_rows_only:
+        if args.loss_cells != "eyes" or not args.init:
+            raise UserError("--eye-rows-only trains the eye rows of an --init decoder: it needs --loss-cells eyes "
+                            "and --init")
+        params, decay = eye_rows_only(model.decoder, eye_cells(cfg)), 0.0
     train_audio = args.loss_cells == "all" and not args.freeze_audio
     if train_audio:
         params += list(model.audio.parameters()) + list(aux.parameters())
     else:  # the audio encoder, which the mouth is drawn from, stays as loaded
         model.audio.requires_grad_(False)
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=decay)
     step = common.load_state(out, opt, device)
     gen = torch.Generator().manual_seed(args.seed + step)
     sampler.rng = np.random.default_rng(args.seed + step)

@@ -168,6 +168,39 @@ def test_keep_others_holds_the_non_eye_cells_at_the_init_decoder(tokenizer_runs,
     assert plain > 1e-3 and kept < 0.5 * plain, (plain, kept)
 
 
+def test_eye_rows_only_changes_only_the_eye_slot_and_blink_control_rows(tokenizer_runs, corpus_dir, tmp_path,
+                                                                        capsys):
+    """train --loss-cells eyes --eye-rows-only: refused without --loss-cells eyes; a run changes the eye
+    cells' slot_query rows and the blink control's rows and leaves every other decoder and audio weight
+    bit-identical to the --init run's."""
+    from eartalking.config import CONTROL_NAMES
+    from eartalking.model import checkpoint
+    from eartalking.train.decoder import eye_cells
+
+    tok = tokenizer_runs["out"]
+    base = ["train", "--data", str(corpus_dir), "--tokenizer", str(tok), "--batch", "2", "--frames", "8",
+            "--threads", "1", "--device", "cpu", "--minutes", "0", "--region-drop", "1.0", "--seed", "3"]
+    first = tmp_path / "first"
+    assert main(base + ["--out", str(first), "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "bad"), "--steps", "1", "--init", str(first),
+                        "--eye-rows-only"]) == 2
+    assert "--loss-cells eyes" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "rows"), "--init", str(first), "--loss-cells", "eyes",
+                        "--eye-rows-only", "--steps", "3", "--lr", "1e-2", "--blink-weight", "4"]) == 0
+    (init, cfg), (got, _) = checkpoint.load(first), checkpoint.load(tmp_path / "rows")
+    before, after = init.state_dict(), got.state_dict()
+    rows = {"decoder.slot_query": eye_cells(cfg), "decoder.control_weight": [CONTROL_NAMES.index("blink")],
+            "decoder.type_embedding": [CONTROL_NAMES.index("blink")],
+            "decoder.null_embedding": [CONTROL_NAMES.index("blink")]}
+    for k, v in before.items():
+        if k in rows:
+            moved = (after[k] != v).any(-1)
+            assert moved[rows[k]].all() and not moved[[i for i in range(len(v)) if i not in rows[k]]].any(), k
+        else:
+            assert torch.equal(after[k], v), k
+
+
 def test_tokenizer_init_adds_the_aligner_and_keeps_the_encoder(tokenizer_runs, corpus_dir, tmp_path):
     """--init from weights without the reference aligner (an older tokenizer): they load, the aligner starts at
     identity and trains, and with --freeze-encoder the encoder (so every token index) stays bit-identical."""
