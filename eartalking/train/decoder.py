@@ -297,6 +297,9 @@ def run(args: argparse.Namespace) -> int:
                             f"e.g. {bad[:3]})")
     model.tokenizer.load_state_dict(load_file(str(tdir / "tokenizer.safetensors"), device=str(device)))
     model.tokenizer.requires_grad_(False).eval()
+    if args.eye_rows_only and (args.loss_cells != "eyes" or not args.init):
+        raise UserError("--eye-rows-only trains the eye rows of an --init decoder: it needs --loss-cells eyes "
+                        "and --init")
     teacher = None
     if args.keep_others > 0:
         if args.loss_cells != "eyes" or not args.init:
@@ -324,9 +327,6 @@ def run(args: argparse.Namespace) -> int:
     params = list(model.decoder.parameters())
     decay = 0.01
     if args.eye_rows_only:
-        if args.loss_cells != "eyes" or not args.init:
-            raise UserError("--eye-rows-only trains the eye rows of an --init decoder: it needs --loss-cells eyes "
-                            "and --init")
         params, decay = eye_rows_only(model.decoder, eye_cells(cfg)), 0.0
     train_audio = args.loss_cells == "all" and not args.freeze_audio
     if train_audio:
