@@ -126,6 +126,18 @@ def test_decoder_init_and_eye_only_loss_keep_the_audio_encoder(tokenizer_runs, c
                                                          b.decoder.state_dict().values(), strict=True))
 
 
+def _init_decoder(tokenizer_runs, corpus_dir, tmp_path, capsys) -> tuple[list[str], Path]:
+    """The `train` arguments the eye-training tests share, and a 1-step decoder run under tmp_path/first for
+    their --init (captured output cleared)."""
+    base = ["train", "--data", str(corpus_dir), "--tokenizer", str(tokenizer_runs["out"]), "--batch", "2",
+            "--frames", "8", "--threads", "1", "--device", "cpu", "--minutes", "0", "--region-drop", "1.0",
+            "--seed", "3"]
+    first = tmp_path / "first"
+    assert main(base + ["--out", str(first), "--steps", "1"]) == 0
+    capsys.readouterr()
+    return base, first
+
+
 def test_keep_others_holds_the_non_eye_cells_at_the_init_decoder(tokenizer_runs, corpus_dir, tmp_path, capsys):
     """train --loss-cells eyes --keep-others W: refused without --loss-cells eyes; with it, the other cells'
     token distributions (on fresh random inputs) move less from the --init decoder's than without it."""
@@ -134,12 +146,7 @@ def test_keep_others_holds_the_non_eye_cells_at_the_init_decoder(tokenizer_runs,
     from eartalking.model import checkpoint
     from eartalking.train.decoder import eye_cells
 
-    tok = tokenizer_runs["out"]
-    base = ["train", "--data", str(corpus_dir), "--tokenizer", str(tok), "--batch", "2", "--frames", "8",
-            "--threads", "1", "--device", "cpu", "--minutes", "0", "--region-drop", "1.0", "--seed", "3"]
-    first = tmp_path / "first"
-    assert main(base + ["--out", str(first), "--steps", "1"]) == 0
-    capsys.readouterr()
+    base, first = _init_decoder(tokenizer_runs, corpus_dir, tmp_path, capsys)
     assert main(base + ["--out", str(tmp_path / "bad"), "--steps", "1", "--init", str(first),
                         "--keep-others", "1"]) == 2
     assert "--loss-cells eyes" in capsys.readouterr().err
@@ -177,12 +184,7 @@ def test_eye_rows_only_changes_only_the_eye_slot_and_blink_control_rows(tokenize
     from eartalking.model import checkpoint
     from eartalking.train.decoder import eye_cells
 
-    tok = tokenizer_runs["out"]
-    base = ["train", "--data", str(corpus_dir), "--tokenizer", str(tok), "--batch", "2", "--frames", "8",
-            "--threads", "1", "--device", "cpu", "--minutes", "0", "--region-drop", "1.0", "--seed", "3"]
-    first = tmp_path / "first"
-    assert main(base + ["--out", str(first), "--steps", "1"]) == 0
-    capsys.readouterr()
+    base, first = _init_decoder(tokenizer_runs, corpus_dir, tmp_path, capsys)
     assert main(base + ["--out", str(tmp_path / "bad"), "--steps", "1", "--init", str(first),
                         "--eye-rows-only"]) == 2
     assert "--loss-cells eyes" in capsys.readouterr().err
