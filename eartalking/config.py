@@ -147,6 +147,13 @@ class DecoderConfig:
     #: with the mouth and eyes here the decoder cannot copy them forward, so it must draw the mouth from the
     #: audio and the eyes from the blink control (trained with ``train --region-drop``). () = none.
     anchor_cells: tuple[int, ...] = ()
+    #: an isolated group of block positions: these token cells' slots and these controls' tokens (names from
+    #: CONTROL_NAMES) are read only by the group's own queries. No other query, in any layer, block or window
+    #: slot, attends to them, so every other cell's logits are exactly what they would be without them, and
+    #: the group's own rows (``train --eye-rows-only``: the eye slots and the blink control) can be trained
+    #: without moving any other cell. The group still reads everything. A constant of the step graph. () = none.
+    isolated_cells: tuple[int, ...] = ()
+    isolated_controls: tuple[str, ...] = ()
 
     @property
     def head_dim(self) -> int:

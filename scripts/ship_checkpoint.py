@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--anchor-regions", action="store_true",
                    help="ship with the mouth/eye token cells anchored to the portrait (decoder.anchor_cells): "
                         "for a decoder trained with `eartalking train --region-drop`")
+    p.add_argument("--isolate-eyes", action="store_true",
+                   help="ship with the eye cells and the blink control as the decoder's isolated group "
+                        "(decoder.isolated_cells / isolated_controls; no other cell reads them): for a decoder "
+                        "trained with `eartalking train --isolate-eyes`")
     p.add_argument("--greedy", choices=("argmax", "code_mean"), default=None,
                    help="temperature-0 token choice to ship (decoder.greedy; default: keep the run's)")
     p.add_argument("--eye-temperature", type=float, default=None, metavar="T",
@@ -76,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg.decoder.anchor_cells = tuple(region_cells(cfg))
         print(f"anchor cells {list(cfg.decoder.anchor_cells)}")
+    if args.isolate_eyes:
+        from eartalking.train.decoder import isolate_eyes
+
+        isolate_eyes(cfg)
+        print(f"isolated cells {list(cfg.decoder.isolated_cells)}, controls {list(cfg.decoder.isolated_controls)}")
     if args.greedy:
         cfg.decoder.greedy = args.greedy
     if args.code_mean_temperature is not None:

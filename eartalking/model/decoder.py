@@ -13,7 +13,9 @@ bidirectional inside the block); nothing else. Rotary positions are block-relati
 current block sits at W+1, a window block of age a (1 = previous frame) at W+1-a, the sink at 0; the
 intra-block position is the learned embeddings above. Keys are cached *before* rotary, so a cached key
 is rotated by the position of its buffer slot at every step and frame 1,000,000 computes exactly what
-frame 10 does. With L layers, information still flows further back through stacked windows (receptive
+frame 10 does. An optional isolated group (``decoder.isolated_cells`` slots + ``isolated_controls`` tokens)
+is masked from every query outside it, in every block (``iso_bias``): the rest of the block computes exactly
+what it would without the group. With L layers, information still flows further back through stacked windows (receptive
 field L*W blocks, as in any sliding-window transformer); per-frame cost and state stay constant.
 
 State (B sessions): sink_k/v [B,L,H,N,dh]; window_k/v [B,L,H,W*BL,dh] ordered oldest -> newest (slot
@@ -142,6 +144,18 @@ class StepDecoder(nn.Module):
         anchored = torch.zeros(self.N, dtype=torch.bool)
         anchored[list(d.anchor_cells)] = True
         self.register_buffer("anchored", anchored, persistent=False)
+        bad = [c for c in d.isolated_cells if not 0 <= c < self.N]
+        if bad:
+            raise ValueError(f"isolated_cells {bad} outside the {self.N} token cells")
+        bad = [c for c in d.isolated_controls if c not in CONTROL_NAMES]
+        if bad:
+            raise ValueError(f"isolated_controls {bad}: not among the controls {list(CONTROL_NAMES)}")
+        group = torch.zeros(self.BL, dtype=torch.bool)  # block positions of the isolated group
+        group[[CONTROL_NAMES.index(c) for c in d.isolated_controls]] = True
+        group[[self.C + self.A + c for c in d.isolated_cells]] = True
+        self.isolating = bool(group.any())
+        # [BL queries, BL keys]: NEG where a query outside the group would read a key inside it
+        self.register_buffer("iso_bias", (~group[:, None] & group[None, :]).float() * NEG, persistent=False)
 
     def anchor(self, prev_tokens: torch.Tensor, ref_tokens: torch.Tensor) -> torch.Tensor:
         """prev_tokens [..., N] with the ``anchor_cells`` replaced by the portrait's ref_tokens (broadcast to
@@ -204,6 +218,8 @@ class StepDecoder(nn.Module):
         prev_tokens [B,N], frame int [B,1] -> (logits [B,N,K], new_window_k, new_window_v)."""
         x = self.embed_block(audio_tokens, controls, control_mask, prev_tokens)  # [B, BL, D]
         bias = self.window_bias(frame)
+        if self.isolating:  # [B,1,1,keys] + [1,1,BL,keys]: the group's keys in the window and this block
+            bias = bias + F.pad(self.iso_bias.repeat(1, self.W + 1), (self.N, 0))[None, None]
         cos_c, sin_c = self.rope_cos[self.W + 1], self.rope_sin[self.W + 1]
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
@@ -224,10 +240,12 @@ class StepDecoder(nn.Module):
     # ---- training (all T blocks at once) ----
     def sfa_mask(self, T: int) -> torch.Tensor:
         """Boolean mask [T*BL, N + T*BL] (True = may attend): queries of block t see the sink (first N
-        columns) and blocks s with 0 <= t - s <= W; nothing else."""
+        columns) and blocks s with 0 <= t - s <= W; nothing else. Queries outside the isolated group never
+        see the group's positions."""
         t = torch.arange(T)
         blocks = (t[:, None] - t[None, :] >= 0) & (t[:, None] - t[None, :] <= self.W)  # [T, T]
         tok = blocks.repeat_interleave(self.BL, 0).repeat_interleave(self.BL, 1)
+        tok = tok & (self.iso_bias.cpu() == 0).repeat(T, T)
         return torch.cat([torch.ones(T * self.BL, self.N, dtype=torch.bool), tok], dim=1)
 
     def forward_train(self, ref_tokens: torch.Tensor, audio: torch.Tensor, controls: torch.Tensor,
@@ -262,7 +280,7 @@ class StepDecoder(nn.Module):
             kr = rope(ka, self.rope_cos[self.W + 1 - a], self.rope_sin[self.W + 1 - a])  # age a -> position W+1-a
             s = torch.matmul(qr, kr.transpose(-1, -2))
             missing = (torch.arange(T, device=q.device) < a).to(q.dtype) * NEG  # [T]
-            scores.append(s + missing[:, None, None])
+            scores.append(s + missing[:, None, None] + self.iso_bias if self.isolating else s + missing[:, None, None])
             values.append(va)
         p = torch.softmax(torch.cat(scores, -1) * (self.dh ** -0.5), dim=-1)
         out = torch.matmul(p[..., :self.N], values[0])

@@ -81,6 +81,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "control's embeddings (their rows of slot_query, control_weight, type_embedding, "
                         "null_embedding; no weight decay): every other weight, the head and all layers included, "
                         "stays as loaded, so the mouth can move only through attention to those rows")
+    p.add_argument("--isolate-eyes", action="store_true",
+                   help="train (and record in the run's config) a decoder whose eye cells and blink control form an "
+                        "isolated group (decoder.isolated_cells / isolated_controls): no other cell's query reads "
+                        "them, so with --eye-rows-only the other cells' outputs stay exactly as loaded")
     p.add_argument("--init", default="",
                    help="start from this decoder run's weights (model.safetensors + aux head) with a fresh optimizer "
                         "and step 0; the tokenizer still comes from --tokenizer")
@@ -209,6 +213,12 @@ def eye_rows_only(decoder, cells: list[int]) -> list[torch.nn.Parameter]:
     return params
 
 
+def isolate_eyes(cfg: ModelConfig) -> None:
+    """Make the eye cells and the blink control the decoder's isolated group (in place): nothing else reads
+    them (``decoder.isolated_cells`` / ``isolated_controls``), so the mouth cannot move when they are trained."""
+    cfg.decoder.isolated_cells, cfg.decoder.isolated_controls = tuple(eye_cells(cfg)), ("blink",)
+
+
 def eye_cells(cfg: ModelConfig) -> list[int]:
     """The upper half of ``region_cells``: the token cells over the eyes (the rest are the mouth's)."""
     g = cfg.tokenizer.grid
@@ -279,6 +289,8 @@ def run(args: argparse.Namespace) -> int:
     if not (tdir / "tokenizer.safetensors").is_file():
         raise SystemExit(f"{tdir}/tokenizer.safetensors not found: run `eartalking train-tokenizer` first")
     cfg = ModelConfig.load(tdir / "config.json")
+    if args.isolate_eyes:
+        isolate_eyes(cfg)
     out.mkdir(parents=True, exist_ok=True)
     model = EARTalking(cfg).to(device)
     if (out / checkpoint.WEIGHTS_FILE).is_file():

@@ -103,6 +103,67 @@ def test_perturbation_outside_window_has_no_effect():
                     assert changed == 0.0, f"layers={layers}: block {s} leaked into block {t} ({changed})"
 
 
+def _isolated_model(seed: int = 0):
+    cfg = config.test_small()
+    cfg.decoder.isolated_cells, cfg.decoder.isolated_controls = (1, 6), ("blink",)
+    return checkpoint.random_model(cfg, seed=seed)
+
+
+def test_isolated_group_is_read_by_nothing_outside_it():
+    """decoder.isolated_cells/controls: changing the group's inputs (blink values and presence, its cells'
+    previous tokens) and its own rows of the weights leaves every other cell's logits bit-identical in every
+    frame, and does change the group's; the sfa_mask says the same."""
+    m = _isolated_model(seed=30)
+    d = m.decoder
+    T, cells, b = 2 * d.W + 3, [1, 6], config.CONTROL_NAMES.index("blink")
+    others = [c for c in range(d.N) if c not in cells]
+    portrait, audio, controls, mask = _inputs(m, T=T, seed=31, B=2)
+    ref = m.tokenizer.encode(portrait)
+    prev = torch.randint(0, d.K, (2, T, d.N), generator=torch.Generator().manual_seed(32))
+    with torch.no_grad():
+        base = d.forward_train(ref, audio, controls, mask, prev)
+        c2, m2, p2 = controls.clone(), mask.clone(), prev.clone()
+        c2[..., b] = torch.randn(2, T) * 10.0
+        m2[..., b] = 1.0 - m2[..., b]
+        p2[..., cells] = (p2[..., cells] + 7) % d.K
+        for rows, idx in ((d.slot_query, cells), (d.control_weight, [b]), (d.type_embedding, [b]),
+                          (d.null_embedding, [b])):
+            rows[idx] += torch.randn_like(rows[idx])
+        out = d.forward_train(ref, audio, c2, m2, p2)
+        dense = d.forward_train(ref, audio, c2, m2, p2, dense=True)
+    assert torch.equal(out[:, :, others], base[:, :, others])
+    assert (out[:, :, cells] - base[:, :, cells]).abs().amax() > 1e-3
+    torch.testing.assert_close(dense, out, atol=LOGIT_ATOL, rtol=0)
+    mk = d.sfa_mask(T)
+    q_other, k_group = d.C + d.A + others[0], d.C + d.A + cells[0]
+    for t in range(T):  # an outside query sees no group key of its own block or of any earlier one
+        assert not mk[t * d.BL + q_other, d.N + b::d.BL].any() and not mk[t * d.BL + q_other, d.N + k_group::d.BL].any()
+        assert mk[t * d.BL + d.C + d.A + cells[1], d.N + t * d.BL + k_group]  # the group reads itself
+    with pytest.raises(ValueError, match="isolated_controls"):
+        cfg = config.test_small()
+        cfg.decoder.isolated_controls = ("wink",)
+        checkpoint.random_model(cfg, seed=0)
+
+
+def test_isolated_streaming_equals_teacher_forcing():
+    """With an isolated group, the step (its bias over the window and the current block) computes what
+    forward_train does, frame by frame past the window's wrap."""
+    m = _isolated_model(seed=33)
+    d = m.decoder
+    T = 2 * d.W + 3
+    portrait, audio, controls, mask = _inputs(m, T=T, seed=34, B=2)
+    ref = m.tokenizer.encode(portrait)
+    prev = torch.randint(0, d.K, (2, T, d.N), generator=torch.Generator().manual_seed(35))
+    with torch.no_grad():
+        full = d.forward_train(ref, audio, controls, mask, prev)
+        sk, sv = d.sink(ref)
+        wk, wv = d.empty_window(2)
+        for t in range(T):
+            frame = torch.full((2, 1), t, dtype=torch.int32)
+            logits, wk, wv = d.step(audio[:, t], controls[:, t], mask[:, t], sk, sv, wk, wv, prev[:, t], frame)
+            torch.testing.assert_close(logits, full[:, t], atol=LOGIT_ATOL, rtol=0)
+
+
 # ---------------------------------------------------------------- streaming == reference
 @pytest.mark.parametrize("temperature,seed", [(0.0, 0), (1.0, 7)])
 def test_streaming_equals_full_recompute(model, temperature, seed):
