@@ -203,6 +203,36 @@ def test_eye_rows_only_changes_only_the_eye_slot_and_blink_control_rows(tokenize
             assert torch.equal(after[k], v), k
 
 
+def test_isolate_eyes_rows_only_leaves_every_other_cell_exactly_as_loaded(tokenizer_runs, corpus_dir, tmp_path,
+                                                                           capsys):
+    """train --isolate-eyes --eye-rows-only: the run's config records the eye cells and the blink control as
+    the isolated group, and on fresh random inputs (blink requested or not) every other cell's logits are
+    bit-identical to the --init weights' under that config, while the eye cells' moved."""
+    from eartalking.model import checkpoint
+    from eartalking.train.decoder import eye_cells
+
+    base, first = _init_decoder(tokenizer_runs, corpus_dir, tmp_path, capsys)
+    assert main(base + ["--out", str(tmp_path / "iso"), "--init", str(first), "--loss-cells", "eyes",
+                        "--eye-rows-only", "--isolate-eyes", "--steps", "3", "--lr", "1e-2",
+                        "--blink-weight", "4"]) == 0
+    got, cfg = checkpoint.load(tmp_path / "iso")
+    eyes = eye_cells(cfg)
+    assert cfg.decoder.isolated_cells == tuple(eyes) and cfg.decoder.isolated_controls == ("blink",)
+    init = checkpoint.random_model(cfg, seed=1)
+    init.load_state_dict(checkpoint.load(first)[0].state_dict())
+    g = torch.Generator().manual_seed(0)
+    B, T, N, K, C = 3, 6, cfg.tokenizer.tokens_per_frame, cfg.tokenizer.codebook_size, 5
+    ref, prev = torch.randint(0, K, (B, N), generator=g), torch.randint(0, K, (B, T, N), generator=g)
+    audio = torch.randn(B, T, cfg.audio.tokens_per_frame, cfg.audio.dim, generator=g)
+    controls, mask = torch.rand(B, T, C, generator=g), (torch.rand(B, T, C, generator=g) > 0.5).float()
+    others = [c for c in range(N) if c not in eyes]
+    with torch.no_grad():
+        a = init.decoder.forward_train(ref, audio, controls, mask, prev)
+        b = got.decoder.forward_train(ref, audio, controls, mask, prev)
+    assert torch.equal(a[:, :, others], b[:, :, others])
+    assert (a[:, :, eyes] - b[:, :, eyes]).abs().amax() > 1e-4
+
+
 def test_tokenizer_init_adds_the_aligner_and_keeps_the_encoder(tokenizer_runs, corpus_dir, tmp_path):
     """--init from weights without the reference aligner (an older tokenizer): they load, the aligner starts at
     identity and trains, and with --freeze-encoder the encoder (so every token index) stays bit-identical."""
