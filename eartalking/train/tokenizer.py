@@ -133,6 +133,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "lets the eyes learn shut from the corner tokens while the mouth, which lip-sync reads, "
                         "stays as the --init tokenizer draws it (training on the ground truth alone moved it); "
                         "0 = off")
+    p.add_argument("--keep-image-from", default="", metavar="TOKENIZER",
+                   help="with --keep-image: hold the image outside the eyes to this tokenizer's (a run folder, "
+                        "tokenizer.safetensors or checkpoint folder with the same encoder) instead of --init's: "
+                        "start from an image side that draws shut eyes and hold the rest to one whose mouth "
+                        "lip-sync was measured (e.g. the shipped checkpoint)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
@@ -539,7 +544,7 @@ def load_init(tok, src: str, device: torch.device) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eartalking.model.tokenizer import Tokenizer
+    from eartalking.model.tokenizer import ENCODER_PARTS, Tokenizer
 
     torch.manual_seed(args.seed)
     device = common.pick_device(args.device, args.threads)
@@ -572,10 +577,18 @@ def run(args: argparse.Namespace) -> int:
         load_init(tok, args.init, device)
     if args.keep_image < 0 or (args.keep_image > 0 and not args.init):
         raise UserError("--keep-image holds the image to the --init tokenizer's: it needs --init and a weight >= 0")
+    if args.keep_image_from and not args.keep_image > 0:
+        raise UserError("--keep-image-from names the tokenizer --keep-image W holds the image to: give W > 0")
     teacher = None
-    if args.keep_image > 0:  # a frozen copy of the --init tokenizer (also on resume)
+    if args.keep_image > 0:  # a frozen copy of the --init (or --keep-image-from) tokenizer, also on resume
         teacher = Tokenizer(cfg.tokenizer).to(device)
-        load_init(teacher, args.init, device)
+        load_init(teacher, args.keep_image_from or args.init, device)
+        if args.freeze_encoder:
+            enc = [k for k, v in teacher.state_dict().items()
+                   if k.startswith(ENCODER_PARTS) and not torch.equal(v, tok.state_dict()[k])]
+            if enc:
+                raise UserError(f"--keep-image-from {args.keep_image_from}: its encoder differs from --init's "
+                                f"({enc[:2]}...): the same image would give other tokens")
         teacher.eval().requires_grad_(False)
         keep_mask = outside_eyes(cfg.tokenizer.image_size, device)
     # the --init encoder, also on resume

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from eartalking.cli import main
 from eartalking.model.tokenizer import ENCODER_PARTS
@@ -236,7 +236,6 @@ def test_isolate_eyes_rows_only_leaves_every_other_cell_exactly_as_loaded(tokeni
 def test_tokenizer_init_adds_the_aligner_and_keeps_the_encoder(tokenizer_runs, corpus_dir, tmp_path):
     """--init from weights without the reference aligner (an older tokenizer): they load, the aligner starts at
     identity and trains, and with --freeze-encoder the encoder (so every token index) stays bit-identical."""
-    from safetensors.torch import save_file
 
     w = load_file(str(tokenizer_runs["out"] / "tokenizer.safetensors"))
     plain = {k: v for k, v in w.items() if not k.startswith("align.")}
@@ -648,6 +647,51 @@ def test_keep_image_holds_the_image_outside_the_eyes_at_the_init_tokenizer(token
         assert main(_tok_args(corpus_dir, out, 6) + args) == 0
         moved[w] = float(((drawn(out) - start).abs() * mask).mean())
     assert moved["0"] > 0 and moved["20"] < 0.5 * moved["0"], moved
+
+
+HEAD_BIAS = "head.2.bias"  # the image decoder's last conv (RGB, before the sigmoid)
+
+
+def test_keep_image_from_holds_the_image_at_another_tokenizer(tokenizer_runs, corpus_dir, tmp_path, capsys):
+    """--keep-image-from B: the image outside the eyes is pulled to B's (same encoder) instead of --init's, so
+    after 20 steps from --init it is nearer B's than --init's was, and far nearer than training without it;
+    refused without --keep-image and when B's encoder differs (its tokens would not be the student's)."""
+    from eartalking.config import preset
+    from eartalking.model.tokenizer import ENCODER_PARTS, Tokenizer
+    from eartalking.train.tokenizer import load_init, outside_eyes
+
+    init = str(tokenizer_runs["out"])
+    base = ["--init", init, "--freeze-encoder", "--lr", "3e-3", "--bf16", "off"]
+    assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + base + ["--keep-image-from", init]) == 2
+    assert "--keep-image" in capsys.readouterr().err
+    other = tmp_path / "other"  # trained from scratch: another encoder
+    assert main(_tok_args(corpus_dir, other, 1) + ["--seed", "9"]) == 0
+    assert main(_tok_args(corpus_dir, tmp_path / "bad2", 1) + base + ["--keep-image", "5",
+                                                                      "--keep-image-from", str(other)]) == 2
+    assert "encoder differs" in capsys.readouterr().err
+    b = tmp_path / "b"  # the same encoder, another image side: --init's drawing a brighter image
+    b.mkdir()
+    w = load_file(str(tokenizer_runs["out"] / "tokenizer.safetensors"))
+    assert not HEAD_BIAS.startswith(ENCODER_PARTS)
+    save_file(dict(w, **{HEAD_BIAS: w[HEAD_BIAS] + 0.1}), str(b / "tokenizer.safetensors"))
+    cfg = preset("test_small").tokenizer
+    gen = torch.Generator().manual_seed(12)
+    img, ref = (torch.rand(6, 3, cfg.image_size, cfg.image_size, generator=gen) for _ in range(2))
+    mask = outside_eyes(cfg.image_size, torch.device("cpu"))
+
+    def drawn(src) -> torch.Tensor:
+        tok = Tokenizer(cfg)
+        load_init(tok, str(src), torch.device("cpu"))
+        return tok.eval()(img, ref)[0].detach()
+
+    target = drawn(b)
+    gap = {}
+    for name, extra in (("plain", []), ("held", ["--keep-image", "20", "--keep-image-from", str(b)])):
+        out = tmp_path / name
+        assert main(_tok_args(corpus_dir, out, 20) + base + ["--seed", "6", "--lr", "1e-2"] + extra) == 0
+        gap[name] = float(((drawn(out) - target).abs() * mask).mean())
+    gap["init"] = float(((drawn(init) - target).abs() * mask).mean())
+    assert gap["held"] < 0.8 * gap["init"] and gap["held"] < 0.5 * gap["plain"], gap  # measured 0.6x, 0.17x
 
 
 def test_hide_eyes_flattens_each_eye_box_and_nothing_else():
