@@ -218,8 +218,9 @@ class StepDecoder(nn.Module):
         prev_tokens [B,N], frame int [B,1] -> (logits [B,N,K], new_window_k, new_window_v)."""
         x = self.embed_block(audio_tokens, controls, control_mask, prev_tokens)  # [B, BL, D]
         bias = self.window_bias(frame)
-        if self.isolating:  # [B,1,1,keys] + [1,1,BL,keys]: the group's keys in the window and this block
-            bias = bias + F.pad(self.iso_bias.repeat(1, self.W + 1), (self.N, 0))[None, None]
+        if self.isolating:  # [B,1,1,keys] + [1,1,BL,keys]: the group's keys in the window and this block;
+            # clamped so a key both missing and isolated stays at NEG (2*NEG = -6e4 is at the edge of fp16)
+            bias = (bias + F.pad(self.iso_bias.repeat(1, self.W + 1), (self.N, 0))[None, None]).clamp_min(NEG)
         cos_c, sin_c = self.rope_cos[self.W + 1], self.rope_sin[self.W + 1]
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
