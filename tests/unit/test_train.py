@@ -329,7 +329,8 @@ def test_frame_sampler_draws_blinking_frames_at_the_requested_share():
     frames = np.zeros((T, 8, 8, 3), np.uint8)
     frames[..., 0] = np.arange(T)[:, None, None]  # whole frames: the sampler may flip them
     controls = np.zeros((T, len(CONTROL_NAMES)), np.float32)
-    shut = rng.choice(np.arange(1, T), size=2, replace=False)  # frame 0 is the portrait: never shut
+    # frame 0 is the portrait: never shut; frame 5 (unknown openness, below) stays open so it can be drawn
+    shut = rng.choice(np.r_[1:5, 6:T], size=2, replace=False)
     controls[shut, bi] = rng.uniform(0.5, 1.0, size=2)
     frames[shut, ..., 0] = 255
     opening = rng.uniform(0, 1, T).astype(np.float32)
