@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
                         "for a decoder trained with `eartalking train --region-drop`")
     p.add_argument("--isolate-eyes", action="store_true",
                    help="ship with the eye cells and the blink control as the decoder's isolated group "
-                        "(decoder.isolated_cells / isolated_controls; no other cell reads them): for a decoder "
-                        "trained with `eartalking train --isolate-eyes`")
+                        "(decoder.isolated_cells / isolated_controls; no other cell reads them). A run trained with "
+                        "`eartalking train --isolate-eyes` already records it; this switches it on for any "
+                        "decoder (it changes what one trained without it computes: measure first)")
     p.add_argument("--greedy", choices=("argmax", "code_mean"), default=None,
                    help="temperature-0 token choice to ship (decoder.greedy; default: keep the run's)")
     p.add_argument("--eye-temperature", type=float, default=None, metavar="T",

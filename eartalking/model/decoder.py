@@ -13,10 +13,12 @@ bidirectional inside the block); nothing else. Rotary positions are block-relati
 current block sits at W+1, a window block of age a (1 = previous frame) at W+1-a, the sink at 0; the
 intra-block position is the learned embeddings above. Keys are cached *before* rotary, so a cached key
 is rotated by the position of its buffer slot at every step and frame 1,000,000 computes exactly what
-frame 10 does. An optional isolated group (``decoder.isolated_cells`` slots + ``isolated_controls`` tokens)
-is masked from every query outside it, in every block (``iso_bias``): the rest of the block computes exactly
-what it would without the group. With L layers, information still flows further back through stacked windows (receptive
+frame 10 does. With L layers, information still flows further back through stacked windows (receptive
 field L*W blocks, as in any sliding-window transformer); per-frame cost and state stay constant.
+
+Isolated group (optional): the slots of ``decoder.isolated_cells`` and the tokens of ``isolated_controls``
+are masked from every query outside the group, in every layer and block (``iso_bias``, a constant [BL, BL]);
+the rest of the frame computes exactly what it would without them, so the group can be trained alone.
 
 State (B sessions): sink_k/v [B,L,H,N,dh]; window_k/v [B,L,H,W*BL,dh] ordered oldest -> newest (slot
 block b has age W-b); frame int [B,1] = frames already produced. ``step`` appends the current block's
