@@ -291,6 +291,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = ModelConfig.load(tdir / "config.json")
     if args.isolate_eyes:
         isolate_eyes(cfg)
+    if (out / checkpoint.WEIGHTS_FILE).is_file() and (out / "config.json").is_file():  # a resume
+        was = ModelConfig.load(out / "config.json").decoder
+        if (was.isolated_cells, was.isolated_controls) != (cfg.decoder.isolated_cells, cfg.decoder.isolated_controls):
+            raise UserError(f"{out} was trained with isolated cells {list(was.isolated_cells)} and controls "
+                            f"{list(was.isolated_controls)}, this run asks for {list(cfg.decoder.isolated_cells)} "
+                            f"and {list(cfg.decoder.isolated_controls)}: resume with the same --isolate-eyes")
     out.mkdir(parents=True, exist_ok=True)
     model = EARTalking(cfg).to(device)
     if (out / checkpoint.WEIGHTS_FILE).is_file():

@@ -217,6 +217,10 @@ def test_isolate_eyes_rows_only_leaves_every_other_cell_exactly_as_loaded(tokeni
                         "--blink-weight", "4"]) == 0
     got, cfg = checkpoint.load(tmp_path / "iso")
     eyes = eye_cells(cfg)
+    resume = base + ["--out", str(tmp_path / "iso"), "--init", str(first), "--loss-cells", "eyes", "--eye-rows-only",
+                     "--steps", "4"]
+    assert main(resume) == 2  # resuming without --isolate-eyes would train another graph
+    assert "resume with the same --isolate-eyes" in capsys.readouterr().err
     assert cfg.decoder.isolated_cells == tuple(eyes) and cfg.decoder.isolated_controls == ("blink",)
     init = checkpoint.random_model(cfg, seed=1)
     init.load_state_dict(checkpoint.load(first)[0].state_dict())
