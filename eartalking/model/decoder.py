@@ -158,6 +158,9 @@ class StepDecoder(nn.Module):
         self.isolating = bool(group.any())
         # [BL queries, BL keys]: NEG where a query outside the group would read a key inside it
         self.register_buffer("iso_bias", (~group[:, None] & group[None, :]).float() * NEG, persistent=False)
+        # the same over a step's keys [BL, N sink + W window blocks + the current block] (a constant)
+        self.register_buffer("iso_step_bias", F.pad(self.iso_bias.repeat(1, self.W + 1), (self.N, 0)),
+                             persistent=False)
 
     def anchor(self, prev_tokens: torch.Tensor, ref_tokens: torch.Tensor) -> torch.Tensor:
         """prev_tokens [..., N] with the ``anchor_cells`` replaced by the portrait's ref_tokens (broadcast to
@@ -220,9 +223,9 @@ class StepDecoder(nn.Module):
         prev_tokens [B,N], frame int [B,1] -> (logits [B,N,K], new_window_k, new_window_v)."""
         x = self.embed_block(audio_tokens, controls, control_mask, prev_tokens)  # [B, BL, D]
         bias = self.window_bias(frame)
-        if self.isolating:  # [B,1,1,keys] + [1,1,BL,keys]: the group's keys in the window and this block;
+        if self.isolating:  # [B,1,1,keys] + iso_step_bias [BL,keys]: the group's keys in the window and this block;
             # clamped so a key both missing and isolated stays at NEG (2*NEG = -6e4 is at the edge of fp16)
-            bias = (bias + F.pad(self.iso_bias.repeat(1, self.W + 1), (self.N, 0))[None, None]).clamp_min(NEG)
+            bias = (bias + self.iso_step_bias).clamp_min(NEG)
         cos_c, sin_c = self.rope_cos[self.W + 1], self.rope_sin[self.W + 1]
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
@@ -283,7 +286,8 @@ class StepDecoder(nn.Module):
             kr = rope(ka, self.rope_cos[self.W + 1 - a], self.rope_sin[self.W + 1 - a])  # age a -> position W+1-a
             s = torch.matmul(qr, kr.transpose(-1, -2))
             missing = (torch.arange(T, device=q.device) < a).to(q.dtype) * NEG  # [T]
-            scores.append(s + missing[:, None, None] + self.iso_bias if self.isolating else s + missing[:, None, None])
+            s = s + missing[:, None, None]
+            scores.append(s + self.iso_bias if self.isolating else s)
             values.append(va)
         p = torch.softmax(torch.cat(scores, -1) * (self.dh ** -0.5), dim=-1)
         out = torch.matmul(p[..., :self.N], values[0])

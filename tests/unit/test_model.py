@@ -154,12 +154,18 @@ def test_isolated_streaming_equals_teacher_forcing():
     portrait, audio, controls, mask = _inputs(m, T=T, seed=34, B=2)
     ref = m.tokenizer.encode(portrait)
     prev = torch.randint(0, d.K, (2, T, d.N), generator=torch.Generator().manual_seed(35))
+    _assert_steps_equal_forward_train(d, ref, audio, controls, mask, prev)
+
+
+def _assert_steps_equal_forward_train(d, ref, audio, controls, mask, prev):
+    """``d.step`` frame by frame (fresh window) gives forward_train's logits for the same previous tokens."""
+    B, T = audio.shape[:2]
     with torch.no_grad():
         full = d.forward_train(ref, audio, controls, mask, prev)
         sk, sv = d.sink(ref)
-        wk, wv = d.empty_window(2)
+        wk, wv = d.empty_window(B)
         for t in range(T):
-            frame = torch.full((2, 1), t, dtype=torch.int32)
+            frame = torch.full((B, 1), t, dtype=torch.int32)
             logits, wk, wv = d.step(audio[:, t], controls[:, t], mask[:, t], sk, sv, wk, wv, prev[:, t], frame)
             torch.testing.assert_close(logits, full[:, t], atol=LOGIT_ATOL, rtol=0)
 
@@ -186,14 +192,7 @@ def test_teacher_forcing_parity(model):
     target = torch.randint(0, d.K, (2, T, d.N), generator=torch.Generator().manual_seed(21))
     prev = teacher_prev_tokens(ref, target)
     assert torch.equal(prev[:, 0], ref) and torch.equal(prev[:, 1:], target[:, :-1])
-    with torch.no_grad():
-        full = d.forward_train(ref, audio, controls, mask, prev)
-        sk, sv = d.sink(ref)
-        wk, wv = d.empty_window(2)
-        for t in range(T):
-            frame = torch.full((2, 1), t, dtype=torch.int32)
-            logits, wk, wv = d.step(audio[:, t], controls[:, t], mask[:, t], sk, sv, wk, wv, prev[:, t], frame)
-            torch.testing.assert_close(logits, full[:, t], atol=LOGIT_ATOL, rtol=0)
+    _assert_steps_equal_forward_train(d, ref, audio, controls, mask, prev)
 
 
 def test_position_invariance(model):
