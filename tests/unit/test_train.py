@@ -138,6 +138,17 @@ def _init_decoder(tokenizer_runs, corpus_dir, tmp_path, capsys) -> tuple[list[st
     return base, first
 
 
+def _decoder_inputs(cfg, B: int = 3, T: int = 6) -> tuple[torch.Tensor, ...]:
+    """Fixed-seed random step-decoder inputs for ``cfg``: ref [B,N], audio [B,T,A,D_a], controls and presence
+    mask [B,T,C], previous tokens [B,T,N]."""
+    g = torch.Generator().manual_seed(0)
+    N, K, C = cfg.tokenizer.tokens_per_frame, cfg.tokenizer.codebook_size, cfg.decoder.n_controls
+    ref, prev = torch.randint(0, K, (B, N), generator=g), torch.randint(0, K, (B, T, N), generator=g)
+    audio = torch.randn(B, T, cfg.audio.tokens_per_frame, cfg.audio.dim, generator=g)
+    controls, mask = torch.rand(B, T, C, generator=g), (torch.rand(B, T, C, generator=g) < 0.5).float()
+    return ref, audio, controls, mask, prev
+
+
 def test_keep_others_holds_the_non_eye_cells_at_the_init_decoder(tokenizer_runs, corpus_dir, tmp_path, capsys):
     """train --loss-cells eyes --keep-others W: refused without --loss-cells eyes; with it, the other cells'
     token distributions (on fresh random inputs) move less from the --init decoder's than without it."""
@@ -154,12 +165,8 @@ def test_keep_others_holds_the_non_eye_cells_at_the_init_decoder(tokenizer_runs,
     assert main(base + ["--out", str(tmp_path / "plain")] + eyes) == 0
     assert main(base + ["--out", str(tmp_path / "kept"), "--keep-others", "50"] + eyes) == 0
     init, cfg = checkpoint.load(first)
-    g = torch.Generator().manual_seed(0)
-    B, T, N, K, C = 3, 6, cfg.tokenizer.tokens_per_frame, cfg.tokenizer.codebook_size, 5
-    ref, prev = torch.randint(0, K, (B, N), generator=g), torch.randint(0, K, (B, T, N), generator=g)
-    audio = torch.randn(B, T, cfg.audio.tokens_per_frame, cfg.audio.dim, generator=g)
-    ctrl, mask = torch.rand(B, T, C, generator=g), (torch.rand(B, T, C, generator=g) < 0.5).float()
-    others = [c for c in range(N) if c not in eye_cells(cfg)]
+    ref, audio, ctrl, mask, prev = _decoder_inputs(cfg)
+    others = [c for c in range(cfg.tokenizer.tokens_per_frame) if c not in eye_cells(cfg)]
 
     def logp(model) -> torch.Tensor:
         with torch.no_grad():
@@ -224,12 +231,8 @@ def test_isolate_eyes_rows_only_leaves_every_other_cell_exactly_as_loaded(tokeni
     assert cfg.decoder.isolated_cells == tuple(eyes) and cfg.decoder.isolated_controls == ("blink",)
     init = checkpoint.random_model(cfg, seed=1)
     init.load_state_dict(checkpoint.load(first)[0].state_dict())
-    g = torch.Generator().manual_seed(0)
-    B, T, N, K, C = 3, 6, cfg.tokenizer.tokens_per_frame, cfg.tokenizer.codebook_size, 5
-    ref, prev = torch.randint(0, K, (B, N), generator=g), torch.randint(0, K, (B, T, N), generator=g)
-    audio = torch.randn(B, T, cfg.audio.tokens_per_frame, cfg.audio.dim, generator=g)
-    controls, mask = torch.rand(B, T, C, generator=g), (torch.rand(B, T, C, generator=g) > 0.5).float()
-    others = [c for c in range(N) if c not in eyes]
+    ref, audio, controls, mask, prev = _decoder_inputs(cfg)
+    others = [c for c in range(cfg.tokenizer.tokens_per_frame) if c not in eyes]
     with torch.no_grad():
         a = init.decoder.forward_train(ref, audio, controls, mask, prev)
         b = got.decoder.forward_train(ref, audio, controls, mask, prev)
@@ -240,7 +243,6 @@ def test_isolate_eyes_rows_only_leaves_every_other_cell_exactly_as_loaded(tokeni
 def test_tokenizer_init_adds_the_aligner_and_keeps_the_encoder(tokenizer_runs, corpus_dir, tmp_path):
     """--init from weights without the reference aligner (an older tokenizer): they load, the aligner starts at
     identity and trains, and with --freeze-encoder the encoder (so every token index) stays bit-identical."""
-
     w = load_file(str(tokenizer_runs["out"] / "tokenizer.safetensors"))
     plain = {k: v for k, v in w.items() if not k.startswith("align.")}
     assert len(plain) < len(w)
@@ -622,13 +624,23 @@ def test_ema_saves_the_average_and_keeps_frozen_weights_bit_identical(tokenizer_
         torch.testing.assert_close(avg2[k], 0.5 * (avg[k] + raw2[k]), rtol=1e-5, atol=1e-6)
 
 
+def _drawn(src, img: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """The test_small image side of tokenizer ``src`` (eval mode) on ``img`` with reference ``ref``."""
+    from eartalking.config import preset
+    from eartalking.model.tokenizer import Tokenizer
+    from eartalking.train.tokenizer import load_init
+
+    tok = Tokenizer(preset("test_small").tokenizer)
+    load_init(tok, str(src), torch.device("cpu"))
+    return tok.eval()(img, ref)[0].detach()
+
+
 def test_keep_image_holds_the_image_outside_the_eyes_at_the_init_tokenizer(tokenizer_runs, corpus_dir, tmp_path,
                                                                           capsys):
     """--keep-image W: after the same steps from the same start, the image outside the eye boxes moves at least
     2x less from the --init tokenizer's (same tokens, same reference) than without it; refused without --init."""
     from eartalking.config import preset
-    from eartalking.model.tokenizer import Tokenizer
-    from eartalking.train.tokenizer import load_init, outside_eyes
+    from eartalking.train.tokenizer import outside_eyes
 
     assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + ["--keep-image", "1"]) == 2
     assert "--keep-image" in capsys.readouterr().err
@@ -638,19 +650,14 @@ def test_keep_image_holds_the_image_outside_the_eyes_at_the_init_tokenizer(token
     mask = outside_eyes(cfg.image_size, torch.device("cpu"))
     assert 0.8 < mask.mean() < 0.98  # the grown eye boxes are out, the rest in
 
-    def drawn(src) -> torch.Tensor:
-        tok = Tokenizer(cfg)
-        load_init(tok, str(src), torch.device("cpu"))
-        return tok.eval()(img, ref)[0].detach()
-
-    start = drawn(tokenizer_runs["out"])
+    start = _drawn(tokenizer_runs["out"], img, ref)
     moved = {}
     for w in ("0", "20"):
         out = tmp_path / f"keep{w}"
         args = ["--init", str(tokenizer_runs["out"]), "--freeze-encoder", "--keep-image", w, "--lr", "3e-3",
                 "--bf16", "off"]
         assert main(_tok_args(corpus_dir, out, 6) + args) == 0
-        moved[w] = float(((drawn(out) - start).abs() * mask).mean())
+        moved[w] = float(((_drawn(out, img, ref) - start).abs() * mask).mean())
     assert moved["0"] > 0 and moved["20"] < 0.5 * moved["0"], moved
 
 
@@ -662,8 +669,7 @@ def test_keep_image_from_holds_the_image_at_another_tokenizer(tokenizer_runs, co
     after 20 steps from --init it is nearer B's than --init's was, and far nearer than training without it;
     refused without --keep-image and when B's encoder differs (its tokens would not be the student's)."""
     from eartalking.config import preset
-    from eartalking.model.tokenizer import ENCODER_PARTS, Tokenizer
-    from eartalking.train.tokenizer import load_init, outside_eyes
+    from eartalking.train.tokenizer import outside_eyes
 
     init = str(tokenizer_runs["out"])
     base = ["--init", init, "--freeze-encoder", "--lr", "3e-3", "--bf16", "off"]
@@ -684,18 +690,13 @@ def test_keep_image_from_holds_the_image_at_another_tokenizer(tokenizer_runs, co
     img, ref = (torch.rand(6, 3, cfg.image_size, cfg.image_size, generator=gen) for _ in range(2))
     mask = outside_eyes(cfg.image_size, torch.device("cpu"))
 
-    def drawn(src) -> torch.Tensor:
-        tok = Tokenizer(cfg)
-        load_init(tok, str(src), torch.device("cpu"))
-        return tok.eval()(img, ref)[0].detach()
-
-    target = drawn(b)
+    target = _drawn(b, img, ref)
     gap = {}
     for name, extra in (("plain", []), ("held", ["--keep-image", "20", "--keep-image-from", str(b)])):
         out = tmp_path / name
         assert main(_tok_args(corpus_dir, out, 20) + base + ["--seed", "6", "--lr", "1e-2"] + extra) == 0
-        gap[name] = float(((drawn(out) - target).abs() * mask).mean())
-    gap["init"] = float(((drawn(init) - target).abs() * mask).mean())
+        gap[name] = float(((_drawn(out, img, ref) - target).abs() * mask).mean())
+    gap["init"] = float(((_drawn(init, img, ref) - target).abs() * mask).mean())
     assert gap["held"] < 0.8 * gap["init"] and gap["held"] < 0.5 * gap["plain"], gap  # measured 0.6x, 0.17x
 
 
