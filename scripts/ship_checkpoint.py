@@ -20,7 +20,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
 #: tokenizer config fields that decide which token an image gets (with the encoder weights, ENCODER_PARTS)
@@ -54,14 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from eartalking.config import ModelConfig
     from eartalking.model import checkpoint
-    from eartalking.model.tokenizer import ENCODER_PARTS
+    from eartalking.model.tokenizer import encoder_differs
 
     model, cfg = checkpoint.load(args.decoder)
     state = model.state_dict()
     if args.tokenizer_ft:
         ft = load_file(str(Path(args.tokenizer_ft) / "tokenizer.safetensors"))
-        current = model.tokenizer.state_dict()
-        changed = [k for k in current if k.startswith(ENCODER_PARTS) and not torch.equal(current[k], ft[k])]
+        changed = encoder_differs(model.tokenizer.state_dict(), ft)
         if changed:
             print(f"refusing: the fine-tuned tokenizer's encoder differs ({changed[:3]}...): tokens would change",
                   file=sys.stderr)

@@ -47,6 +47,13 @@ FSQ_DIMS = 3  # scalars per token position; codebook_size = levels ** FSQ_DIMS
 ENCODER_PARTS = ("encoder.", "to_code.", "to_fsq.")
 
 
+def encoder_differs(a: dict, b: dict) -> list[str]:
+    """Encoder tensors (``ENCODER_PARTS``) of state dict ``a`` that ``b`` lacks or holds with other values:
+    [] means the two tokenizers give every image the same tokens."""
+    return [k for k, v in a.items() if k.startswith(ENCODER_PARTS)
+            and (k not in b or not torch.equal(v.cpu(), b[k].cpu()))]
+
+
 def _gn(ch: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(8, ch), ch)
 

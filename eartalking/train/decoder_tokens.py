@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from eartalking.cli import UserError
-from eartalking.model.tokenizer import ENCODER_PARTS
+from eartalking.model.tokenizer import encoder_differs
 from eartalking.train import common
 
 
@@ -47,10 +47,7 @@ def clip_pcm(clip: common.MemClip, samples_per_frame: int, lookahead_frames: int
 def check_same_encoder(model_tokenizer: torch.nn.Module, tok: torch.nn.Module, source: str) -> None:
     """Refuse (UserError) unless ``tok``'s encoder is bit-identical to the checkpoint's: the decoder's picks
     are indices of the checkpoint's tokens, meaningless under another encoder."""
-    mine = tok.state_dict()
-    theirs = model_tokenizer.state_dict()
-    differ = [k for k in mine if k.startswith(ENCODER_PARTS)
-              and (k not in theirs or not torch.equal(mine[k].cpu(), theirs[k].cpu()))]
+    differ = encoder_differs(tok.state_dict(), model_tokenizer.state_dict())
     if differ:
         raise UserError(f"--decoder-tokens {source}: its tokenizer encoder differs from the one trained here "
                         f"({len(differ)} tensors, e.g. {differ[0]}): start with --init from the same tokenizer "

@@ -544,7 +544,7 @@ def load_init(tok, src: str, device: torch.device) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eartalking.model.tokenizer import ENCODER_PARTS, Tokenizer
+    from eartalking.model.tokenizer import Tokenizer, encoder_differs
 
     torch.manual_seed(args.seed)
     device = common.pick_device(args.device, args.threads)
@@ -584,8 +584,7 @@ def run(args: argparse.Namespace) -> int:
         teacher = Tokenizer(cfg.tokenizer).to(device)
         load_init(teacher, args.keep_image_from or args.init, device)
         if args.freeze_encoder:
-            enc = [k for k, v in teacher.state_dict().items()
-                   if k.startswith(ENCODER_PARTS) and not torch.equal(v, tok.state_dict()[k])]
+            enc = encoder_differs(teacher.state_dict(), tok.state_dict())
             if enc:
                 raise UserError(f"--keep-image-from {args.keep_image_from}: its encoder differs from --init's "
                                 f"({enc[:2]}...): the same image would give other tokens")
