@@ -143,6 +143,14 @@ class DecoderConfig:
     #: back out (``scripts/ship_checkpoint.py --eye-temperature``). Baked into the step graph.
     code_mean_cells: tuple[int, ...] = ()
     code_mean_cells_temperature: float = 1.0
+    #: a motion gain for ``code_mean``: in these token cells (row-major; () = none) the expected FSQ digits are
+    #: moved away from the portrait's token's digits by ``code_mean_gain`` before rounding, d' = r + gain (d - r).
+    #: For the mouth cells (``scripts/ship_checkpoint.py --mouth-gain``): the step decoder's mouth tokens follow
+    #: the audio (a linear readout of them reaches r ~0.7), but the image side draws small token moves as
+    #: smaller mouth moves than dlib can see at 128 px. Like an expression scale in other talking-head tools.
+    #: Other cells stay bit-identical; sampling (temperature > 0) does not use it. Baked into the step graph.
+    code_mean_gain_cells: tuple[int, ...] = ()
+    code_mean_gain: float = 1.0
     #: token cells (row-major on the token grid) whose *previous-frame* input is always the portrait's token:
     #: with the mouth and eyes here the decoder cannot copy them forward, so it must draw the mouth from the
     #: audio and the eyes from the blink control (trained with ``train --region-drop``). () = none.

@@ -1,7 +1,9 @@
-"""Choose ``decoder.code_mean_temperature``: lip-sync r for each temperature, on clips evaluate does not report.
+"""Choose ``decoder.code_mean_temperature`` (and the mouth's ``code_mean_gain``): lip-sync r for each setting,
+on clips evaluate does not report.
 
 Usage: .venv/bin/python scripts/code_mean_sweep.py [--checkpoint checkpoints/tiny] [--data corpus500]
-       [--temperatures 1,1.2,1.3,1.4,1.5,1.75] [--clips 40] [--human-prompts 24] [--train-clips 8] [--threads 1]
+       [--temperatures 1,1.2,1.3,1.4,1.5,1.75] [--mouth-gains 1,1.25,1.5] [--clips 40] [--human-prompts 24]
+       [--train-clips 8] [--threads 1]
 
 ``code_mean`` picks, per token cell, the token nearest the expected FSQ digits under softmax(logits / T).
 On people and voices the model knows its distributions are sharp and T hardly matters; on new ones the mass
@@ -16,10 +18,14 @@ as a check that seen input does not get worse. A corpus holds few human clips (c
 portraits; they are printed as their own group and with the human clips (``human_all``), and do not
 enter the choice, which stays the mean over the corpus's clips.
 
-For each T it generates every clip greedily from its portrait and speech (the streaming generator that
-evaluate uses), measures mouth openness on the frames (``measure_frames``, as evaluate does) and prints
-the mean r against the clip's ground-truth openness labels per group; the T with the best mean over all
-validation clips is the choice. Ship it with ``scripts/ship_checkpoint.py ... --code-mean-temperature T``.
+For each T (and each mouth gain G: ``decoder.code_mean_gain`` on the mouth cells, which moves their expected
+digits G times as far from the portrait's) it generates every clip greedily from its portrait and speech (the
+streaming generator that evaluate uses), measures mouth openness on the frames (``measure_frames``, as evaluate
+does) and prints the mean r against the clip's ground-truth openness labels per group. With one gain, the T
+with the best mean over all validation clips is the choice. With several gains, the choice is the setting
+whose worse group of the two that evaluate holds to the same target, TTS voices (``validation_tts``) and the
+human voice (``human_all``), is highest. Ship it with ``scripts/ship_checkpoint.py ... --code-mean-temperature
+T [--mouth-gain G]``.
 """
 
 from __future__ import annotations
@@ -31,13 +37,14 @@ import time
 from pathlib import Path
 
 
-def parse_temperatures(text: str) -> list[float]:
+def parse_temperatures(text: str, flag: str = "--temperatures") -> list[float]:
+    """Comma-separated finite numbers > 0 (``flag`` names the option in the error)."""
     try:
         ts = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise SystemExit(f"--temperatures: comma-separated numbers, got {text!r}") from None
+        raise SystemExit(f"{flag}: comma-separated numbers, got {text!r}") from None
     if not ts or any(not (t > 0 and math.isfinite(t)) for t in ts):
-        raise SystemExit(f"--temperatures: each must be a finite number > 0, got {text!r}")
+        raise SystemExit(f"{flag}: each must be a finite number > 0, got {text!r}")
     return ts
 
 
@@ -60,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="validation corpus: the same split as the evaluated corpus, other clips (default corpus500)")
     p.add_argument("--temperatures", default="1,1.2,1.3,1.4,1.5,1.75",
                    help="comma-separated code_mean temperatures (> 0)")
+    p.add_argument("--mouth-gains", default=None,
+                   help="comma-separated code_mean gains (> 0) for the mouth cells (default: the checkpoint's own)")
     p.add_argument("--clips", type=int, default=40, help="held-out (eval split) clips of --data to choose on")
     p.add_argument("--human-prompts", type=int, default=24,
                    help="held-out human-voice prompts that evaluate does not report, printed beside them (needs the "
@@ -68,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     temps = parse_temperatures(args.temperatures)
+    gains = parse_temperatures(args.mouth_gains, "--mouth-gains") if args.mouth_gains else None
     if args.clips < 1 or args.train_clips < 0 or args.human_prompts < 0:
         p.error(f"--clips must be >= 1, --train-clips and --human-prompts >= 0, got {args.clips}, "
                 f"{args.train_clips} and {args.human_prompts}")
@@ -87,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {args.checkpoint} ships greedy={cfg.decoder.greedy!r}; the sweep sets code_mean",
               file=sys.stderr)
     model.decoder.greedy = "code_mean"
+    if gains and not bool(model.decoder.code_mean_gain_cells.any()):
+        from eartalking.train.decoder import mouth_cells
+
+        cells = mouth_cells(cfg)
+        if not cells:
+            p.error(f"--mouth-gains: {args.checkpoint}'s token grid has no mouth cells")
+        model.decoder.code_mean_gain_cells[cells] = True
+    gains = gains or [model.decoder.code_mean_gain]
     corpus = casesmod.Corpus(args.data, cfg.tokenizer.image_size)
     held = corpus.heldout_cases(args.clips, human=0)  # the eval clips only: no top-up from the asset cache
     human_clips = [c for c in held if c.human]
@@ -100,26 +118,39 @@ def main(argv: list[str] | None = None) -> int:
               "human_all": human_clips + prompts, "train": corpus.train_cases(args.train_clips)}
     groups = {k: v for k, v in groups.items() if v}
     print("clips: " + ", ".join(f"{k} {len(v)}" for k, v in groups.items()), flush=True)
-    table: dict[float, dict[str, float]] = {}
-    for t in temps:
-        model.decoder.code_mean_temperature = t
+    table: dict[tuple[float, float], dict[str, float]] = {}
+    settings = [(t, g) for g in gains for t in temps]
+    for t, gain in settings:
+        model.decoder.code_mean_temperature, model.decoder.code_mean_gain = t, gain
         t0 = time.time()
         row, rs = {}, {}
-        for c in tqdm(held + prompts + groups.get("train", []), desc=f"T={t:g}", unit="clip", leave=False):
+        name = f"T={t:g}" + (f" gain {gain:g}" if len(gains) > 1 else "")
+        for c in tqdm(held + prompts + groups.get("train", []), desc=name, unit="clip", leave=False):
             rs[id(c)] = openness_r(model, c)
-        for name, cases in groups.items():
+        for group, cases in groups.items():
             m = report._mean(rs[id(c)] for c in cases)  # evaluate's mean: unmeasured clips left out
-            row[name] = float("nan") if m is None else m
+            row[group] = float("nan") if m is None else m
         row["seconds"] = time.time() - t0
-        table[t] = row
-        print(f"T={t:<5g} " + "  ".join(f"{k} r {v:+.3f}" for k, v in row.items() if k != "seconds")
+        table[(t, gain)] = row
+        print(f"{name:<14} " + "  ".join(f"{k} r {v:+.3f}" for k, v in row.items() if k != "seconds")
               + f"  ({row['seconds']:.0f} s)", flush=True)
-    best = max(temps, key=lambda t: -2 if math.isnan(table[t]["validation"]) else table[t]["validation"])
-    print("\n| T | " + " | ".join(groups) + " |\n|---|" + "---|" * len(groups))
-    for t in temps:
-        mark = " (chosen)" if t == best else ""
-        print(f"| {t:g}{mark} | " + " | ".join(f"{table[t][g]:+.3f}" for g in groups) + " |")
-    print(f"\nbest mean r over the {len(held)} validation clips: --code-mean-temperature {best:g}")
+    if len(gains) > 1:  # both of evaluate's lip-sync targets: the worse of TTS and human
+        pair = [k for k in ("validation_tts", "human_all") if k in groups] or ["validation"]
+        rule = f"the worse of {' and '.join(pair)}"
+    else:
+        pair, rule = ["validation"], f"mean r over the {len(held)} validation clips"
+
+    def score(k: tuple[float, float]) -> float:
+        v = min(table[k][g] for g in pair)
+        return -2.0 if math.isnan(v) else v
+
+    best = max(settings, key=score)
+    print("\n| T | gain | " + " | ".join(groups) + " |\n|---|---|" + "---|" * len(groups))
+    for k in settings:
+        mark = " (chosen)" if k == best else ""
+        print(f"| {k[0]:g}{mark} | {k[1]:g} | " + " | ".join(f"{table[k][g]:+.3f}" for g in groups) + " |")
+    print(f"\nbest {rule}: --code-mean-temperature {best[0]:g}"
+          + (f" --mouth-gain {best[1]:g}" if len(gains) > 1 else ""))
     return 0
 
 

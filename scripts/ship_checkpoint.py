@@ -47,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="code_mean temperature of the eye cells alone (decoder.code_mean_cells = the eye cells, "
                         "decoder.code_mean_cells_temperature = T > 0): for an eye-coded tokenizer, whose shut eye "
                         "is one token state that a mouth-tuned temperature above 1 spreads out; default: none")
+    p.add_argument("--mouth-gain", type=float, default=None, metavar="G",
+                   help="code_mean motion gain of the mouth cells (decoder.code_mean_gain_cells = the mouth cells, "
+                        "decoder.code_mean_gain = G > 0): their expected FSQ digits are moved G times as far from "
+                        "the portrait's before rounding, so the image side draws the mouth moves the step decoder "
+                        "predicts large enough to see; default: none (1). Choose it with "
+                        "scripts/code_mean_sweep.py --mouth-gains")
     p.add_argument("--code-mean-temperature", type=float, default=None, metavar="T",
                    help="softmax temperature of code_mean (decoder.code_mean_temperature, > 0; default: keep the "
                         "run's). Choose it on a validation corpus with scripts/code_mean_sweep.py")
@@ -98,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg.decoder.code_mean_cells = tuple(eye_cells(cfg))
         cfg.decoder.code_mean_cells_temperature = args.eye_temperature
         print(f"code_mean cells {list(cfg.decoder.code_mean_cells)} at temperature {args.eye_temperature}")
+    if args.mouth_gain is not None:
+        if not args.mouth_gain > 0:
+            p.error(f"--mouth-gain must be > 0, got {args.mouth_gain}")
+        from eartalking.train.decoder import mouth_cells
+
+        cfg.decoder.code_mean_gain_cells = tuple(mouth_cells(cfg))
+        cfg.decoder.code_mean_gain = args.mouth_gain
+        print(f"code_mean gain {args.mouth_gain} on cells {list(cfg.decoder.code_mean_gain_cells)}")
     model = checkpoint.random_model(cfg, seed=0)  # the final config's modules and buffers (anchors) ...
     missing, unexpected = model.load_state_dict(state, strict=False)  # ... with the trained weights
     if missing or unexpected:

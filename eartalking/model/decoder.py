@@ -117,6 +117,15 @@ class StepDecoder(nn.Module):
         own = torch.zeros(self.N, dtype=torch.bool)
         own[list(d.code_mean_cells)] = True
         self.register_buffer("code_mean_cells", own, persistent=False)
+        if not d.code_mean_gain > 0:
+            raise ValueError(f"decoder.code_mean_gain must be > 0, got {d.code_mean_gain}")
+        bad = [c for c in d.code_mean_gain_cells if not 0 <= c < self.N]
+        if bad:
+            raise ValueError(f"code_mean_gain_cells {bad} outside the {self.N} token cells")
+        self.code_mean_gain = float(d.code_mean_gain)
+        gained = torch.zeros(self.N, dtype=torch.bool)
+        gained[list(d.code_mean_gain_cells)] = True
+        self.register_buffer("code_mean_gain_cells", gained, persistent=False)
         std = 0.02
         self.null_embedding = nn.Parameter(torch.randn(self.C, D) * std)
         self.control_weight = nn.Parameter(torch.randn(self.C, D) * std)
@@ -169,10 +178,21 @@ class StepDecoder(nn.Module):
             return prev_tokens
         return torch.where(self.anchored, ref_tokens.to(prev_tokens.dtype), prev_tokens)
 
-    def pick(self, logits: torch.Tensor, temperature: torch.Tensor, gumbel: torch.Tensor) -> torch.Tensor:
-        """logits [B,N,K] -> tokens int64 [B,N] with this decoder's top_k, greedy rule and code_mean temperature
-        (``select``); every path (stream, reference, torch backend, export) picks through here."""
-        return select(logits, temperature, gumbel, self.top_k, self.greedy, self.cell_temperatures())
+    def pick(self, logits: torch.Tensor, temperature: torch.Tensor, gumbel: torch.Tensor,
+             ref_tokens: torch.Tensor) -> torch.Tensor:
+        """logits [B,N,K] -> tokens int64 [B,N] with this decoder's top_k, greedy rule, code_mean temperature and
+        gain (``select``; ``ref_tokens`` [B,N] = the portrait's tokens, what the gain moves away from). Every
+        path (stream, reference, torch backend, export) picks through here."""
+        return select(logits, temperature, gumbel, self.top_k, self.greedy, self.cell_temperatures(),
+                      self.cell_gains(), ref_tokens)
+
+    def cell_gains(self) -> torch.Tensor | None:
+        """``code_mean``'s gain, float [N] (``code_mean_gain`` at the ``code_mean_gain_cells``, 1 elsewhere), or
+        None when it moves nothing. Read at each pick, like ``cell_temperatures``."""
+        if not bool(self.code_mean_gain_cells.any()) or self.code_mean_gain == 1.0:
+            return None
+        return torch.where(self.code_mean_gain_cells, torch.tensor(self.code_mean_gain),
+                           torch.tensor(1.0)).to(torch.float32)
 
     def cell_temperatures(self) -> float | torch.Tensor:
         """``code_mean``'s temperature: ``code_mean_temperature`` (a float) when no cell has its own, else float
@@ -317,10 +337,13 @@ def teacher_prev_tokens(ref_tokens: torch.Tensor, frame_tokens: torch.Tensor) ->
 GREEDY = ("argmax", "code_mean")
 
 
-def code_mean(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
+def code_mean(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0, gain: torch.Tensor | None = None,
+              ref_tokens: torch.Tensor | None = None) -> torch.Tensor:
     """logits [..., N, K] with K = L**FSQ_DIMS -> the token whose FSQ digits are the rounded expected digits under
     softmax(logits / temperature), int64 [..., N]. ``temperature``: a float, or float [N], one per token cell
-    (``decoder.code_mean_cells``).
+    (``decoder.code_mean_cells``). ``gain`` float [N] with ``ref_tokens`` int [..., N]: where gain != 1 the
+    expected digits d become r + gain (d - r) before rounding, r = the digits of ``ref_tokens`` (the portrait's),
+    so a cell's move away from the portrait is scaled (``decoder.code_mean_gain``); other cells are untouched.
 
     Token k has digits (k // L**i) % L (``Tokenizer.quantize_indices``) and its code vector is linear in them,
     so rounding the expected digits picks the grid point nearest the mean code under the predicted
@@ -339,19 +362,31 @@ def code_mean(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> 
     else:
         t = float(temperature)
     p = torch.softmax(logits.float() / t, dim=-1)
-    e = torch.round(torch.matmul(p, digits)).clamp(0, L - 1)  # [..., d]
+    e = torch.matmul(p, digits)  # [..., N, d]
+    if gain is not None:
+        if ref_tokens is None:
+            raise ValueError("code_mean with a gain needs ref_tokens (the portrait's tokens it moves away from)")
+        g = gain.to(device=logits.device, dtype=torch.float32)[:, None]  # [N, 1]
+        # the portrait's digits in float ops (exact below 2**24; no integer Div/Mod on a graph input for TensorRT)
+        ref = ref_tokens.to(device=logits.device, dtype=torch.float32)[..., None]  # [..., N, 1]
+        q = torch.tensor(radix, dtype=torch.float32, device=logits.device)  # [d]
+        r = torch.floor(ref / q) - L * torch.floor(ref / (q * L))  # [..., N, d]
+        e = torch.where(g != 1.0, r + g * (e - r), e)
+    e = torch.round(e).clamp(0, L - 1)  # [..., d]
     return (e * torch.tensor(radix, dtype=torch.float32, device=logits.device)).sum(-1).to(torch.int64)
 
 
 def select(logits: torch.Tensor, temperature: torch.Tensor, gumbel: torch.Tensor, top_k: int,
-           greedy: str = "argmax", code_mean_temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
+           greedy: str = "argmax", code_mean_temperature: float | torch.Tensor = 1.0,
+           code_mean_gain: torch.Tensor | None = None, ref_tokens: torch.Tensor | None = None) -> torch.Tensor:
     """Pick tokens from logits [B,N,K]: where temperature [B,1] == 0 the ``greedy`` choice (argmax, or
-    ``code_mean`` at ``code_mean_temperature``), else argmax over the top_k logits of (logit / temperature +
-    gumbel) with gumbel [B,N,K] from ``eartalking.sampling.gumbel_noise``. No data-dependent control flow; TopK sorted.
-    -> int64 [B,N]."""
+    ``code_mean`` at ``code_mean_temperature`` with ``code_mean_gain`` away from ``ref_tokens`` [B,N]), else argmax
+    over the top_k logits of (logit / temperature + gumbel) with gumbel [B,N,K] from
+    ``eartalking.sampling.gumbel_noise``. No data-dependent control flow; TopK sorted. -> int64 [B,N]."""
     if greedy not in GREEDY:
         raise ValueError(f"greedy {greedy!r}: choose one of {GREEDY}")
-    greedy = logits.argmax(-1) if greedy == "argmax" else code_mean(logits, code_mean_temperature)
+    greedy = (logits.argmax(-1) if greedy == "argmax"
+              else code_mean(logits, code_mean_temperature, code_mean_gain, ref_tokens))
     vals, idx = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1, largest=True, sorted=True)
     t = temperature[..., None].to(logits.dtype)  # [B,1,1]
     z = vals / torch.where(t > 0, t, torch.ones_like(t)) + torch.gather(gumbel, -1, idx)

@@ -77,7 +77,7 @@ def decoder_picks(model, clips: list[common.MemClip], cells: list[int], device: 
         audio = model.audio(torch.from_numpy(pcm)[None].to(device))  # [1, T, A, Da]
         zeros = torch.zeros(1, T, dec.C, device=device)
         logits = dec.forward_train(ref, audio, zeros, zeros, teacher_prev_tokens(ref, frames))  # [1, T, N, K]
-        picks = dec.pick(logits[0], torch.zeros(T, 1, device=device), torch.zeros_like(logits[0]))  # [T, N]
+        picks = dec.pick(logits[0], torch.zeros(T, 1, device=device), torch.zeros_like(logits[0]), ref)  # [T, N]
         out.append(torch.where(keep, picks, torch.full_like(picks, -1)).cpu().numpy())
     return out
 

@@ -121,12 +121,14 @@ def test_tensorrt_plans_match_onnxruntime(exported, tmp_path):
     assert V.run(_args(out, backend="tensorrt", engines=str(tmp_path))) == 0
 
 
-@pytest.mark.parametrize("cm_temp,cells,isolated", [(1.0, (), ()), (1.7, (), ()), (1.7, (0, 5, 6), ()),
-                                                  (1.3, (5, 6), (5, 6))])
-def test_code_mean_greedy_graph_matches_pytorch(tmp_path, cm_temp, cells, isolated):
+@pytest.mark.parametrize("cm_temp,cells,isolated,gained", [(1.0, (), (), ()), (1.7, (), (), ()),
+                                                         (1.7, (0, 5, 6), (), ()), (1.3, (5, 6), (5, 6), ()),
+                                                         (1.3, (5, 6), (5, 6), (1, 9, 10))])
+def test_code_mean_greedy_graph_matches_pytorch(tmp_path, cm_temp, cells, isolated, gained):
     """decoder.greedy = code_mean (at code_mean_temperature ``cm_temp``; ``cells`` at their own 0.5) inside the
     exported step_decoder (with ``isolated`` cells and the blink control as an isolated group: its constant
-    attention bias is part of the graph):
+    attention bias is part of the graph; ``gained`` cells moved from the portrait's digits by code_mean_gain 1.8,
+    which reads the graph's ref_tokens input):
     streamed tokens equal PyTorch exactly (session 0 is greedy, session 1 samples). The head is scaled up so
     the random model's distributions are peaked enough for code_mean to pick varied tokens (near-uniform logits
     all round to the middle token)."""
@@ -145,7 +147,9 @@ def test_code_mean_greedy_graph_matches_pytorch(tmp_path, cm_temp, cells, isolat
                                                                code_mean_cells=cells,
                                                                code_mean_cells_temperature=0.5,
                                                                isolated_cells=isolated,
-                                                               isolated_controls=("blink",) if isolated else ()))
+                                                               isolated_controls=("blink",) if isolated else (),
+                                                               code_mean_gain_cells=gained,
+                                                               code_mean_gain=1.8 if gained else 1.0))
     model = random_model(cfg, seed=0)  # a random init whose sharpened tokens vary (seed 4's stay near one token)
     with torch.no_grad():
         model.decoder.head.weight.mul_(8.0)
@@ -154,6 +158,8 @@ def test_code_mean_greedy_graph_matches_pytorch(tmp_path, cm_temp, cells, isolat
     assert meta["greedy"] == "code_mean" and float(meta["code_mean_temperature"]) == cm_temp
     assert meta["code_mean_cells"] == ",".join(map(str, cells))
     assert meta["isolated_cells"] == ",".join(map(str, isolated))
+    assert meta["code_mean_gain_cells"] == ",".join(map(str, gained))
+    assert float(meta["code_mean_gain"]) == (1.8 if gained else 1.0)
     checks = parity.streaming_parity(model, cfg, V.ort_runner(tmp_path), np.random.default_rng())
     assert _failed(checks) == []
     assert {c.tensor: c.max_abs for c in checks if c.graph == "step_decoder"}["tokens"] == 0

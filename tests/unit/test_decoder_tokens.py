@@ -60,7 +60,7 @@ def test_decoder_picks_equal_frame_by_frame_streaming_with_the_true_previous_tok
                                                       a.left_context, t, 1))[None])  # [1, 1, A, Da]
         prev = dec.anchor(ref if t == 0 else frames[t - 1:t], ref)
         logits, wk, wv = dec.step(audio[:, 0], zeros, zeros, sk, sv, wk, wv, prev, torch.tensor([[t]]))
-        want.append(dec.pick(logits, torch.zeros(1, 1), torch.zeros_like(logits))[0])
+        want.append(dec.pick(logits, torch.zeros(1, 1), torch.zeros_like(logits), ref)[0])
     want = torch.stack(want).numpy()
     assert len(np.unique(got[:, cells])) > T // 2  # a check that can fail: the picks differ
     assert np.array_equal(got[:, cells], want[:, cells])

@@ -344,8 +344,27 @@ def test_code_mean_sweep_chooses_the_temperature_with_the_best_validation_r(corp
     assert sweep.main(["--checkpoint", str(ckpt), "--data", str(corpus_dir), "--temperatures", "1,1.3,2",
                        "--clips", "2", "--train-clips", "1"]) == 0
     out = capsys.readouterr().out
-    assert "--code-mean-temperature 1.3" in out and "| 1.3 (chosen) |" in out
+    assert "--code-mean-temperature 1.3" in out and "| 1.3 (chosen) | 1 |" in out
     assert sorted(set(seen)) == [1.0, 1.3, 2.0]
+    # with --mouth-gains the gain reaches the generator too: only T 1.3 at gain 1.5 gives the clips' own video
+    seen.clear()
+
+    def fake_gain_generate(model, portrait, pcm, n_frames, **_):
+        t, g = model.decoder.code_mean_temperature, model.decoder.code_mean_gain
+        assert bool(model.decoder.code_mean_gain_cells.any())
+        seen.append((t, g))
+        v = videos[pcm.tobytes()][:n_frames]
+        v = v if (t, g) == (1.3, 1.5) else v[::-1].copy()
+        return ge.Generated(dict(enumerate(v)), np.ones(len(v)), len(v))
+
+    monkeypatch.setattr(ge, "generate", fake_gain_generate)
+    assert sweep.main(["--checkpoint", str(ckpt), "--data", str(corpus_dir), "--temperatures", "1,1.3",
+                       "--mouth-gains", "1,1.5", "--clips", "2", "--train-clips", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "--code-mean-temperature 1.3 --mouth-gain 1.5" in out and "| 1.3 (chosen) | 1.5 |" in out
+    assert sorted(set(seen)) == [(1.0, 1.0), (1.0, 1.5), (1.3, 1.0), (1.3, 1.5)]
+    with pytest.raises(SystemExit, match="--mouth-gains"):
+        sweep.parse_temperatures("1,0", "--mouth-gains")
     with pytest.raises(SystemExit):
         sweep.main(["--checkpoint", str(ckpt), "--data", str(corpus_dir / "nope")])
     with pytest.raises(SystemExit):

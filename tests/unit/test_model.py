@@ -334,7 +334,8 @@ def test_code_mean_temperature_flattens_the_distribution_and_reaches_every_path(
     cfg = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, greedy="code_mean",
                                                                code_mean_temperature=1.7))
     dec = random_model(cfg, seed=0).decoder
-    assert torch.equal(dec.pick(logits, temp, noise), code_mean(logits, 1.7))
+    ref = torch.randint(0, K, (2, 16), generator=g)
+    assert torch.equal(dec.pick(logits, temp, noise, ref), code_mean(logits, 1.7))
     bad = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, code_mean_temperature=0.0))
     with pytest.raises(ValueError, match="code_mean_temperature must be > 0"):
         random_model(bad, seed=0)
@@ -364,11 +365,77 @@ def test_code_mean_cells_take_their_own_temperature():
     dec = random_model(dataclasses.replace(cfg, decoder=dcfg), seed=0).decoder
     temp = torch.zeros(4, 1)
     noise = torch.from_numpy(np.stack([gumbel_noise(4, 2, (16, K))] * 4))
-    assert torch.equal(dec.pick(logits, temp, noise), got)
+    assert torch.equal(dec.pick(logits, temp, noise, torch.randint(0, K, (4, 16), generator=g)), got)
     for bad, msg in (({"code_mean_cells": (3, cfg.tokens_per_frame)}, "outside"),
                      ({"code_mean_cells_temperature": 0.0}, "code_mean_cells_temperature must be > 0")):
         with pytest.raises(ValueError, match=msg):
             random_model(dataclasses.replace(cfg, decoder=dataclasses.replace(dcfg, **bad)), seed=0)
+
+
+def test_code_mean_gain_scales_the_move_away_from_the_portrait():
+    """decoder.code_mean_gain at code_mean_gain_cells == brute force (expected digits d, portrait digits r,
+    rounded r + gain (d - r)) on fresh random logits and portrait tokens; every other cell is bit-identical to
+    code_mean without a gain; StepDecoder.pick applies it, and gain 1 is no gain; a gain without ref_tokens,
+    a gain <= 0 and cells outside the grid are refused by name."""
+    import dataclasses
+
+    from eartalking import config
+    from eartalking.model.checkpoint import random_model
+
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    K, L, cells, gain = 64, 4, (2, 9, 10), 1.6
+    logits = torch.randn(4, 16, K, generator=g) * 3.0
+    ref = torch.randint(0, K, (4, 16), generator=g)
+    per_cell = torch.ones(16)
+    per_cell[list(cells)] = gain
+    got = code_mean(logits, 1.3, per_cell, ref)
+    digits = np.array([[(k // L ** i) % L for i in range(3)] for k in range(K)], np.float64)
+    d = torch.softmax(logits / 1.3, -1).double().numpy() @ digits  # [4, 16, 3]
+    r = digits[ref.numpy()]
+    want_d = np.where(per_cell.numpy()[None, :, None] != 1, r + gain * (d - r), d)
+    want = (np.clip(np.round(want_d), 0, L - 1) @ np.array([1, L, L * L])).astype(np.int64)
+    assert np.array_equal(got.numpy(), want)
+    plain = code_mean(logits, 1.3)
+    others = [n for n in range(16) if n not in cells]
+    assert torch.equal(got[:, others], plain[:, others])
+    assert not torch.equal(got[:, list(cells)], plain[:, list(cells)])
+    with pytest.raises(ValueError, match="needs ref_tokens"):
+        code_mean(logits, 1.3, per_cell)
+    cfg = config.preset("test_small")
+    dcfg = dataclasses.replace(cfg.decoder, greedy="code_mean", code_mean_temperature=1.3,
+                               code_mean_gain_cells=cells, code_mean_gain=gain)
+    dec = random_model(dataclasses.replace(cfg, decoder=dcfg), seed=0).decoder
+    temp = torch.zeros(4, 1)
+    noise = torch.from_numpy(np.stack([gumbel_noise(4, 2, (16, K))] * 4))
+    assert torch.equal(dec.pick(logits, temp, noise, ref), got)
+    dec.code_mean_gain = 1.0
+    assert dec.cell_gains() is None and torch.equal(dec.pick(logits, temp, noise, ref), plain)
+    for bad, msg in (({"code_mean_gain_cells": (3, cfg.tokens_per_frame)}, "outside"),
+                     ({"code_mean_gain": 0.0}, "code_mean_gain must be > 0")):
+        with pytest.raises(ValueError, match=msg):
+            random_model(dataclasses.replace(cfg, decoder=dataclasses.replace(dcfg, **bad)), seed=0)
+
+
+def test_code_mean_gain_streaming_equals_full_recompute():
+    """With a gain on some cells, cached streaming and the full-recompute reference pick the same tokens
+    (both move away from the same portrait tokens), and the gained cells' tokens differ from gain 1's. The
+    gained cells are anchored, as the shipped mouth cells are, so the other cells' tokens stay gain 1's."""
+    cfg = config.preset("test_small")
+    cfg.decoder.greedy, cfg.decoder.code_mean_gain_cells, cfg.decoder.code_mean_gain = "code_mean", (0, 3, 4), 2.0
+    cfg.decoder.anchor_cells = (0, 3, 4)
+    m = checkpoint.random_model(cfg, seed=5)
+    with torch.no_grad():  # a sharper head than init's, so the expected digits move between frames
+        m.decoder.head.weight.mul_(20.0)
+    T = 2 * m.decoder.W + 3
+    portrait, audio, controls, mask = _inputs(m, T=T, seed=int(np.random.default_rng().integers(1 << 20)))
+    _, toks, logs = _stream(m, portrait, audio, controls, mask)
+    ref_toks, ref_logs = reference_generate(m, portrait, audio, controls, mask)
+    torch.testing.assert_close(logs, ref_logs, atol=LOGIT_ATOL, rtol=0)
+    assert torch.equal(toks, ref_toks)
+    m.decoder.code_mean_gain = 1.0
+    _, plain, _ = _stream(m, portrait, audio, controls, mask)
+    assert torch.equal(toks[..., [1, 2, 5]], plain[..., [1, 2, 5]])
+    assert not torch.equal(toks[..., [0, 3, 4]], plain[..., [0, 3, 4]])
 
 
 # ---------------------------------------------------------------- audio encoder
