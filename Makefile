@@ -59,31 +59,32 @@ evaluate: setup  ## evaluate the shipped checkpoint on held-out people and voice
 export: setup  ## ONNX graphs + manifest from the shipped checkpoint
 	$(ET) export --checkpoint $(CHECKPOINT) --out $(ONNX_DIR)
 
-verify: setup  ## ONNX graphs vs PyTorch (streaming, window wrap, end-to-end frames)
-	@[ -f $(ONNX_DIR)/manifest.json ] || $(MAKE) --no-print-directory export
+# the graphs the demo, verify, bench and servers read: re-exported when the checkpoint is newer (a pulled or
+# re-shipped checkpoint must not run through the previous one's graphs)
+ONNX_MANIFEST := $(ONNX_DIR)/manifest.json
+$(ONNX_MANIFEST): $(STAMP) $(PROTO_STAMP) $(wildcard $(CHECKPOINT)/config.json $(CHECKPOINT)/model.safetensors)
+	$(ET) export --checkpoint $(CHECKPOINT) --out $(ONNX_DIR)
+
+verify: setup $(ONNX_MANIFEST)  ## ONNX graphs vs PyTorch (streaming, window wrap, end-to-end frames)
 	$(ET) verify --checkpoint $(CHECKPOINT) --onnx $(ONNX_DIR)
 
 engines:  ## TensorRT plans from build/onnx (run inside NVIDIA's TensorRT container; see README)
 	@[ -f $(ONNX_DIR)/manifest.json ] || { echo "engines: $(ONNX_DIR)/manifest.json missing: run 'make export' first"; exit 2; }
 	$(TRT_PY) export/build_engines.py --onnx $(ONNX_DIR) --out $(ENGINE_DIR)
 
-triton-repo: setup  ## render the Triton model repository: make triton-repo FLAVOR=cpu|gpu
-	@[ -f $(ONNX_DIR)/manifest.json ] || $(MAKE) --no-print-directory export
+triton-repo: setup $(ONNX_MANIFEST)  ## render the Triton model repository: make triton-repo FLAVOR=cpu|gpu
 	$(ET) triton-repo --flavor $(FLAVOR) --onnx $(ONNX_DIR) --engines $(ENGINE_DIR) --out $(TRITON_REPO)
 
 serve: triton-repo  ## start tritonserver on loopback with the rendered repository (Ctrl-C stops it)
 	$(ET) triton-serve --repo $(TRITON_REPO)
 
-demo: setup  ## bundled portrait + sentence -> out/demo.mp4 and out/demo_controls.mp4
-	@[ -f $(ONNX_DIR)/manifest.json ] || $(MAKE) --no-print-directory export
+demo: setup $(ONNX_MANIFEST)  ## bundled portrait + sentence -> out/demo.mp4 and out/demo_controls.mp4
 	$(BIN)/python scripts/demo.py --onnx $(ONNX_DIR) --out out
 
-bench: setup  ## embedded runtime benchmark table (+ out/bench.json, out/bench.png)
-	@[ -f $(ONNX_DIR)/manifest.json ] || $(MAKE) --no-print-directory export
+bench: setup $(ONNX_MANIFEST)  ## embedded runtime benchmark table (+ out/bench.json, out/bench.png)
 	$(ET) bench --onnx $(ONNX_DIR) --checkpoint $(CHECKPOINT) --json out/bench.json --plot out/bench.png
 
-grpc-serve: setup  ## start the EARTalking gRPC API server on 127.0.0.1:50051 over the embedded runtime
-	@[ -f $(ONNX_DIR)/manifest.json ] || $(MAKE) --no-print-directory export
+grpc-serve: setup $(ONNX_MANIFEST)  ## start the EARTalking gRPC API server on 127.0.0.1:50051 over the embedded runtime
 	$(ET) serve --onnx $(ONNX_DIR)
 
 bench-triton: triton-repo  ## perf_analyzer + streaming client against tritonserver
