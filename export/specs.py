@@ -119,7 +119,8 @@ def graph_specs(cfg: ModelConfig) -> dict[str, GraphSpec]:
     }
     step_in = (
         TensorSpec("start", "int32", ("batch", 1), "1 = first frame of a session (sink from ref_tokens, reset window)"),
-        TensorSpec("ref_tokens", "int32", ("batch", N), "the portrait's tokens (read when start = 1)"),
+        TensorSpec("ref_tokens", "int32", ("batch", N), "the portrait's tokens, every frame (the sink at "
+                   "start = 1; the anchor cells' previous tokens; code_mean's gain origin)"),
         TensorSpec("audio_tokens", "float32", ("batch", A, Da), "this frame's audio tokens"),
         TensorSpec("controls", "float32", ("batch", C), "raw control values (CONTROL_RANGES units)"),
         TensorSpec("control_mask", "float32", ("batch", C), "1 = control given, 0 = absent"),
