@@ -24,7 +24,10 @@ streaming generator that evaluate uses), measures mouth openness on the frames (
 does) and prints the mean r against the clip's ground-truth openness labels per group. With one gain, the T
 with the best mean over all validation clips is the choice. With several gains, the choice is the setting
 whose worse group of the two that evaluate holds to the same target, TTS voices (``validation_tts``) and the
-human voice (``human_all``), is highest. Ship it with ``scripts/ship_checkpoint.py ... --code-mean-temperature
+human voice (``human_all``), is highest. With several settings it also prints, per group, each setting's mean
+per-case difference from the first one with its standard error: every setting runs on the same cases, so the
+paired difference is far less noisy than the difference of two group means (one-word human prompts score
+r near +-1 either way). Ship it with ``scripts/ship_checkpoint.py ... --code-mean-temperature
 T [--mouth-gain G]``.
 """
 
@@ -58,6 +61,18 @@ def openness_r(model, case) -> float | None:
     m = measure_frames(g.stack(), case.pcm, labels=ge.utterance_labels(case.labels, T), every=10**9)
     r = (m["labels"] or {}).get("openness_r")
     return float(r) if r is not None and math.isfinite(r) else None
+
+
+def paired(a: dict[int, float | None], b: dict[int, float | None], cases: list) -> str:
+    """'+d +- se (n)' of b - a over ``cases`` (keyed by id) that both measured ('+d (1)' for one, '-' for none)."""
+    d = [b[id(c)] - a[id(c)] for c in cases if a.get(id(c)) is not None and b.get(id(c)) is not None]
+    if not d:
+        return "-"
+    mean = sum(d) / len(d)
+    if len(d) == 1:
+        return f"{mean:+.3f} (1)"
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+    return f"{mean:+.3f} +- {se:.3f} ({len(d)})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = {k: v for k, v in groups.items() if v}
     print("clips: " + ", ".join(f"{k} {len(v)}" for k, v in groups.items()), flush=True)
     table: dict[tuple[float, float], dict[str, float]] = {}
+    per_case: dict[tuple[float, float], dict[int, float | None]] = {}
     settings = [(t, g) for g in gains for t in temps]
     for t, gain in settings:
         model.decoder.code_mean_temperature, model.decoder.code_mean_gain = t, gain
@@ -132,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             row[group] = float("nan") if m is None else m
         row["seconds"] = time.time() - t0
         table[(t, gain)] = row
+        per_case[(t, gain)] = rs
         print(f"{name:<14} " + "  ".join(f"{k} r {v:+.3f}" for k, v in row.items() if k != "seconds")
               + f"  ({row['seconds']:.0f} s)", flush=True)
     if len(gains) > 1:  # both of evaluate's lip-sync targets: the worse of TTS and human
@@ -149,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     for k in settings:
         mark = " (chosen)" if k == best else ""
         print(f"| {k[0]:g}{mark} | {k[1]:g} | " + " | ".join(f"{table[k][g]:+.3f}" for g in groups) + " |")
+    if len(settings) > 1:  # the same cases under two settings: their per-case differences are far less noisy
+        print(f"\npaired against T={settings[0][0]:g} gain {settings[0][1]:g} (mean per-case difference "
+              "+- its standard error, cases measured in both):")
+        for k in settings[1:]:
+            print(f"  T={k[0]:g} gain {k[1]:g}: " + "  ".join(
+                f"{g} {paired(per_case[settings[0]], per_case[k], groups[g])}" for g in groups))
     print(f"\nbest {rule}: --code-mean-temperature {best[0]:g}"
           + (f" --mouth-gain {best[1]:g}" if len(gains) > 1 else ""))
     return 0

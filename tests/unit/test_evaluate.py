@@ -362,6 +362,12 @@ def test_code_mean_sweep_chooses_the_temperature_with_the_best_validation_r(corp
                        "--mouth-gains", "1,1.5", "--clips", "2", "--train-clips", "1"]) == 0
     out = capsys.readouterr().out
     assert "--code-mean-temperature 1.3 --mouth-gain 1.5" in out and "| 1.3 (chosen) | 1.5 |" in out
+    assert "paired against T=1 gain 1" in out and "T=1.3 gain 1.5: validation +" in out  # reversed -> own video
+    cases = [object(), object(), object()]
+    a = dict(zip(map(id, cases), (0.1, 0.3, None), strict=True))
+    b = dict(zip(map(id, cases), (0.4, 0.4, 0.9), strict=True))
+    assert sweep.paired(a, b, cases) == "+0.200 +- 0.100 (2)"  # the unmeasured case is left out
+    assert sweep.paired(a, b, cases[2:]) == "-"
     assert sorted(set(seen)) == [(1.0, 1.0), (1.0, 1.5), (1.3, 1.0), (1.3, 1.5)]
     with pytest.raises(SystemExit, match="--mouth-gains"):
         sweep.parse_temperatures("1,0", "--mouth-gains")
