@@ -26,6 +26,17 @@ from safetensors.torch import load_file
 TOKEN_FIELDS = ("image_size", "downsample", "codebook_size", "code_dim", "enc_channels")
 
 
+def positive(text: str) -> float:
+    """argparse type: a number > 0 (argparse names the flag in the error)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--decoder", default="runs/decoder")
@@ -43,17 +54,17 @@ def main(argv: list[str] | None = None) -> int:
                         "decoder (it changes what one trained without it computes: measure first)")
     p.add_argument("--greedy", choices=("argmax", "code_mean"), default=None,
                    help="temperature-0 token choice to ship (decoder.greedy; default: keep the run's)")
-    p.add_argument("--eye-temperature", type=float, default=None, metavar="T",
+    p.add_argument("--eye-temperature", type=positive, default=None, metavar="T",
                    help="code_mean temperature of the eye cells alone (decoder.code_mean_cells = the eye cells, "
                         "decoder.code_mean_cells_temperature = T > 0): for an eye-coded tokenizer, whose shut eye "
                         "is one token state that a mouth-tuned temperature above 1 spreads out; default: none")
-    p.add_argument("--mouth-gain", type=float, default=None, metavar="G",
+    p.add_argument("--mouth-gain", type=positive, default=None, metavar="G",
                    help="code_mean motion gain of the mouth cells (decoder.code_mean_gain_cells = the mouth cells, "
                         "decoder.code_mean_gain = G > 0): their expected FSQ digits are moved G times as far from "
                         "the portrait's before rounding, so the image side draws the mouth moves the step decoder "
                         "predicts large enough to see; default: none (1). Choose it with "
                         "scripts/code_mean_sweep.py --mouth-gains")
-    p.add_argument("--code-mean-temperature", type=float, default=None, metavar="T",
+    p.add_argument("--code-mean-temperature", type=positive, default=None, metavar="T",
                    help="softmax temperature of code_mean (decoder.code_mean_temperature, > 0; default: keep the "
                         "run's). Choose it on a validation corpus with scripts/code_mean_sweep.py")
     args = p.parse_args(argv)
@@ -93,20 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.greedy:
         cfg.decoder.greedy = args.greedy
     if args.code_mean_temperature is not None:
-        if not args.code_mean_temperature > 0:
-            p.error(f"--code-mean-temperature must be > 0, got {args.code_mean_temperature}")
         cfg.decoder.code_mean_temperature = args.code_mean_temperature
     if args.eye_temperature is not None:
-        if not args.eye_temperature > 0:
-            p.error(f"--eye-temperature must be > 0, got {args.eye_temperature}")
         from eartalking.train.decoder import eye_cells
 
         cfg.decoder.code_mean_cells = tuple(eye_cells(cfg))
         cfg.decoder.code_mean_cells_temperature = args.eye_temperature
         print(f"code_mean cells {list(cfg.decoder.code_mean_cells)} at temperature {args.eye_temperature}")
     if args.mouth_gain is not None:
-        if not args.mouth_gain > 0:
-            p.error(f"--mouth-gain must be > 0, got {args.mouth_gain}")
         from eartalking.train.decoder import mouth_cells
 
         cfg.decoder.code_mean_gain_cells = tuple(mouth_cells(cfg))

@@ -110,22 +110,14 @@ class StepDecoder(nn.Module):
         self.greedy, self.code_mean_temperature = d.greedy, float(d.code_mean_temperature)
         if not d.code_mean_cells_temperature > 0:
             raise ValueError(f"decoder.code_mean_cells_temperature must be > 0, got {d.code_mean_cells_temperature}")
-        bad = [c for c in d.code_mean_cells if not 0 <= c < self.N]
-        if bad:
-            raise ValueError(f"code_mean_cells {bad} outside the {self.N} token cells")
         self.code_mean_cells_temperature = float(d.code_mean_cells_temperature)
-        own = torch.zeros(self.N, dtype=torch.bool)
-        own[list(d.code_mean_cells)] = True
-        self.register_buffer("code_mean_cells", own, persistent=False)
+        self.register_buffer("code_mean_cells", self._cell_mask("code_mean_cells", d.code_mean_cells),
+                             persistent=False)
         if not d.code_mean_gain > 0:
             raise ValueError(f"decoder.code_mean_gain must be > 0, got {d.code_mean_gain}")
-        bad = [c for c in d.code_mean_gain_cells if not 0 <= c < self.N]
-        if bad:
-            raise ValueError(f"code_mean_gain_cells {bad} outside the {self.N} token cells")
         self.code_mean_gain = float(d.code_mean_gain)
-        gained = torch.zeros(self.N, dtype=torch.bool)
-        gained[list(d.code_mean_gain_cells)] = True
-        self.register_buffer("code_mean_gain_cells", gained, persistent=False)
+        self.register_buffer("code_mean_gain_cells", self._cell_mask("code_mean_gain_cells", d.code_mean_gain_cells),
+                             persistent=False)
         std = 0.02
         self.null_embedding = nn.Parameter(torch.randn(self.C, D) * std)
         self.control_weight = nn.Parameter(torch.randn(self.C, D) * std)
@@ -149,15 +141,8 @@ class StepDecoder(nn.Module):
         self.register_buffer("win_cos", cos[slot_pos], persistent=False)
         self.register_buffer("win_sin", sin[slot_pos], persistent=False)
         self.register_buffer("win_age", (self.W + 1 - slot_pos).float(), persistent=False)  # age of each slot
-        bad = [c for c in d.anchor_cells if not 0 <= c < self.N]
-        if bad:
-            raise ValueError(f"anchor_cells {bad} outside the {self.N} token cells")
-        anchored = torch.zeros(self.N, dtype=torch.bool)
-        anchored[list(d.anchor_cells)] = True
-        self.register_buffer("anchored", anchored, persistent=False)
-        bad = [c for c in d.isolated_cells if not 0 <= c < self.N]
-        if bad:
-            raise ValueError(f"isolated_cells {bad} outside the {self.N} token cells")
+        self.register_buffer("anchored", self._cell_mask("anchor_cells", d.anchor_cells), persistent=False)
+        self._cell_mask("isolated_cells", d.isolated_cells)  # checked here; the group below is over block positions
         bad = [c for c in d.isolated_controls if c not in CONTROL_NAMES]
         if bad:
             raise ValueError(f"isolated_controls {bad}: not among the controls {list(CONTROL_NAMES)}")
@@ -170,6 +155,15 @@ class StepDecoder(nn.Module):
         # the same over a step's keys [BL, N sink + W window blocks + the current block] (a constant)
         self.register_buffer("iso_step_bias", F.pad(self.iso_bias.repeat(1, self.W + 1), (self.N, 0)),
                              persistent=False)
+
+    def _cell_mask(self, name: str, cells: tuple[int, ...]) -> torch.Tensor:
+        """bool [N], True at ``cells`` (config field ``name``); a cell outside the token grid is refused by name."""
+        bad = [c for c in cells if not 0 <= c < self.N]
+        if bad:
+            raise ValueError(f"{name} {bad} outside the {self.N} token cells")
+        mask = torch.zeros(self.N, dtype=torch.bool)
+        mask[list(cells)] = True
+        return mask
 
     def anchor(self, prev_tokens: torch.Tensor, ref_tokens: torch.Tensor) -> torch.Tensor:
         """prev_tokens [..., N] with the ``anchor_cells`` replaced by the portrait's ref_tokens (broadcast to
