@@ -1,4 +1,5 @@
-"""Requested blinks over many held-out portraits: what ``evaluate``'s control check measures on one.
+"""Requested blinks over held-out people, with the eye signal's dip at each request: ``evaluate``'s blink check
+(``report.blink_track``) on a chosen slice of people, e.g. the held-out photos evaluate does not use.
 
 Usage: .venv/bin/python scripts/blink_requests.py [--checkpoint checkpoints/tiny] [--data corpus500]
        [--people 8] [--skip-people 0] [--frames 150]
@@ -10,7 +11,7 @@ peaking every 25 frames from frame 12, eyes explicitly open elsewhere), ``measur
 eye signal, and a requested blink counts as a hit under evaluate's rule (a measured blink -3..+5 frames
 from it). Prints hits per person, the total hit rate, unrequested events, and the quantiles of the eye
 signal's dip at requested blinks (minimum over the blink / running median; the detector fires below
-``signals.BLINK_DROP``). Evaluate reports one portrait; this says whether that one is typical.
+``signals.BLINK_DROP``). ``--skip-people 8`` is a validation set apart from evaluate's people.
 """
 
 from __future__ import annotations
@@ -35,9 +36,7 @@ def main() -> None:
     a = p.parse_args()
     import torch
 
-    from eartalking.evaluate import generate_eval as ge
-    from eartalking.evaluate.measure import measure_frames
-    from eartalking.evaluate.report import blink_hits, blink_unmatched
+    from eartalking.evaluate.report import blink_track
     from eartalking.model import checkpoint
     from eartalking.train import common
 
@@ -53,22 +52,19 @@ def main() -> None:
     if not people:
         raise SystemExit(f"no people left in the {a.split} split after --skip-people {a.skip_people}")
     T = a.frames
-    blinks = list(range(12, T - 6, 25))
     hits = requested = unrequested = 0
     dips = []
     for c in people:
         with torch.no_grad():
-            video = ge.generate(model, c.portrait, c.pcm, T, *ge.control_track(T, blinks=blinks), loop=True).stack()
-        m = measure_frames(video, None, portrait=None, every=10**9)
-        eye = np.array([np.nan if v is None else v for v in m["curves"]["eye_signal"]], float)
-        found = m["summary"]["blink_frames"]
-        h, u = len(blink_hits(blinks, found)), len(blink_unmatched(blinks, found))
+            b, curves = blink_track(model, c.portrait, None, c.pcm, T)
+        eye = np.array([np.nan if v is None else v for v in curves["eye"]], float)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # all-NaN windows where no face was found
-            for t in blinks:
+            for t in b["requested_frames"]:
                 dips.append(np.nanmin(eye[max(0, t - 1):t + 3]) / np.nanmedian(eye[max(0, t - 25):t + 26]))
-        hits, requested, unrequested = hits + h, requested + len(blinks), unrequested + u
-        print(f"{c.identity}: {h}/{len(blinks)} requested blinks measured, {u} unrequested", flush=True)
+        hits, requested, unrequested = hits + b["hits"], requested + b["requested"], unrequested + b["unrequested"]
+        print(f"{c.identity}: {b['hits']}/{b['requested']} requested blinks measured, {b['unrequested']} unrequested",
+              flush=True)
     q = np.round(np.nanquantile(dips, [0.1, 0.25, 0.5, 0.75, 0.9]), 2).tolist() if dips else []
     print(f"{len(people)} people: {hits}/{requested} = {hits / max(requested, 1):.0%} requested blinks measured, "
           f"{unrequested} unrequested; eye-signal dip at a requested blink (10/25/50/75/90%): {q}")

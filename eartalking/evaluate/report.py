@@ -13,8 +13,9 @@ the PyTorch streaming generator (``generate_eval``) and measured by ``measure`` 
     audio too. The human eval clips are topped up to ``--human`` cases with held-out allison prompts
     synthesized from the asset cache (aligned, with viseme labels). ``gt_video_*`` = the same measure on the corpus's
     own video (the ceiling measure reaches on ground truth).
-  * control following: blinks requested at chosen frames (hit = a measured blink within -3..+5 frames)
-    and a yaw sweep (r between requested and measured yaw).
+  * control following: blinks requested at chosen frames on every person of the group (hit = a measured
+    blink within -3..+5 frames; the rate pools all people) and a yaw sweep on the lead portrait (r between
+    requested and measured yaw).
   * identity: ONE continuous generation of ``--long-frames`` frames (audio looped); dlib distance to
     the portrait in ~50-frame windows around frame 10 and frame N (frames with no face count as misses),
     plus a sparse curve over the whole run; its per-frame wall times give the cost at frame 5,000 vs 50.
@@ -188,30 +189,59 @@ def gt_blinks(gt: dict, labels: dict | None) -> dict | None:
     return {"labelled": len(peaks), "found": len(blink_hits(peaks, gt["summary"]["blink_frames"]))}
 
 
-def run_controls(model, portrait, emb, pcm, T: int, seed: int, temperature: float = 0.0) -> tuple[dict, dict]:
-    """Requested blinks and a yaw sweep on one portrait -> (JSON, curves for the plot)."""
+def blink_track(model, portrait, emb, pcm, T: int, seed: int = 0, temperature: float = 0.0) -> tuple[dict, dict]:
+    """``portrait`` speaks ``pcm`` (looped) for T frames with a blink requested every 25 frames from frame 12 and
+    the eyes explicitly open elsewhere (``generate_eval.control_track``) -> (JSON: requested / hits / unrequested
+    / face frames, curves: eye signal, requested and measured blink frames). A hit is a measured blink -3..+5
+    frames from a requested one (``blink_hits``)."""
     from eartalking.evaluate.measure import measure_frames
 
-    def frames(ctrl: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return ge.generate(model, portrait, pcm, T, ctrl, mask, loop=True, temperature=temperature, seed=seed).stack()
-
     blinks = list(range(12, T - 6, 25))
-    mb = measure_frames(frames(*ge.control_track(T, blinks=blinks)), None, portrait=emb, every=10**9)
-    found = mb["summary"]["blink_frames"]
-    hits = blink_hits(blinks, found)
+    video = ge.generate(model, portrait, pcm, T, *ge.control_track(T, blinks=blinks), loop=True,
+                        temperature=temperature, seed=seed).stack()
+    m = measure_frames(video, None, portrait=emb, every=10**9)
+    found = m["summary"]["blink_frames"]
+    out = {"frames": T, "requested": len(blinks), "requested_frames": blinks, "hits": len(blink_hits(blinks, found)),
+           "measured_frames": found, "unrequested": len(blink_unmatched(blinks, found)),
+           "face_frames": m["summary"]["face_frames"]}
+    return out, {"eye": m["curves"]["eye_signal"], "blinks": blinks, "found": found}
+
+
+def run_controls(model, people: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]], T: int, seed: int,
+                 temperature: float = 0.0) -> tuple[dict, dict]:
+    """Control following. ``people`` = (portrait key, portrait uint8 [S,S,3], its embedding or None, pcm float
+    [samples]), one per person of the group, the lead first. Requested blinks on every person (``blink_track``,
+    pooled: the target is hits / requested over all of them, since a blink that shows on one face and not on
+    another is the common failure), a yaw sweep on the lead -> (JSON, curves of the lead for the plot)."""
+    from eartalking.evaluate.measure import measure_frames
+
+    if not people:
+        raise ValueError("run_controls needs at least one person")
+    per, curves = [], {}
+    for key, portrait, emb, pcm in people:
+        b, c = blink_track(model, portrait, emb, pcm, T, seed, temperature)
+        per.append({"portrait": key, **b})
+        curves = curves or c
+    requested, hits = sum(b["requested"] for b in per), sum(b["hits"] for b in per)
+    _, portrait, emb, pcm = people[0]
     yaw = 20.0 * np.sin(2 * np.pi * np.arange(T) / 100.0)
     labels = {"frames": [{"yaw": float(v)} for v in yaw]}
-    my = measure_frames(frames(*ge.control_track(T, yaw=yaw)), None, portrait=emb, labels=labels, every=10**9)
+    my = measure_frames(ge.generate(model, portrait, pcm, T, *ge.control_track(T, yaw=yaw), loop=True,
+                                    temperature=temperature, seed=seed).stack(),
+                        None, portrait=emb, labels=labels, every=10**9)
     meas = np.array([np.nan if v is None else v for v in my["curves"]["yaw"]])
     ok = np.isfinite(meas)
     slope = float(np.polyfit(yaw[ok], meas[ok], 1)[0]) if ok.sum() >= 3 else None
-    out = {"blink": {"frames": T, "requested": len(blinks), "requested_frames": blinks, "hits": len(hits),
-                     "hit_rate": len(hits) / len(blinks) if blinks else None, "measured_frames": found,
-                     "unrequested": len(blink_unmatched(blinks, found)), "face_frames": mb["summary"]["face_frames"]},
+    out = {"blink": {"people": len(per), "frames_each": T, "requested": requested, "hits": hits,
+                     "hit_rate": hits / requested if requested else None,
+                     "unrequested": sum(b["unrequested"] for b in per),
+                     "face_frames": sum(b["face_frames"] for b in per),
+                     "people_all_hit": sum(b["hits"] == b["requested"] for b in per),
+                     "people_none_hit": sum(b["hits"] == 0 for b in per), "per_person": per},
            "yaw": {"frames": T, "amplitude_deg": 20.0, "period_frames": 100, "r": my["labels"]["yaw_r"],
-                   "slope_measured_per_requested": slope, "face_frames": my["summary"]["face_frames"]}}
-    curves = {"eye": mb["curves"]["eye_signal"], "blinks": blinks, "found": found, "yaw_req": yaw.tolist(),
-              "yaw_meas": my["curves"]["yaw"]}
+                   "slope_measured_per_requested": slope, "face_frames": my["summary"]["face_frames"],
+                   "portrait": people[0][0]}}
+    curves |= {"yaw_req": yaw.tolist(), "yaw_meas": my["curves"]["yaw"], "lead": people[0][0]}
     return out, curves
 
 
@@ -324,9 +354,12 @@ def evaluate_group(model, group: str, cases: list[casesmod.Case], args, embed) -
     lead = cases[0]
     emb = embed(lead.portrait_key, lead.portrait)
     res["portrait_embedded"] = emb is not None
-    res["controls"], ctrl_curves = run_controls(model, lead.portrait, emb, lead.pcm, args.control_frames, args.seed,
-                                                 args.temperature)
-    res["controls"]["portrait"] = lead.portrait_key
+    people, seen = [], set()
+    for c in cases:  # one blink track per person of the group (its first case's photo and audio), lead first
+        if c.identity not in seen:
+            seen.add(c.identity)
+            people.append((c.portrait_key, c.portrait, embed(c.portrait_key, c.portrait), c.pcm))
+    res["controls"], ctrl_curves = run_controls(model, people, args.control_frames, args.seed, args.temperature)
     res["controls"]["blink"]["gt_video"] = {
         "labelled": n_lab, "found": sum(g["found"] for g in gtb),
         "hit_rate": sum(g["found"] for g in gtb) / n_lab if n_lab else None,

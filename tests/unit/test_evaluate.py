@@ -102,7 +102,9 @@ def test_measurement_ran_on_every_frame(report_json, corpus_dir):
         for w in ("early", "late"):
             assert lr[w]["frac_below"] is None or 0 <= lr[w]["frac_below"] <= 1
         ctl = r[g]["controls"]
-        assert ctl["blink"]["requested"] == len(range(12, 30 - 6, 25)) >= 1
+        people = len(r[g]["identities"])  # every person of the group is asked to blink
+        assert ctl["blink"]["people"] == people == len(ctl["blink"]["per_person"]) >= 1
+        assert ctl["blink"]["requested"] == people * len(range(12, 30 - 6, 25)) >= 1
         assert 0 <= ctl["blink"]["hit_rate"] <= 1 and ctl["yaw"]["frames"] == 30
         gv = ctl["blink"]["gt_video"]  # the detector's ceiling on the clips' own video
         cases = [c["gt_video_blinks"] for c in r[g]["cases"] if c["gt_video_blinks"]]
@@ -227,14 +229,44 @@ def test_control_following_counts_blinks_and_yaw(corpus_dir, monkeypatch, obey):
 
     fake, portrait = _rig_generator(corpus_dir, obey)
     monkeypatch.setattr(ge, "generate", fake)
-    out, curves = report.run_controls(None, portrait, portrait_embedding(portrait), np.zeros(6400, np.float32), 60, 0)
+    people = [("astronaut", portrait, portrait_embedding(portrait), np.zeros(6400, np.float32))]
+    out, curves = report.run_controls(None, people, 60, 0)
     b, y = out["blink"], out["yaw"]
     assert b["requested"] == 2 and b["face_frames"] == 60 and y["face_frames"] >= 40  # (a 64 px rig loses some turns)
+    assert b["people"] == 1 and b["per_person"][0]["portrait"] == "astronaut" and curves["blinks"] == [12, 37]
     if obey:
         assert b["hit_rate"] == 1.0 and b["unrequested"] == 0
         assert y["r"] > 0.9 and y["slope_measured_per_requested"] > 0.3
     else:
         assert b["hit_rate"] == 0.0 and (y["r"] is None or y["r"] < 0.5)
+
+
+def test_blink_rate_pools_every_person(corpus_dir, monkeypatch):
+    """The blink target counts every person's requests: a face that shows them and one that does not give
+    their pooled rate (not the lead's), with each person listed; the plot's curves are the lead's."""
+    obeying, obeying_portrait = _rig_generator(corpus_dir, True)
+    ignoring, _ = _rig_generator(corpus_dir, False)
+    other = obeying_portrait.copy()  # the second person: same pixels, a different photo object
+    asked = []
+
+    def fake(model, portrait, pcm, n, controls=None, mask=None, **kw):
+        asked.append(n)
+        return (obeying if portrait is obeying_portrait else ignoring)(model, portrait, pcm, n, controls, mask, **kw)
+
+    monkeypatch.setattr(ge, "generate", fake)
+    T = int(np.random.default_rng().integers(60, 90))
+    pcm = np.random.default_rng().standard_normal(6400).astype(np.float32)
+    people = [("a", obeying_portrait, None, pcm), ("b", other, None, pcm)]
+    out, curves = report.run_controls(None, people, T, 0)
+    b = out["blink"]
+    n = len(range(12, T - 6, 25))
+    assert [p["portrait"] for p in b["per_person"]] == ["a", "b"] and b["people"] == 2
+    assert [p["hits"] for p in b["per_person"]] == [n, 0] and b["requested"] == 2 * n
+    assert b["hit_rate"] == pytest.approx(0.5) and b["people_all_hit"] == 1 and b["people_none_hit"] == 1
+    assert curves["lead"] == "a" and len(curves["found"]) == n and out["yaw"]["portrait"] == "a"
+    assert asked == [T, T, T]  # two blink tracks and one yaw sweep
+    with pytest.raises(ValueError, match="at least one person"):
+        report.run_controls(None, [], T, 0)
 
 
 def test_human_cases_are_topped_up_with_other_heldout_prompts(corpus_dir, monkeypatch):
