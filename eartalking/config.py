@@ -53,6 +53,10 @@ class TokenizerConfig:
     #: the decoder warps them along the aligner's flow (plus a full-resolution residual) and blends them into its
     #: output per pixel, so detail finer than its last stage comes from the portrait (needs ``flow_at``)
     ref_pixels: bool = False
+    #: eye refiner (``EyeRefiner``): a small conv stack of this width over the eye band of the output that adds a
+    #: residual inside the eye boxes only (grown by 3 px), so the eyes can be re-taught (shut eyes drawn
+    #: visibly) while every pixel outside them stays bit-identical (0 = none)
+    eye_refiner: int = 0
     commitment: float = 0.25
     #: eye state in the eye cells' tokens (``train-tokenizer --eye-code``, ``eartalking/train/eye_code.py``):
     #: (open_max,) = a token whose FSQ digits are all above ``open_max`` means shut eyes; the image side and

@@ -20,6 +20,8 @@
   replace the generated image by the warped portrait (m1) and add the warped portrait's fine detail (its
   difference from a 3x3 box blur, m2): out = gen + m1 (warped - gen) + m2 detail, clipped to [0, 1]. The
   decoder's last stage works at S/2, so without it nothing finer than 2 px reaches the output.
+- eye refiner (``cfg.eye_refiner`` > 0, ``EyeRefiner``): a residual from a small conv stack over the eye band,
+  added inside the (grown) eye boxes only; everything outside them is untouched.
 Tokens carry what changes (mouth, eyes, pose); the portrait carries identity.
 
 Export-friendly: Conv, GroupNorm, nearest Upsample by 2, MatMul, Softmax, Gather, Sigmoid, Round, and with
@@ -177,6 +179,62 @@ class PixelPath(nn.Module):
         return torch.clamp(gen + m[:, :1] * (w - gen) + m[:, 1:] * detail, 0.0, 1.0)
 
 
+def eye_boxes(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[1,1,S,S] 0/1 mask of the two eye boxes of the aligned crop (centres at x 0.36 and 0.64, y 0.42 of the
+    side; each 0.2 wide and 0.12 high, wide enough for the corpus's poses)."""
+    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    rows = ((c - 0.42).abs() <= 0.06).float()
+    cols = (((c - 0.36).abs() <= 0.10) | ((c - 0.64).abs() <= 0.10)).float()
+    return (rows[:, None] * cols[None, :])[None, None].to(device)
+
+
+def grown_eye_boxes(size: int, margin: int = 3, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``eye_boxes`` grown by ``margin`` px (a max filter): the only pixels ``EyeRefiner`` may change, and the
+    ones ``train-tokenizer --keep-image`` leaves free."""
+    return F.max_pool2d(eye_boxes(size, device), 2 * margin + 1, stride=1, padding=margin)
+
+
+class EyeRefiner(nn.Module):
+    """A residual over the eyes of the decoded image, zero outside the grown eye boxes (``grown_eye_boxes``).
+
+    Why: the image side draws shut eyes faintly on some faces (glasses, narrow eyes), and every way of
+    re-teaching the whole image side moved the mouth. This module is the only trainable part of a run with
+    ``train-tokenizer --only-eye-refiner``; it reads the output image and the last decoder map (which carries
+    the eye tokens) over a fixed band around the eyes and adds a residual inside the boxes, so a frame's mouth
+    and everything else outside the boxes stay bit-identical. Its last conv starts at zero: an untrained
+    refiner returns its input exactly, and a tokenizer saved without one loads unchanged.
+
+    Inputs: img [B,3,S,S] in 0..1, x [B,C,S/2,S/2] (the last decoder map). Output [B,3,S,S] in 0..1. The band is
+    fixed at construction (even pixel bounds, so x's nearest x2 lines up), with 3 px of context for the three
+    3x3 convs; static Slice / Concat in the graph.
+    """
+
+    CONTEXT = 3  # px: the receptive-field half-width of three 3x3 convs
+
+    def __init__(self, size: int, ch: int, width: int, margin: int = 3):
+        super().__init__()
+        mask = grown_eye_boxes(size, margin)
+        rows = torch.nonzero(mask[0, 0].amax(1)).flatten()
+        cols = torch.nonzero(mask[0, 0].amax(0)).flatten()
+        even = lambda v, up: min(size, max(0, (v + up) // 2 * 2))  # noqa: E731
+        self.r0, self.r1 = even(int(rows[0]) - self.CONTEXT, 0), even(int(rows[-1]) + 1 + self.CONTEXT, 1)
+        self.c0, self.c1 = even(int(cols[0]) - self.CONTEXT, 0), even(int(cols[-1]) + 1 + self.CONTEXT, 1)
+        self.register_buffer("mask", mask[..., self.r0:self.r1, self.c0:self.c1].clone(), persistent=False)
+        self.net = nn.Sequential(nn.Conv2d(3 + ch, width, 3, padding=1), nn.SiLU(),
+                                 nn.Conv2d(width, width, 3, padding=1), nn.SiLU(),
+                                 nn.Conv2d(width, 3, 3, padding=1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, img: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        r0, r1, c0, c1 = self.r0, self.r1, self.c0, self.c1
+        band = img[..., r0:r1, c0:c1]
+        xm = F.interpolate(x[..., r0 // 2:r1 // 2, c0 // 2:c1 // 2], scale_factor=2.0, mode="nearest")
+        out = torch.clamp(band + self.mask * self.net(torch.cat([band, xm], dim=1)), 0.0, 1.0)
+        mid = torch.cat([img[..., r0:r1, :c0], out, img[..., r0:r1, c1:]], dim=-1)
+        return torch.cat([img[..., :r0, :], mid, img[..., r1:, :]], dim=-2)
+
+
 class Tokenizer(nn.Module):
     """See module docstring. ``N = cfg.tokens_per_frame``, ``K = cfg.codebook_size``."""
 
@@ -227,6 +285,7 @@ class Tokenizer(nn.Module):
             raise ValueError("ref_pixels needs flow_at (the pixel path warps the portrait along the aligner's flow)")
         self.pix = PixelPath(dec[-1]) if cfg.ref_pixels else None
         self.head = nn.Sequential(_gn(dec[-1]), nn.SiLU(), nn.Conv2d(dec[-1], 3, 3, padding=1))
+        self.eyes = EyeRefiner(cfg.image_size, dec[-1], cfg.eye_refiner) if cfg.eye_refiner else None
 
     # ---- encoder side ----
     def encode_latent(self, image: torch.Tensor) -> torch.Tensor:
@@ -274,7 +333,8 @@ class Tokenizer(nn.Module):
             if i == self.flow_stage:
                 flow = self.align.flow(x)
         gen = torch.sigmoid(self.head(F.interpolate(x, scale_factor=2.0, mode="nearest")))
-        return gen if self.pix is None else self.pix(x, gen, portrait, flow)
+        img = gen if self.pix is None else self.pix(x, gen, portrait, flow)
+        return img if self.eyes is None else self.eyes(img, x)
 
     def decode(self, tokens: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         """tokens int [B, N] + refs -> image [B,3,S,S] in 0..1."""

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from eartalking.cli import UserError
 from eartalking.config import CONTROL_NAMES, preset
+from eartalking.model.tokenizer import eye_boxes, grown_eye_boxes
 from eartalking.train import common
 
 WEIGHTS = "tokenizer.safetensors"
@@ -138,6 +139,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "tokenizer.safetensors or checkpoint folder with the same encoder) instead of --init's: "
                         "start from an image side that draws shut eyes and hold the rest to one whose mouth "
                         "lip-sync was measured (e.g. the shipped checkpoint)")
+    p.add_argument("--eye-refiner", type=int, default=0, metavar="WIDTH",
+                   help="add an eye refiner of this width (tokenizer.eye_refiner; 0 = none): a small conv residual "
+                        "inside the eye boxes only")
+    p.add_argument("--only-eye-refiner", action="store_true",
+                   help="train the eye refiner alone (needs --eye-refiner and --init): every pixel outside the "
+                        "eye boxes stays what --init draws")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
@@ -152,16 +159,6 @@ def region_weights(size: int, device: torch.device, eye: float = 2.0) -> torch.T
 
     w = 1.0 + 3.0 * bump(0.5, 0.70, 0.14, 0.08) + eye * (bump(0.36, 0.42, 0.09, 0.05) + bump(0.64, 0.42, 0.09, 0.05))
     return w[None, None].to(device)
-
-
-def eye_boxes(size: int, device: torch.device) -> torch.Tensor:
-    """[1,1,S,S] 0/1 mask of the two eye boxes of the aligned crop (centres at x 0.36 and 0.64, y 0.42 of the
-    side; each 0.2 wide and 0.12 high): where ``--eye-box-weight`` adds an L1 averaged over the boxes alone,
-    so shut eyes (a few hundred pixels of a 128 px frame) weigh as much as a whole-image error."""
-    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size
-    rows = ((c - 0.42).abs() <= 0.06).float()
-    cols = (((c - 0.36).abs() <= 0.10) | ((c - 0.64).abs() <= 0.10)).float()
-    return (rows[:, None] * cols[None, :])[None, None].to(device)
 
 
 def _dx(t: torch.Tensor) -> torch.Tensor:
@@ -201,9 +198,8 @@ def box_l1(x: torch.Tensor, target: torch.Tensor, box: torch.Tensor) -> torch.Te
 
 def outside_eyes(size: int, device: torch.device, margin: int = 3) -> torch.Tensor:
     """[1,1,S,S] 0/1 mask of everything but the eye boxes (``eye_boxes``) grown by ``margin`` px: where
-    ``--keep-image`` holds the image to the --init image side's."""
-    grown = F.max_pool2d(eye_boxes(size, device), 2 * margin + 1, stride=1, padding=margin)
-    return 1.0 - grown
+    ``--keep-image`` holds the image to the --init image side's (and all an ``EyeRefiner`` leaves untouched)."""
+    return 1.0 - grown_eye_boxes(size, margin, device)
 
 
 def grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -521,8 +517,8 @@ def check_eye_code(open_max: int, levels: int) -> tuple[int]:
 
 
 def load_init(tok, src: str, device: torch.device) -> None:
-    """Load ``src`` (file or folder holding tokenizer.safetensors) into ``tok``; only the aligner and the pixel
-    path (both identity at initialisation) may be missing."""
+    """Load ``src`` (file or folder holding tokenizer.safetensors) into ``tok``; only the aligner, the pixel
+    path and the eye refiner (all identity at initialisation) may be missing."""
     from eartalking.model.checkpoint import WEIGHTS_FILE
 
     path = Path(src)
@@ -536,11 +532,11 @@ def load_init(tok, src: str, device: torch.device) -> None:
     if prefix:  # a full checkpoint: its tokenizer part
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     missing, unexpected = tok.load_state_dict(state, strict=False)
-    bad = [k for k in missing if not k.startswith(("align.", "pix."))] + list(unexpected)
+    bad = [k for k in missing if not k.startswith(("align.", "pix.", "eyes."))] + list(unexpected)
     if bad:
         raise SystemExit(f"--init {src}: weights do not fit this preset ({len(bad)} keys differ, e.g. {bad[:3]})")
     if missing:
-        print(f"--init {src}: {len(missing)} aligner / pixel-path weights start at identity")
+        print(f"--init {src}: {len(missing)} aligner / pixel-path / eye-refiner weights start at identity")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -553,6 +549,10 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     train = common.load_corpus(args.data, "train", args.limit_clips, size=cfg.tokenizer.image_size)
     held = common.load_heldout(args.data, train, 24, size=cfg.tokenizer.image_size)
+    if args.eye_refiner < 0 or (args.only_eye_refiner and not (args.eye_refiner > 0 and args.init)):
+        raise UserError("--only-eye-refiner trains an eye refiner on top of an --init image side: it needs "
+                        f"--eye-refiner W > 0 and --init (got --eye-refiner {args.eye_refiner})")
+    cfg.tokenizer.eye_refiner = args.eye_refiner
     tok = Tokenizer(cfg.tokenizer).to(device)
     if args.anchor_latent > 0 and (args.freeze_encoder or not args.init):
         raise UserError("--anchor-latent keeps a trainable encoder near its --init weights: it needs --init and "
@@ -597,6 +597,9 @@ def run(args: argparse.Namespace) -> int:
     if args.freeze_encoder:
         for part in (tok.encoder, tok.to_code, tok.to_fsq):
             part.requires_grad_(False)
+    if args.only_eye_refiner:  # everything but the refiner stays bit-identical, so only the eye boxes can change
+        tok.requires_grad_(False)
+        tok.eyes.requires_grad_(True)
     ema = WeightEMA(tok, args.ema) if args.ema > 0 else None
     if ema is not None and (out / RAW).is_file():
         ema.shadow = load_file(str(out / WEIGHTS), device=str(device))

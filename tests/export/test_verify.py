@@ -168,3 +168,34 @@ def test_code_mean_greedy_graph_matches_pytorch(tmp_path, cm_temp, cells, isolat
     gen = StreamingGenerator(model, torch.rand(1, 3, S, S, generator=g))
     toks = torch.stack([gen.step(torch.randn(1, model.decoder.A, cfg.audio.dim, generator=g)) for _ in range(6)])
     assert len(torch.unique(toks)) > 4  # the check above compared varied tokens, not one constant
+
+
+def test_eye_refiner_graph_matches_pytorch(tmp_path):
+    """tokenizer.eye_refiner inside the exported tokenizer_decoder (static band Slice/Concat, a residual masked
+    to the grown eye boxes): ONNX Runtime equals PyTorch within tolerance on fresh random inputs, with the
+    refiner's weights random (not its zero start), and the refiner does change the decoded eyes."""
+    import dataclasses
+
+    import torch
+
+    from eartalking import config
+    from eartalking.export.onnx import export_all
+    from eartalking.model.checkpoint import random_model
+
+    cfg = config.preset("test_small")
+    cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, eye_refiner=8))
+    model = random_model(cfg, seed=0)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.tokenizer.eyes.net[-1].weight, std=0.2)
+    export_all(model, cfg, tmp_path, {"preset": "test_small", "random_seed": 0})
+    checks, _ = parity.graph_parity(model, cfg, V.ort_runner(tmp_path), np.random.default_rng())
+    assert _failed(checks) == [] and any(c.graph == "tokenizer_decoder" for c in checks)
+    S, g = cfg.tokenizer.image_size, torch.Generator().manual_seed(3)
+    refs = model.tokenizer.reference(torch.rand(1, 3, S, S, generator=g))
+    tokens = torch.randint(0, cfg.tokenizer.codebook_size, (1, cfg.tokenizer.tokens_per_frame), generator=g)
+    with torch.no_grad():
+        with_eyes = model.tokenizer.decode(tokens, refs)
+        eyes, model.tokenizer.eyes = model.tokenizer.eyes, None
+        without = model.tokenizer.decode(tokens, refs)
+        model.tokenizer.eyes = eyes
+    assert (with_eyes - without).abs().max() > 1e-3

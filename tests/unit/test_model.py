@@ -709,3 +709,30 @@ def test_anchored_cells_ignore_previous_tokens_on_every_path():
         bad = config.preset("test_small")
         bad.decoder.anchor_cells = (d.N,)
         checkpoint.random_model(bad, seed=0)
+
+
+def test_eye_refiner_changes_only_the_eye_boxes_and_starts_as_identity():
+    """EyeRefiner: at its zero start the decoded image is bit-identical to the same tokenizer without one; with
+    random weights it changes pixels inside the grown eye boxes and none outside them (the mouth stays what
+    the image side drew); a tokenizer saved without one loads into one with it."""
+    import dataclasses
+
+    from eartalking.model.tokenizer import Tokenizer, grown_eye_boxes
+
+    base_cfg = config.preset("test_small").tokenizer
+    torch.manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    plain = Tokenizer(base_cfg).eval()
+    refined = Tokenizer(dataclasses.replace(base_cfg, eye_refiner=8)).eval()
+    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(k.startswith("eyes.") for k in missing)
+    S = base_cfg.image_size
+    refs = plain.reference(torch.rand(2, 3, S, S))
+    tokens = torch.randint(0, base_cfg.codebook_size, (2, base_cfg.tokens_per_frame))
+    with torch.no_grad():
+        a = plain.decode(tokens, refs)
+        assert torch.equal(refined.decode(tokens, refs), a)
+        torch.nn.init.normal_(refined.eyes.net[-1].weight, std=0.2)
+        b = refined.decode(tokens, refs)
+    inside = grown_eye_boxes(S).bool().expand_as(a)
+    assert torch.equal(b[~inside], a[~inside])
+    assert (b[inside] - a[inside]).abs().mean() > 1e-3

@@ -715,3 +715,26 @@ def test_hide_eyes_flattens_each_eye_box_and_nothing_else():
         m[:, cols] = box[:, cols]
         assert len(np.unique(out[m].reshape(-1, 3), axis=0)) == 1  # one flat colour per eye ...
         assert np.abs(out[m][0].astype(float) - ref[m].reshape(-1, 3).mean(0)).max() <= 1.0  # ... its mean
+
+
+def test_only_eye_refiner_trains_the_refiner_alone(tokenizer_runs, corpus_dir, tmp_path, capsys):
+    """--only-eye-refiner: refused without --eye-refiner W and --init; with them, every weight but the refiner's
+    stays bit-identical to --init's, the refiner moves off its zero start, and the saved config records it."""
+    from eartalking.config import ModelConfig
+
+    init = str(tokenizer_runs["out"])
+    assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + ["--only-eye-refiner", "--init", init]) == 2
+    assert "--eye-refiner" in capsys.readouterr().err
+    assert main(_tok_args(corpus_dir, tmp_path / "bad2", 1) + ["--only-eye-refiner", "--eye-refiner", "8"]) == 2
+    assert "--init" in capsys.readouterr().err
+    out = tmp_path / "eyes"
+    assert main(_tok_args(corpus_dir, out, 3) + ["--init", init, "--freeze-encoder", "--eye-refiner", "8",
+                                                 "--only-eye-refiner", "--blink-share", "0.5",
+                                                 "--eye-box-weight", "10", "--lr", "1e-2", "--bf16", "off"]) == 0
+    before = load_file(str(tokenizer_runs["out"] / "tokenizer.safetensors"))
+    after = load_file(str(out / "tokenizer.safetensors"))
+    assert set(after) - set(before) and all(k.startswith("eyes.") for k in set(after) - set(before))
+    # (code_usage is the encoder's token-usage statistic, a buffer that every training step updates; no graph reads it)
+    assert [k for k in before if not torch.equal(before[k], after[k])] == ["code_usage"]
+    assert after["eyes.net.4.weight"].abs().max() > 0  # off its zero start
+    assert ModelConfig.load(out / "config.json").tokenizer.eye_refiner == 8
