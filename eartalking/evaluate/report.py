@@ -63,7 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clips", type=int, default=24, help="held-out eval clips to use at most (default 24)")
     p.add_argument("--train-clips", type=int, default=None, help="training clips to use (default min(clips, 6))")
     p.add_argument("--control-frames", type=int, default=None,
-                   help="frames of each control run (default min(250, max(50, long-frames)))")
+                   help="frames of each control run: a blink track per person of the group and a yaw sweep on "
+                        "the lead portrait (default min(250, max(50, long-frames)))")
     p.add_argument("--human", type=int, default=8,
                    help="held-out human-voice cases to measure (default 8): the human eval clips among --clips, "
                         "topped up with the longest held-out prompts of the human (allison) recordings from the "

@@ -398,8 +398,14 @@ def test_code_mean_sweep_chooses_the_temperature_with_the_best_validation_r(corp
     cases = [object(), object(), object()]
     a = dict(zip(map(id, cases), (0.1, 0.3, None), strict=True))
     b = dict(zip(map(id, cases), (0.4, 0.4, 0.9), strict=True))
-    assert sweep.paired(a, b, cases) == "+0.200 +- 0.100 (2)"  # the unmeasured case is left out
+    assert sweep.paired(a, b, cases) == "+0.200 +- 0.100, median +0.200 (2)"  # the unmeasured case is left out
     assert sweep.paired(a, b, cases[2:]) == "-"
+    many = [object() for _ in range(5)]  # one outlier moves the mean, not the median
+    a5 = dict(zip(map(id, many), (0.5, 0.5, 0.5, 0.5, 1.0), strict=True))
+    b5 = dict(zip(map(id, many), (0.6, 0.4, 0.6, 0.6, -1.0), strict=True))
+    assert sweep.paired(a5, b5, many).endswith("median +0.100 (5)") and sweep.paired(a5, b5, many).startswith("-0.360 +- ")
+    even = many[:4]
+    assert sweep.paired(a5, b5, even).endswith("median +0.100 (4)")
     assert sorted(set(seen)) == [(1.0, 1.0), (1.0, 1.5), (1.3, 1.0), (1.3, 1.5)]
     with pytest.raises(SystemExit, match="--mouth-gains"):
         sweep.parse_temperatures("1,0", "--mouth-gains")
