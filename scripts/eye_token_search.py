@@ -7,7 +7,7 @@ For each of the first ``--blinks`` training frames whose blink label peaks at >=
 own tokens with the clip's portrait as the reference (what a perfect step decoder would give), then searches
 the tokens of the cells over and above the eyes (``train.decoder.eye_cells`` and the row above), one cell at
 a time over all K tokens, ``--sweeps`` times, for the choice that brings the eye boxes
-(``train.tokenizer.eye_boxes``) closest to the shut-eyed frame in L1. It prints, per blink, the eye-box L1 of
+(``model.tokenizer.eye_boxes``) closest to the shut-eyed frame in L1. It prints, per blink, the eye-box L1 of
 the frame's own tokens (``encoder``) and of the best tokens found (``best``), and writes a PNG:
 ground truth | own tokens | best tokens around the eyes, one blink per row.
 
@@ -64,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from eartalking.config import CONTROL_NAMES
     from eartalking.model import checkpoint
+    from eartalking.model.tokenizer import eye_boxes
     from eartalking.train import common
     from eartalking.train.decoder import eye_cells
-    from eartalking.train.tokenizer import box_l1, eye_boxes
+    from eartalking.train.tokenizer import box_l1
 
     tok, cfg = checkpoint.load_tokenizer(args.tokenizer)
     S, g = tok.cfg.image_size, tok.cfg.grid

@@ -566,7 +566,8 @@ def test_ref_mouth_mask_fills_only_the_mouth_box_of_that_share_of_references():
 
 
 def test_eye_boxes_cover_both_eyes_of_the_aligned_crop():
-    from eartalking.train.tokenizer import eye_boxes, region_weights
+    from eartalking.model.tokenizer import eye_boxes
+    from eartalking.train.tokenizer import region_weights
 
     for size in (64, 128):
         m = eye_boxes(size, torch.device("cpu"))[0, 0]
@@ -703,7 +704,8 @@ def test_keep_image_from_holds_the_image_at_another_tokenizer(tokenizer_runs, co
 def test_hide_eyes_flattens_each_eye_box_and_nothing_else():
     import numpy as np
 
-    from eartalking.train.tokenizer import FrameSampler, eye_boxes
+    from eartalking.model.tokenizer import eye_boxes
+    from eartalking.train.tokenizer import FrameSampler
 
     rng = np.random.default_rng()
     ref = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
