@@ -242,7 +242,8 @@ def run_controls(model, people: list[tuple[str, np.ndarray, np.ndarray | None, n
            "yaw": {"frames": T, "amplitude_deg": 20.0, "period_frames": 100, "r": my["labels"]["yaw_r"],
                    "slope_measured_per_requested": slope, "face_frames": my["summary"]["face_frames"],
                    "portrait": people[0][0]}}
-    curves |= {"yaw_req": yaw.tolist(), "yaw_meas": my["curves"]["yaw"], "lead": people[0][0]}
+    curves |= {"yaw_req": yaw.tolist(), "yaw_meas": my["curves"]["yaw"], "lead": people[0][0],
+               "all_people": f"{hits}/{requested} over {len(per)} people"}
     return out, curves
 
 

@@ -116,7 +116,8 @@ def controls_plot(plot_data: dict, path: Path) -> Path:
             row[0].axvline(b, color="C2", alpha=0.5, lw=0.8)
         if c["found"]:
             row[0].plot(c["found"], eye[c["found"]], "v", color="C3", label="measured blinks")
-        row[0].set_title(f"[{g}] requested blinks on {c.get('lead', 'the lead portrait')} (green lines)", fontsize=8)
+        row[0].set_title(f"[{g}] requested blinks (green lines) on {c.get('lead', 'the lead portrait')}; measured "
+                        f"{c.get('all_people', '-')}", fontsize=8)
         row[1].plot(c["yaw_req"], label="requested yaw", color="C2")
         row[1].plot(_arr(c["yaw_meas"]), label="measured yaw", color="C0")
         row[1].set_title(f"[{g}] yaw sweep (degrees)", fontsize=8)

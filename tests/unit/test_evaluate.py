@@ -264,6 +264,7 @@ def test_blink_rate_pools_every_person(corpus_dir, monkeypatch):
     assert [p["hits"] for p in b["per_person"]] == [n, 0] and b["requested"] == 2 * n
     assert b["hit_rate"] == pytest.approx(0.5) and b["people_all_hit"] == 1 and b["people_none_hit"] == 1
     assert curves["lead"] == "a" and len(curves["found"]) == n and out["yaw"]["portrait"] == "a"
+    assert curves["all_people"] == f"{n}/{2 * n} over 2 people"  # the plot title's pooled count
     assert asked == [T, T, T]  # two blink tracks and one yaw sweep
     with pytest.raises(ValueError, match="at least one person"):
         report.run_controls(None, [], T, 0)
