@@ -202,10 +202,25 @@ def blink_track(model, portrait, emb, pcm, T: int, seed: int = 0, temperature: f
                         temperature=temperature, seed=seed).stack()
     m = measure_frames(video, None, portrait=emb, every=10**9)
     found = m["summary"]["blink_frames"]
+    dips = blink_dips(m["curves"]["eye_signal"], blinks)
     out = {"frames": T, "requested": len(blinks), "requested_frames": blinks, "hits": len(blink_hits(blinks, found)),
            "measured_frames": found, "unrequested": len(blink_unmatched(blinks, found)),
-           "face_frames": m["summary"]["face_frames"]}
+           "face_frames": m["summary"]["face_frames"], "dips": dips, "dip_median": _median(dips)}
     return out, {"eye": m["curves"]["eye_signal"], "blinks": blinks, "found": found}
+
+
+def blink_dips(eye: list, requested: list[int]) -> list[float | None]:
+    """How deep the eye signal (``measure``'s ``eye_signal`` curve, None where no face) dips at each requested
+    blink: its minimum over frames t-1..t+2 / its median over t-25..t+25 (None where either has no face). The
+    detector fires below ``signals.BLINK_DROP`` (0.86), so a miss near 0.9 is a faint blink and one near 1.0
+    no blink at all."""
+    e = np.array([np.nan if v is None else v for v in eye], np.float64)
+    out: list[float | None] = []
+    for t in requested:
+        low, mid = e[max(0, t - 1):t + 3], e[max(0, t - 25):t + 26]
+        ok_low, ok_mid = low[np.isfinite(low)], mid[np.isfinite(mid)]
+        out.append(float(ok_low.min() / np.median(ok_mid)) if len(ok_low) and len(ok_mid) else None)
+    return out
 
 
 def run_controls(model, people: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]], T: int, seed: int,

@@ -234,11 +234,25 @@ def test_control_following_counts_blinks_and_yaw(corpus_dir, monkeypatch, obey):
     b, y = out["blink"], out["yaw"]
     assert b["requested"] == 2 and b["face_frames"] == 60 and y["face_frames"] >= 40  # (a 64 px rig loses some turns)
     assert b["people"] == 1 and b["per_person"][0]["portrait"] == "astronaut" and curves["blinks"] == [12, 37]
+    dips = b["per_person"][0]["dips"]
+    assert len(dips) == 2 and all(d is not None and 0 < d for d in dips)
     if obey:
         assert b["hit_rate"] == 1.0 and b["unrequested"] == 0
+        assert max(dips) < 0.86  # the detector's threshold (signals.BLINK_DROP): shut eyes dip below it
         assert y["r"] > 0.9 and y["slope_measured_per_requested"] > 0.3
     else:
         assert b["hit_rate"] == 0.0 and (y["r"] is None or y["r"] < 0.5)
+
+
+def test_blink_dips_are_the_local_minimum_over_the_running_median():
+    """blink_dips: min over t-1..t+2 / median over t-25..t+25 of the eye signal, None where no face was seen."""
+    rng = np.random.default_rng()
+    base = float(rng.uniform(1.0, 2.0))
+    eye = [base] * 80
+    eye[30], eye[31] = 0.7 * base, 0.8 * base  # a blink at 30
+    eye[60:65] = [None] * 5  # no face around 62
+    d = report.blink_dips(eye, [30, 5, 62])
+    assert d[0] == pytest.approx(0.7) and d[1] == pytest.approx(1.0) and d[2] is None
 
 
 def test_blink_rate_pools_every_person(corpus_dir, monkeypatch):
