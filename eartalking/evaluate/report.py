@@ -460,6 +460,9 @@ def run(args: argparse.Namespace) -> int:
         v = "n/a" if t["value"] is None else f"{t['value']:.3f}"
         flag = {True: "PASS", False: "FAIL", None: "not measured"}[t["pass"]]
         print(f"{t['name']:<26} {v:>8} {t['op']} {t['threshold']:<6} {flag}")
+    b = result["heldout"]["controls"]["blink"]
+    print(f"blinks per held-out person (hits of {b['per_person'][0]['requested']}): "
+          + ", ".join(f"{p['portrait'][:24]} {p['hits']}" for p in b["per_person"]))
     print(f"evaluate: {result['elapsed_s']} s -> {args.json}, plots in {args.plots}")
     return 0
 

@@ -9,6 +9,8 @@ against whole-utterance audio encoding.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -60,11 +62,17 @@ def ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def report_json(corpus_dir, ckpt, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("evaluate")
-    rc = main(["evaluate", "--checkpoint", str(ckpt), "--data", str(corpus_dir), "--json", str(out / "r.json"),
-               "--plots", str(out / "plots"), "--long-frames", "60", "--clips", "2", "--train-clips", "1",
-               "--control-frames", "30", "--threads", "1", "--device", "cpu"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = main(["evaluate", "--checkpoint", str(ckpt), "--data", str(corpus_dir), "--json", str(out / "r.json"),
+                   "--plots", str(out / "plots"), "--long-frames", "60", "--clips", "2", "--train-clips", "1",
+                   "--control-frames", "30", "--threads", "1", "--device", "cpu"])
     assert rc == 0
+    REPORT_STDOUT.append(printed.getvalue())
     return json.loads((out / "r.json").read_text()), out / "plots"
+
+
+REPORT_STDOUT: list[str] = []  # what the report_json run printed (a module fixture cannot use capsys)
 
 
 def test_report_has_every_key_and_target(report_json, corpus_dir):
@@ -81,6 +89,9 @@ def test_report_has_every_key_and_target(report_json, corpus_dir):
         assert {"tokenizer", "lipsync", "cases", "controls", "long_run", "identities"} <= set(h)
         assert {"all", "by_source", "heldout_voices", "seen_voices", "human"} <= set(h["lipsync"])
     assert set(split["heldout_identities"]) <= set(r["heldout"]["identities"])  # every held-out person spoke
+    per = r["heldout"]["controls"]["blink"]["per_person"]  # the console names each person's blink hits
+    assert "blinks per held-out person" in REPORT_STDOUT[-1]
+    assert all(f"{p['portrait'][:24]} {p['hits']}" in REPORT_STDOUT[-1] for p in per)
     assert r["heldout"]["lipsync"]["heldout_voices"]["clips"] >= 1  # the eval clip uses a held-out voice
 
 
