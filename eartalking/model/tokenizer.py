@@ -181,7 +181,9 @@ class PixelPath(nn.Module):
 
 def eye_boxes(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """[1,1,S,S] 0/1 mask of the two eye boxes of the aligned crop (centres at x 0.36 and 0.64, y 0.42 of the
-    side; each 0.2 wide and 0.12 high, wide enough for the corpus's poses)."""
+    side; each 0.2 wide and 0.12 high, wide enough for the corpus's poses): where ``train-tokenizer
+    --eye-box-weight`` adds an L1 averaged over the boxes alone, so shut eyes (a few hundred pixels of a 128 px
+    frame) weigh as much as a whole-image error."""
     c = (torch.arange(size, dtype=torch.float32) + 0.5) / size
     rows = ((c - 0.42).abs() <= 0.06).float()
     cols = (((c - 0.36).abs() <= 0.10) | ((c - 0.64).abs() <= 0.10)).float()

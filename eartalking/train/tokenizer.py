@@ -547,12 +547,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = preset(args.preset)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train = common.load_corpus(args.data, "train", args.limit_clips, size=cfg.tokenizer.image_size)
-    held = common.load_heldout(args.data, train, 24, size=cfg.tokenizer.image_size)
-    if args.eye_refiner < 0 or (args.only_eye_refiner and not (args.eye_refiner > 0 and args.init)):
+    if args.eye_refiner < 0:
+        raise UserError(f"--eye-refiner is a conv width >= 0 (0 = none), got {args.eye_refiner}")
+    if args.only_eye_refiner and not (args.eye_refiner > 0 and args.init):
         raise UserError("--only-eye-refiner trains an eye refiner on top of an --init image side: it needs "
                         f"--eye-refiner W > 0 and --init (got --eye-refiner {args.eye_refiner})")
     cfg.tokenizer.eye_refiner = args.eye_refiner
+    train = common.load_corpus(args.data, "train", args.limit_clips, size=cfg.tokenizer.image_size)
+    held = common.load_heldout(args.data, train, 24, size=cfg.tokenizer.image_size)
     tok = Tokenizer(cfg.tokenizer).to(device)
     if args.anchor_latent > 0 and (args.freeze_encoder or not args.init):
         raise UserError("--anchor-latent keeps a trainable encoder near its --init weights: it needs --init and "

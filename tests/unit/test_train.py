@@ -729,6 +729,8 @@ def test_only_eye_refiner_trains_the_refiner_alone(tokenizer_runs, corpus_dir, t
     assert "--eye-refiner" in capsys.readouterr().err
     assert main(_tok_args(corpus_dir, tmp_path / "bad2", 1) + ["--only-eye-refiner", "--eye-refiner", "8"]) == 2
     assert "--init" in capsys.readouterr().err
+    assert main(_tok_args(corpus_dir, tmp_path / "bad3", 1) + ["--eye-refiner", "-1"]) == 2
+    assert "width >= 0" in capsys.readouterr().err
     out = tmp_path / "eyes"
     assert main(_tok_args(corpus_dir, out, 3) + ["--init", init, "--freeze-encoder", "--eye-refiner", "8",
                                                  "--only-eye-refiner", "--blink-share", "0.5",
