@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
 
 
-def parse_temperatures(text: str, flag: str = "--temperatures") -> list[float]:
+def parse_positive_list(text: str, flag: str = "--temperatures") -> list[float]:
     """Comma-separated finite numbers > 0 (``flag`` names the option in the error)."""
     try:
         ts = [float(x) for x in text.split(",") if x.strip()]
@@ -70,13 +71,11 @@ def paired(a: dict[int, float | None], b: dict[int, float | None], cases: list) 
     d = [b[id(c)] - a[id(c)] for c in cases if a.get(id(c)) is not None and b.get(id(c)) is not None]
     if not d:
         return "-"
-    mean = sum(d) / len(d)
+    mean = statistics.fmean(d)
     if len(d) == 1:
         return f"{mean:+.3f} (1)"
-    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
-    s = sorted(d)
-    median = (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
-    return f"{mean:+.3f} +- {se:.3f}, median {median:+.3f} ({len(d)})"
+    se = statistics.stdev(d) / math.sqrt(len(d))
+    return f"{mean:+.3f} +- {se:.3f}, median {statistics.median(d):+.3f} ({len(d)})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-clips", type=int, default=8, help="training clips printed beside them (0 = none)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    temps = parse_temperatures(args.temperatures)
-    gains = parse_temperatures(args.mouth_gains, "--mouth-gains") if args.mouth_gains else None
+    temps = parse_positive_list(args.temperatures)
+    gains = parse_positive_list(args.mouth_gains, "--mouth-gains") if args.mouth_gains else None
     if args.clips < 1 or args.train_clips < 0 or args.human_prompts < 0:
         p.error(f"--clips must be >= 1, --train-clips and --human-prompts >= 0, got {args.clips}, "
                 f"{args.train_clips} and {args.human_prompts}")

@@ -351,6 +351,7 @@ def code_mean(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0, gai
     k = torch.arange(K, device=logits.device)
     radix = [L ** i for i in range(FSQ_DIMS)]
     digits = torch.stack([torch.div(k, r, rounding_mode="floor") % L for r in radix], -1).to(torch.float32)  # [K,d]
+    weights = torch.tensor(radix, dtype=torch.float32, device=logits.device)  # [d]: digits -> token index
     if isinstance(temperature, torch.Tensor):
         t = temperature.to(device=logits.device, dtype=torch.float32)[:, None]  # [N, 1] against [..., N, K]
     else:
@@ -363,11 +364,10 @@ def code_mean(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0, gai
         g = gain.to(device=logits.device, dtype=torch.float32)[:, None]  # [N, 1]
         # the portrait's digits in float ops (exact below 2**24; no integer Div/Mod on a graph input for TensorRT)
         ref = ref_tokens.to(device=logits.device, dtype=torch.float32)[..., None]  # [..., N, 1]
-        q = torch.tensor(radix, dtype=torch.float32, device=logits.device)  # [d]
-        r = torch.floor(ref / q) - L * torch.floor(ref / (q * L))  # [..., N, d]
+        r = torch.floor(ref / weights) - L * torch.floor(ref / (weights * L))  # [..., N, d]
         e = torch.where(g != 1.0, r + g * (e - r), e)
     e = torch.round(e).clamp(0, L - 1)  # [..., d]
-    return (e * torch.tensor(radix, dtype=torch.float32, device=logits.device)).sum(-1).to(torch.int64)
+    return (e * weights).sum(-1).to(torch.int64)
 
 
 def select(logits: torch.Tensor, temperature: torch.Tensor, gumbel: torch.Tensor, top_k: int,

@@ -435,11 +435,11 @@ def test_code_mean_sweep_chooses_the_temperature_with_the_best_validation_r(corp
     assert sweep.paired(a5, b5, even).endswith("median +0.100 (4)")
     assert sorted(set(seen)) == [(1.0, 1.0), (1.0, 1.5), (1.3, 1.0), (1.3, 1.5)]
     with pytest.raises(SystemExit, match="--mouth-gains"):
-        sweep.parse_temperatures("1,0", "--mouth-gains")
+        sweep.parse_positive_list("1,0", "--mouth-gains")
     with pytest.raises(SystemExit):
         sweep.main(["--checkpoint", str(ckpt), "--data", str(corpus_dir / "nope")])
     with pytest.raises(SystemExit):
-        sweep.parse_temperatures("1,-2")
+        sweep.parse_positive_list("1,-2")
 
 
 def test_audio_openness_scores_a_prediction_per_source_at_its_lag(corpus_dir, capsys):
