@@ -190,6 +190,18 @@ def gt_blinks(gt: dict, labels: dict | None) -> dict | None:
     return {"labelled": len(peaks), "found": len(blink_hits(peaks, gt["summary"]["blink_frames"]))}
 
 
+def gt_blinks_by_identity(rows: list[dict], identities: list[str]) -> list[tuple[str, dict]]:
+    """Per person, the blink detector on their eval clips' own video (``gt_blinks`` of each case row, summed) ->
+    [(identity, {"labelled", "found"})] in ``identities`` order (0 / 0 where no clip of theirs has a labelled
+    blink). Beside a person's requested-blink hits it says whether this instrument sees that face's blinks at all
+    (glasses, eyes already narrow) in the video the model was trained to imitate."""
+    out = []
+    for ident in identities:
+        gts = [r["gt_video_blinks"] for r in rows if r.get("identity") == ident and r.get("gt_video_blinks")]
+        out.append((ident, {"labelled": sum(g["labelled"] for g in gts), "found": sum(g["found"] for g in gts)}))
+    return out
+
+
 def blink_track(model, portrait, emb, pcm, T: int, seed: int = 0, temperature: float = 0.0) -> tuple[dict, dict]:
     """``portrait`` speaks ``pcm`` (looped) for T frames with a blink requested every 25 frames from frame 12 and
     the eyes explicitly open elsewhere (``generate_eval.control_track``) -> (JSON: requested / hits / unrequested
@@ -371,10 +383,10 @@ def evaluate_group(model, group: str, cases: list[casesmod.Case], args, embed) -
     lead = cases[0]
     emb = embed(lead.portrait_key, lead.portrait)
     res["portrait_embedded"] = emb is not None
-    people, seen = [], set()
+    people, ids = [], []
     for c in cases:  # one blink track per person of the group (its first case's photo and audio), lead first
-        if c.identity not in seen:
-            seen.add(c.identity)
+        if c.identity not in ids:
+            ids.append(c.identity)
             people.append((c.portrait_key, c.portrait, embed(c.portrait_key, c.portrait), c.pcm))
     res["controls"], ctrl_curves = run_controls(model, people, args.control_frames, args.seed, args.temperature)
     res["controls"]["blink"]["gt_video"] = {
@@ -382,6 +394,8 @@ def evaluate_group(model, group: str, cases: list[casesmod.Case], args, embed) -
         "hit_rate": sum(g["found"] for g in gtb) / n_lab if n_lab else None,
         "note": "the same detector and hit rule on the eval clips' own (ground-truth) video: the ceiling this "
                 "instrument reaches at this resolution"}
+    for person, gt in zip(res["controls"]["blink"]["per_person"], gt_blinks_by_identity(rows, ids), strict=True):
+        person["identity"], person["gt_video"] = gt
     n_long = args.train_long_frames if group == "train" and args.train_long_frames else args.long_frames
     res["long_run"], long_curves = run_long(model, lead.portrait, emb, lead.pcm, n_long, args.seed, group,
                                              args.temperature)
@@ -461,8 +475,10 @@ def run(args: argparse.Namespace) -> int:
         flag = {True: "PASS", False: "FAIL", None: "not measured"}[t["pass"]]
         print(f"{t['name']:<26} {v:>8} {t['op']} {t['threshold']:<6} {flag}")
     b = result["heldout"]["controls"]["blink"]
-    print(f"blinks per held-out person (hits of {b['per_person'][0]['requested']}): "
-          + ", ".join(f"{p['portrait'][:24]} {p['hits']}" for p in b["per_person"]))
+    print(f"blinks per held-out person (hits of {b['per_person'][0]['requested']}; in brackets the labelled blinks "
+          "the detector finds in their eval clips' own video): "
+          + ", ".join(f"{p['portrait'][:24]} {p['hits']} ({p['gt_video']['found']}/{p['gt_video']['labelled']})"
+                      for p in b["per_person"]))
     print(f"evaluate: {result['elapsed_s']} s -> {args.json}, plots in {args.plots}")
     return 0
 

@@ -91,7 +91,8 @@ def test_report_has_every_key_and_target(report_json, corpus_dir):
     assert set(split["heldout_identities"]) <= set(r["heldout"]["identities"])  # every held-out person spoke
     per = r["heldout"]["controls"]["blink"]["per_person"]  # the console names each person's blink hits
     assert "blinks per held-out person" in REPORT_STDOUT[-1]
-    assert all(f"{p['portrait'][:24]} {p['hits']}" in REPORT_STDOUT[-1] for p in per)
+    assert all(f"{p['portrait'][:24]} {p['hits']} ({p['gt_video']['found']}/{p['gt_video']['labelled']})"
+               in REPORT_STDOUT[-1] for p in per)
     assert r["heldout"]["lipsync"]["heldout_voices"]["clips"] >= 1  # the eval clip uses a held-out voice
 
 
@@ -120,6 +121,33 @@ def test_measurement_ran_on_every_frame(report_json, corpus_dir):
         gv = ctl["blink"]["gt_video"]  # the detector's ceiling on the clips' own video
         cases = [c["gt_video_blinks"] for c in r[g]["cases"] if c["gt_video_blinks"]]
         assert gv["labelled"] == sum(c["labelled"] for c in cases) and 0 <= gv["found"] <= gv["labelled"]
+        per = ctl["blink"]["per_person"]  # the same ceiling per person: every case's person is one of them
+        assert sorted(p["identity"] for p in per) == r[g]["identities"]
+        for p in per:
+            mine = [c["gt_video_blinks"] for c in r[g]["cases"]
+                    if c["identity"] == p["identity"] and c["gt_video_blinks"]]
+            assert p["gt_video"] == {"labelled": sum(c["labelled"] for c in mine),
+                                     "found": sum(c["found"] for c in mine)}
+        assert sum(p["gt_video"]["labelled"] for p in per) == gv["labelled"]
+        assert sum(p["gt_video"]["found"] for p in per) == gv["found"]
+
+
+def test_gt_blinks_by_identity_sums_each_persons_clips():
+    from eartalking.evaluate.report import gt_blinks_by_identity
+
+    rng = np.random.default_rng()
+    rows, want = [], {"a": [0, 0], "b": [0, 0], "c": [0, 0]}
+    for _ in range(12):
+        ident = str(rng.choice(["a", "b"]))  # "c" has no clip with labelled blinks
+        lab = int(rng.integers(0, 5))
+        found = int(rng.integers(0, lab + 1))
+        rows.append({"identity": ident, "gt_video_blinks": {"labelled": lab, "found": found}})
+        want[ident][0] += lab
+        want[ident][1] += found
+    rows.append({"identity": "a", "gt_video_blinks": None})  # a human case: no video, nothing to add
+    got = gt_blinks_by_identity(rows, ["c", "b", "a"])
+    assert [i for i, _ in got] == ["c", "b", "a"]
+    assert {i: [g["labelled"], g["found"]] for i, g in got} == want
 
 
 def test_blink_peaks_and_hit_rule():
