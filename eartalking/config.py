@@ -57,11 +57,15 @@ class TokenizerConfig:
     #: residual inside the eye boxes only (grown by 3 px), so the eyes can be re-taught (shut eyes drawn
     #: visibly) while every pixel outside them stays bit-identical (0 = none)
     eye_refiner: int = 0
+    #: the pixel path does not blend the portrait's (open) eyes into the eye boxes over an eye cell whose token
+    #: says shut (``eye_code``'s corner): there the image is what the decoder drew from the tokens
+    #: (``Tokenizer.unblend_map``; needs ``ref_pixels`` and ``eye_code``). No weights; off = unchanged
+    eye_unblend: bool = False
     commitment: float = 0.25
     #: eye state in the eye cells' tokens (``train-tokenizer --eye-code``, ``eartalking/train/eye_code.py``):
     #: (open_max,) = a token whose FSQ digits are all above ``open_max`` means shut eyes; the image side and
-    #: the step decoder were trained on tokens with the blink label written in. () = none. Training-only
-    #: meaning: no graph reads it.
+    #: the step decoder were trained on tokens with the blink label written in. () = none. No graph reads it,
+    #: except through ``eye_unblend``.
     eye_code: tuple[int, ...] = ()
 
     @property

@@ -168,14 +168,17 @@ class PixelPath(nn.Module):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
 
-    def forward(self, x: torch.Tensor, gen: torch.Tensor, portrait: torch.Tensor, flow: torch.Tensor
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gen: torch.Tensor, portrait: torch.Tensor, flow: torch.Tensor,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``keep`` [B,1,S,S] in 0..1 (optional) scales both blend masks per pixel (``Tokenizer.unblend_map``)."""
         up = lambda t, size: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
         f = up(flow, x.shape[-2:]) + torch.tanh(self.flow(x)) * self.MAX_RESIDUAL
         w = RefAlign.warp(portrait, up(f, portrait.shape[-2:]))
         detail = w - F.avg_pool2d(w, 3, stride=1, padding=1, count_include_pad=False)
         logits = up(self.mix_map(x), portrait.shape[-2:]) + self.mix_img(torch.cat([w, gen], dim=1))
         m = torch.clamp(logits, 0.0, 1.0)
+        if keep is not None:
+            m = m * keep
         return torch.clamp(gen + m[:, :1] * (w - gen) + m[:, 1:] * detail, 0.0, 1.0)
 
 
@@ -194,6 +197,13 @@ def grown_eye_boxes(size: int, margin: int = 3, device: torch.device | str = "cp
     """``eye_boxes`` grown by ``margin`` px (a max filter): the only pixels ``EyeRefiner`` may change, and the
     ones ``train-tokenizer --keep-image`` leaves free."""
     return F.max_pool2d(eye_boxes(size, device), 2 * margin + 1, stride=1, padding=margin)
+
+
+def eye_cell_mask(size: int, grid: int) -> torch.Tensor:
+    """[1,1,g,g] 0/1: the token cells over the eyes, those that ``eye_boxes`` covers for more than a quarter of
+    their area (tiny: cells 26-29, the same cells as the step decoder's ``eye_cells``)."""
+    cover = F.adaptive_avg_pool2d(eye_boxes(size), grid)
+    return (cover > 0.25).float()
 
 
 class EyeRefiner(nn.Module):
@@ -288,6 +298,20 @@ class Tokenizer(nn.Module):
         self.pix = PixelPath(dec[-1]) if cfg.ref_pixels else None
         self.head = nn.Sequential(_gn(dec[-1]), nn.SiLU(), nn.Conv2d(dec[-1], 3, 3, padding=1))
         self.eyes = EyeRefiner(cfg.image_size, dec[-1], cfg.eye_refiner) if cfg.eye_refiner else None
+        if cfg.eye_unblend:
+            if not (cfg.ref_pixels and cfg.eye_code):
+                raise ValueError("eye_unblend needs ref_pixels (a pixel path to hold back) and eye_code (what "
+                                 "a shut eye token is)")
+            open_max = int(cfg.eye_code[0])
+            if not 0 <= open_max < levels - 1:
+                raise ValueError(f"eye_code open_max {open_max} must leave a level above it (levels 0..{levels - 1})")
+            # token k is shut when every FSQ digit is above open_max; only the cells over the eyes count
+            shut = torch.ones(cfg.codebook_size)
+            for i in range(FSQ_DIMS):
+                shut *= ((torch.arange(cfg.codebook_size) // levels ** i) % levels > open_max).float()
+            self.register_buffer("shut_table", shut[:, None], persistent=False)  # [K, 1]
+            self.register_buffer("eye_cell_mask", eye_cell_mask(cfg.image_size, cfg.grid), persistent=False)
+            self.register_buffer("unblend_area", grown_eye_boxes(cfg.image_size), persistent=False)
 
     # ---- encoder side ----
     def encode_latent(self, image: torch.Tensor) -> torch.Tensor:
@@ -319,8 +343,27 @@ class Tokenizer(nn.Module):
         return [image, *feats] if self.pix is not None else feats
 
     # ---- decoder side ----
-    def decode_codes(self, codes: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
-        """code vectors [B, code_dim, g, g] + refs -> image [B,3,S,S] in 0..1."""
+    def unblend_map(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """tokens int [B, N] -> keep [B,1,S,S] for the pixel path's masks: 0 inside the grown eye boxes near an
+        eye cell whose token is in ``eye_code``'s shut corner, 1 elsewhere (None without ``eye_unblend``).
+
+        Why: the pixel path blends about half of the portrait's own eye pixels (open eyes) and their fine detail
+        into the eye boxes whatever the tokens say, so a shut eye the decoder draws from the eye code shows
+        faintly, and on some faces (glasses, soft photos) not at all. Where the tokens say shut, the eye is
+        drawn by the decoder alone. A shut cell's state spreads half a cell (a max filter) so the whole grown
+        box around an eye follows its cells. Static ops only: Gather, Resize (nearest), MaxPool, Mul.
+        """
+        if not self.cfg.eye_unblend:
+            return None
+        g, k = self.cfg.grid, self.cfg.downsample
+        shut = F.embedding(tokens.long(), self.shut_table).reshape(tokens.shape[0], 1, g, g) * self.eye_cell_mask
+        shut = F.interpolate(shut, scale_factor=float(k), mode="nearest")  # [B,1,S,S]
+        shut = F.max_pool2d(shut, 2 * (k // 2) + 1, stride=1, padding=k // 2)
+        return 1.0 - shut * self.unblend_area
+
+    def decode_codes(self, codes: torch.Tensor, refs: list[torch.Tensor], keep: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+        """code vectors [B, code_dim, g, g] + refs -> image [B,3,S,S] in 0..1 (``keep``: ``unblend_map``)."""
         x = self.from_code(codes)
         portrait = refs[0] if self.pix is not None else None
         refs = (refs[1:] if self.pix is not None else refs)[::-1]  # coarse first
@@ -335,14 +378,15 @@ class Tokenizer(nn.Module):
             if i == self.flow_stage:
                 flow = self.align.flow(x)
         gen = torch.sigmoid(self.head(F.interpolate(x, scale_factor=2.0, mode="nearest")))
-        img = gen if self.pix is None else self.pix(x, gen, portrait, flow)
+        img = gen if self.pix is None else self.pix(x, gen, portrait, flow, keep)
         return img if self.eyes is None else self.eyes(img, x)
 
     def decode(self, tokens: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         """tokens int [B, N] + refs -> image [B,3,S,S] in 0..1."""
         g = self.cfg.grid
         codes = F.embedding(tokens.long(), self.codes())  # [B, N, code_dim]
-        return self.decode_codes(codes.transpose(1, 2).reshape(tokens.shape[0], -1, g, g), refs)
+        return self.decode_codes(codes.transpose(1, 2).reshape(tokens.shape[0], -1, g, g), refs,
+                                 self.unblend_map(tokens))
 
     # ---- training ----
     def forward(self, image: torch.Tensor, ref_image: torch.Tensor, replace: torch.Tensor | None = None
@@ -370,7 +414,8 @@ class Tokenizer(nn.Module):
         z_q = self.from_fsq(vals.movedim(1, -1)).movedim(-1, 1)  # [B, code_dim, g, g]
         zero = zb.sum() * 0.0
         vq, commit = zero, zero
-        recon = self.decode_codes(z_q, self.reference(ref_image))
+        shown = idx if replace is None else torch.where(replace >= 0, replace, idx)  # the tokens decoded
+        recon = self.decode_codes(z_q, self.reference(ref_image), self.unblend_map(shown))
         counts = torch.bincount(idx.flatten(), minlength=self.cfg.codebook_size).float()
         probs = counts / counts.sum()
         if self.training:

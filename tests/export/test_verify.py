@@ -199,3 +199,42 @@ def test_eye_refiner_graph_matches_pytorch(tmp_path):
         without = model.tokenizer.decode(tokens, refs)
         model.tokenizer.eyes = eyes
     assert (with_eyes - without).abs().max() > 1e-3
+
+
+def test_eye_unblend_graph_matches_pytorch(tmp_path):
+    """tokenizer.eye_unblend inside the exported tokenizer_decoder (Gather of a shut table, nearest Resize,
+    MaxPool): ONNX Runtime equals PyTorch on fresh random inputs, and on a feed whose eye cells hold the shut
+    token, which the unblend visibly changes."""
+    import dataclasses
+
+    import torch
+
+    from eartalking import config
+    from eartalking.export.onnx import export_all
+    from eartalking.model.checkpoint import random_model
+
+    cfg = config.preset("test_small")
+    cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, eye_code=(1,), eye_unblend=True))
+    model = random_model(cfg, seed=int(np.random.default_rng().integers(1 << 30)))
+    with torch.no_grad():  # a pixel path that blends (its masks start at zero)
+        model.tokenizer.pix.mix_img.bias.uniform_(0.3, 0.7)
+    export_all(model, cfg, tmp_path, {"preset": "test_small", "random_seed": 0})
+    run = V.ort_runner(tmp_path)
+    checks, cases = parity.graph_parity(model, cfg, run, np.random.default_rng(), graphs=["tokenizer_decoder"])
+    assert _failed(checks) == [] and checks
+    feed = dict(cases["tokenizer_decoder"][0])
+    cells = [int(i) for i in torch.nonzero(model.tokenizer.eye_cell_mask.flatten()).flatten()]
+    shut = feed["tokens"].copy()
+    shut[:, cells] = cfg.tokenizer.codebook_size - 1
+    feed["tokens"] = shut
+    ref = parity.torch_reference(model, "tokenizer_decoder", feed, ["image"])["image"]
+    got = run("tokenizer_decoder", feed)["image"]
+    check = parity.compare("tokenizer_decoder", "image", "graph", got, ref, parity.tolerance("float32"))
+    assert _failed([check]) == []
+    with torch.no_grad():  # the same weights and tokens with the portrait blended as before (no keep map)
+        toks = torch.from_numpy(shut).long()
+        refs = [torch.from_numpy(feed[k]) for k in feed if k != "tokens"]
+        blended = model.tokenizer.decode_codes(
+            torch.nn.functional.embedding(toks, model.tokenizer.codes()).transpose(1, 2).reshape(
+                toks.shape[0], -1, cfg.tokenizer.grid, cfg.tokenizer.grid), refs).numpy()
+    assert np.abs(blended - ref).max() > 1e-3

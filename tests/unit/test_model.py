@@ -736,3 +736,71 @@ def test_eye_refiner_changes_only_the_eye_boxes_and_starts_as_identity():
     inside = grown_eye_boxes(S).bool().expand_as(a)
     assert torch.equal(b[~inside], a[~inside])
     assert (b[inside] - a[inside]).abs().mean() > 1e-3
+
+
+def _unblend_pair(seed: int):
+    """(plain, unblend) test_small tokenizers with the same random weights, an eye code and a pixel path that
+    blends (its masks start at zero, so their biases are set), + the eye cells and the shut token."""
+    import dataclasses
+
+    from eartalking.model.tokenizer import Tokenizer
+
+    cfg = dataclasses.replace(config.preset("test_small").tokenizer, eye_code=(1,))
+    torch.manual_seed(seed)
+    plain = Tokenizer(cfg).eval()
+    with torch.no_grad():
+        plain.pix.mix_img.bias.uniform_(0.3, 0.7)
+        torch.nn.init.normal_(plain.pix.mix_img.weight, std=0.1)
+    unb = Tokenizer(dataclasses.replace(cfg, eye_unblend=True)).eval()
+    unb.load_state_dict(plain.state_dict())  # no new weights: the same state dict loads strictly
+    cells = [int(i) for i in torch.nonzero(unb.eye_cell_mask.flatten()).flatten()]
+    return cfg, plain, unb, cells, cfg.codebook_size - 1  # token K-1: every digit at the top level (shut)
+
+
+def test_eye_cell_mask_matches_the_step_decoders_eye_cells():
+    from eartalking.model.tokenizer import eye_cell_mask
+    from eartalking.train.decoder import eye_cells
+
+    for name in ("tiny", "test_small"):
+        cfg = config.preset(name)
+        t = cfg.tokenizer
+        got = [int(i) for i in torch.nonzero(eye_cell_mask(t.image_size, t.grid).flatten()).flatten()]
+        assert got == eye_cells(cfg) and got
+
+
+def test_eye_unblend_changes_only_the_eye_boxes_of_shut_eye_tokens():
+    """tokenizer.eye_unblend: with open eye tokens the decoded image is bit-identical to the same weights without
+    it; with the eye cells in the shut corner, pixels outside the grown eye boxes are unchanged and those inside
+    equal what the decoder draws with no pixel path blend at all (the portrait's open eyes are held back)."""
+    from eartalking.model.tokenizer import grown_eye_boxes
+
+    cfg, plain, unb, cells, shut = _unblend_pair(int(np.random.default_rng().integers(1 << 30)))
+    S, K, L = cfg.image_size, cfg.codebook_size, plain.levels
+    refs = plain.reference(torch.rand(2, 3, S, S))
+    tokens = torch.randint(0, K, (2, cfg.tokens_per_frame))
+    digits = torch.stack([(tokens // L ** i) % L for i in range(3)])
+    open_ = torch.where(digits[0] > cfg.eye_code[0], tokens - (digits[0] - cfg.eye_code[0]), tokens)  # out of corner
+    inside = grown_eye_boxes(S).bool().expand(2, 3, S, S)
+    with torch.no_grad():
+        assert torch.equal(unb.decode(open_, refs), plain.decode(open_, refs))
+        shut_t = open_.clone()
+        shut_t[:, cells] = shut
+        a, b = plain.decode(shut_t, refs), unb.decode(shut_t, refs)
+        assert torch.equal(b[~inside], a[~inside])
+        assert (b[inside] - a[inside]).abs().mean() > 1e-3  # the blend did move these pixels
+        for conv in (plain.pix.mix_img, plain.pix.mix_map):  # no blend anywhere: the decoder's own drawing
+            conv.weight.zero_()
+            conv.bias.zero_()
+        torch.testing.assert_close(b[inside], plain.decode(shut_t, refs)[inside], atol=1e-6, rtol=0)
+
+
+def test_eye_unblend_needs_a_pixel_path_and_an_eye_code():
+    import dataclasses
+
+    from eartalking.model.tokenizer import Tokenizer
+
+    t = config.preset("test_small").tokenizer
+    with pytest.raises(ValueError, match="eye_unblend needs"):
+        Tokenizer(dataclasses.replace(t, eye_unblend=True))  # no eye_code
+    with pytest.raises(ValueError, match="eye_unblend needs"):
+        Tokenizer(dataclasses.replace(t, eye_unblend=True, eye_code=(1,), ref_pixels=False))
