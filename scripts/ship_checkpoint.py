@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
                         "the portrait's before rounding, so the image side draws the mouth moves the step decoder "
                         "predicts large enough to see; default: none (1). Choose it with "
                         "scripts/code_mean_sweep.py --mouth-gains")
+    p.add_argument("--eye-unblend", action="store_true",
+                   help="ship with tokenizer.eye_unblend on (no weights): over eye cells whose token is the eye "
+                        "code's shut corner the pixel path does not blend in the portrait's open eyes; needs an "
+                        "eye-coded tokenizer with a pixel path. Measure it first (scripts/blink_requests.py)")
     p.add_argument("--code-mean-temperature", type=positive, default=None, metavar="T",
                    help="softmax temperature of code_mean (decoder.code_mean_temperature, > 0; default: keep the "
                         "run's). Choose it on a validation corpus with scripts/code_mean_sweep.py")
@@ -117,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg.decoder.code_mean_gain_cells = tuple(mouth_cells(cfg))
         cfg.decoder.code_mean_gain = args.mouth_gain
         print(f"code_mean gain {args.mouth_gain} on cells {list(cfg.decoder.code_mean_gain_cells)}")
+    if args.eye_unblend:
+        if not (cfg.tokenizer.eye_code and cfg.tokenizer.ref_pixels):
+            print("refusing: --eye-unblend needs an eye-coded tokenizer (tokenizer.eye_code) with a pixel path "
+                  "(tokenizer.ref_pixels)", file=sys.stderr)
+            return 2
+        cfg.tokenizer.eye_unblend = True
+        print("eye unblend: no portrait pixels over shut eye cells")
     model = checkpoint.random_model(cfg, seed=0)  # the final config's modules and buffers (anchors) ...
     missing, unexpected = model.load_state_dict(state, strict=False)  # ... with the trained weights
     if missing or unexpected:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from eartalking.cli import UserError
 from eartalking.config import CONTROL_NAMES, preset
-from eartalking.model.tokenizer import eye_boxes, grown_eye_boxes
+from eartalking.model.tokenizer import FSQ_DIMS, eye_boxes, grown_eye_boxes
 from eartalking.train import common
 
 WEIGHTS = "tokenizer.safetensors"
@@ -145,6 +145,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only-eye-refiner", action="store_true",
                    help="train the eye refiner alone (needs --eye-refiner and --init): every pixel outside the "
                         "eye boxes stays what --init draws")
+    p.add_argument("--eye-unblend", action="store_true",
+                   help="train with tokenizer.eye_unblend on (needs --eye-code; recorded in config.json): over eye "
+                        "cells whose token says shut, the pixel path does not blend the portrait's open eyes in, so "
+                        "the eye loss reaches what the decoder draws there")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
@@ -553,6 +557,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--only-eye-refiner trains an eye refiner on top of an --init image side: it needs "
                         f"--eye-refiner W > 0 and --init (got --eye-refiner {args.eye_refiner})")
     cfg.tokenizer.eye_refiner = args.eye_refiner
+    if args.eye_unblend and args.eye_code is None:
+        raise UserError("--eye-unblend holds the portrait back over shut eye tokens: it needs --eye-code OPEN_MAX "
+                        "(what a shut eye token is)")
+    levels = round(cfg.tokenizer.codebook_size ** (1 / FSQ_DIMS))
+    eye_code = check_eye_code(args.eye_code, levels) if args.eye_code is not None else ()
+    cfg.tokenizer.eye_code, cfg.tokenizer.eye_unblend = eye_code, bool(args.eye_unblend)
     train = common.load_corpus(args.data, "train", args.limit_clips, size=cfg.tokenizer.image_size)
     held = common.load_heldout(args.data, train, 24, size=cfg.tokenizer.image_size)
     tok = Tokenizer(cfg.tokenizer).to(device)
@@ -567,12 +577,10 @@ def run(args: argparse.Namespace) -> int:
     if args.decoder_tokens and not args.freeze_encoder:
         raise UserError("--decoder-tokens gives the step decoder's picks of the frozen encoder's tokens: it needs "
                         "--freeze-encoder")
-    eye_code = check_eye_code(args.eye_code, tok.levels) if args.eye_code is not None else ()
     if eye_code and not args.freeze_encoder:
         raise UserError("--eye-code rewrites the frozen encoder's eye tokens: it needs --freeze-encoder")
     if eye_code and args.decoder_tokens:
         raise UserError("--eye-code and --decoder-tokens both replace tokens: use one of them")
-    cfg.tokenizer.eye_code = eye_code  # tok.cfg is this same object
     if not 0.0 <= args.decoder_token_share <= 1.0:
         raise UserError(f"--decoder-token-share must be in 0..1, got {args.decoder_token_share}")
     if args.init:

@@ -86,3 +86,27 @@ def test_ship_checkpoint_sets_the_decoding_options_and_keeps_the_weights(tmp_pat
         main(["--decoder", str(tmp_path / "dec"), "--out", str(tmp_path / "bad"), "--runs",
               "--code-mean-temperature", "0"])
     assert not (tmp_path / "bad").exists()
+
+
+def test_ship_checkpoint_eye_unblend_needs_an_eye_code_and_keeps_the_weights(tmp_path):
+    """--eye-unblend: refused (exit 2, nothing written) for a tokenizer without an eye code; with one it lands in
+    the shipped config and every weight stays byte-identical (it adds no weights)."""
+    import dataclasses
+
+    from eartalking import config
+    from eartalking.model import checkpoint
+
+    cfg = config.preset("test_small")
+    model = checkpoint.random_model(cfg, seed=int(np.random.default_rng().integers(1 << 20)))
+    checkpoint.save(tmp_path / "plain", model, cfg, metadata={})
+    main = _ship_main()
+    assert main(["--decoder", str(tmp_path / "plain"), "--out", str(tmp_path / "bad"), "--runs", "--eye-unblend"]) == 2
+    assert not (tmp_path / "bad").exists()
+    cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, eye_code=(1,)))
+    checkpoint.save(tmp_path / "coded", model, cfg, metadata={})
+    assert main(["--decoder", str(tmp_path / "coded"), "--out", str(tmp_path / "ship"), "--runs", "--eye-unblend"]) == 0
+    shipped, scfg = checkpoint.load(tmp_path / "ship")
+    assert scfg.tokenizer.eye_unblend
+    assert shipped.tokenizer.unblend_map(torch.zeros(1, cfg.tokens_per_frame, dtype=torch.long)) is not None
+    a, b = model.state_dict(), shipped.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -742,3 +742,20 @@ def test_only_eye_refiner_trains_the_refiner_alone(tokenizer_runs, corpus_dir, t
     assert [k for k in before if not torch.equal(before[k], after[k])] == ["code_usage"]
     assert after["eyes.net.4.weight"].abs().max() > 0  # off its zero start
     assert ModelConfig.load(out / "config.json").tokenizer.eye_refiner == 8
+
+
+def test_eye_unblend_flag_needs_an_eye_code_and_is_recorded(tokenizer_runs, corpus_dir, tmp_path, capsys):
+    """train-tokenizer --eye-unblend: refused by name without --eye-code (before the corpus loads); with it the
+    run trains with the unblend on (here the eye refiner alone) and its config.json records it."""
+    from eartalking.config import ModelConfig
+
+    init = str(tokenizer_runs["out"])
+    assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + ["--eye-unblend", "--init", init,
+                                                              "--freeze-encoder"]) == 2
+    assert "--eye-code" in capsys.readouterr().err and not (tmp_path / "bad" / "config.json").exists()
+    out = tmp_path / "ub"
+    assert main(_tok_args(corpus_dir, out, 2) + ["--init", init, "--freeze-encoder", "--eye-code", "1",
+                                                 "--eye-unblend", "--eye-refiner", "8", "--only-eye-refiner",
+                                                 "--blink-share", "0.5", "--bf16", "off"]) == 0
+    t = ModelConfig.load(out / "config.json").tokenizer
+    assert t.eye_unblend and t.eye_code == (1,) and t.eye_refiner == 8
