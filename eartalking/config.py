@@ -57,9 +57,10 @@ class TokenizerConfig:
     #: residual inside the eye boxes only (grown by 3 px), so the eyes can be re-taught (shut eyes drawn
     #: visibly) while every pixel outside them stays bit-identical (0 = none)
     eye_refiner: int = 0
-    #: the pixel path does not blend the portrait's (open) eyes into the eye boxes over an eye cell whose token
-    #: says shut (``eye_code``'s corner): there the image is what the decoder drew from the tokens
-    #: (``Tokenizer.unblend_map``; needs ``ref_pixels`` and ``eye_code``). No weights; off = unchanged
+    #: the pixel path does not blend the portrait's own (open) eye pixels into the frame near an eye cell whose
+    #: token says shut (``eye_code``'s corner): there the eyes are what the decoder drew from the tokens
+    #: (``Tokenizer.shut_map``, ``portrait_eyes``; needs ``ref_pixels`` and ``eye_code``). No weights; off =
+    #: unchanged
     eye_unblend: bool = False
     commitment: float = 0.25
     #: eye state in the eye cells' tokens (``train-tokenizer --eye-code``, ``eartalking/train/eye_code.py``):
@@ -159,6 +160,16 @@ class DecoderConfig:
     #: Other cells stay bit-identical; sampling (temperature > 0) does not use it. Baked into the step graph.
     code_mean_gain_cells: tuple[int, ...] = ()
     code_mean_gain: float = 1.0
+    #: the eye cells of an eye-coded checkpoint (``tokenizer.eye_code``) picked as one binary state: at
+    #: temperature 0 they are all shut (every FSQ digit above ``eye_state_open_max``) when their mean predicted
+    #: mass on that shut corner is above ``eye_state_threshold``, else all open (none in the corner); within the
+    #: state each cell takes ``code_mean`` over that state's tokens. Why: ``code_mean`` averages digits, so 30%
+    #: shut mass on top of open-eye tokens with high digits rounds into the shut corner, and for some faces the
+    #: eyes read shut in every frame (``scripts/ship_checkpoint.py --eye-state-threshold``). () = none. Sampling
+    #: (temperature > 0) does not use it. Baked into the step graph.
+    eye_state_cells: tuple[int, ...] = ()
+    eye_state_open_max: int = 0
+    eye_state_threshold: float = 0.5
     #: token cells (row-major on the token grid) whose *previous-frame* input is always the portrait's token:
     #: with the mouth and eyes here the decoder cannot copy them forward, so it must draw the mouth from the
     #: audio and the eyes from the blink control (trained with ``train --region-drop``). () = none.

@@ -111,13 +111,18 @@ def graph_metadata(cfg: ModelConfig, spec: S.GraphSpec, weights_sha: str) -> dic
         "code_mean_gain_cells": ",".join(map(str, cfg.decoder.code_mean_gain_cells)),
         "code_mean_gain": str(cfg.decoder.code_mean_gain),
         "isolated_cells": ",".join(map(str, cfg.decoder.isolated_cells)),
+        "eye_state_cells": ",".join(map(str, cfg.decoder.eye_state_cells)),
+        "eye_state_threshold": str(cfg.decoder.eye_state_threshold),
+        "eye_unblend": str(cfg.tokenizer.eye_unblend).lower(),
         "isolated_controls": ",".join(cfg.decoder.isolated_controls),
         "sampling": f"{cfg.decoder.greedy} at temperature 0 (code_mean: round the expected FSQ digits under "
                     f"softmax(logits / {cfg.decoder.code_mean_temperature})"
                     + (f"; cells {list(cfg.decoder.code_mean_cells)} at {cfg.decoder.code_mean_cells_temperature}"
                        if cfg.decoder.code_mean_cells else "")
                     + (f"; cells {list(cfg.decoder.code_mean_gain_cells)} moved from the portrait's digits by x"
-                       f"{cfg.decoder.code_mean_gain}" if cfg.decoder.code_mean_gain_cells else "") + "); "
+                       f"{cfg.decoder.code_mean_gain}" if cfg.decoder.code_mean_gain_cells else "")
+                    + (f"; cells {list(cfg.decoder.eye_state_cells)} as one shut/open state at "
+                       f"{cfg.decoder.eye_state_threshold} shut mass" if cfg.decoder.eye_state_cells else "") + "); "
                     "else argmax(topk(logits, top_k)/temperature + gumbel)",
     })
     return meta

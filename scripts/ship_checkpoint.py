@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
                         "the portrait's before rounding, so the image side draws the mouth moves the step decoder "
                         "predicts large enough to see; default: none (1). Choose it with "
                         "scripts/code_mean_sweep.py --mouth-gains")
+    p.add_argument("--eye-state-threshold", type=positive, default=None, metavar="P",
+                   help="pick the eye cells as one binary state (decoder.eye_state_cells = the eye cells, "
+                        "decoder.eye_state_open_max from tokenizer.eye_code, decoder.eye_state_threshold = P in "
+                        "(0, 1)): all shut when their mean shut mass is above P, else all open; for an eye-coded "
+                        "tokenizer, whose shut eye code_mean alone can round into from open-eye tokens; default: "
+                        "none")
     p.add_argument("--eye-unblend", action="store_true",
                    help="ship with tokenizer.eye_unblend on (no weights): over eye cells whose token is the eye "
                         "code's shut corner the pixel path does not blend in the portrait's open eyes; needs an "
@@ -121,6 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg.decoder.code_mean_gain_cells = tuple(mouth_cells(cfg))
         cfg.decoder.code_mean_gain = args.mouth_gain
         print(f"code_mean gain {args.mouth_gain} on cells {list(cfg.decoder.code_mean_gain_cells)}")
+    if args.eye_state_threshold is not None:
+        from eartalking.train.decoder import eye_cells
+
+        if not cfg.tokenizer.eye_code or not args.eye_state_threshold < 1.0:
+            print("refusing: --eye-state-threshold needs an eye-coded tokenizer (tokenizer.eye_code) and a "
+                  f"threshold in (0, 1), got {args.eye_state_threshold}", file=sys.stderr)
+            return 2
+        cfg.decoder.eye_state_cells = tuple(eye_cells(cfg))
+        cfg.decoder.eye_state_open_max = int(cfg.tokenizer.eye_code[0])
+        cfg.decoder.eye_state_threshold = args.eye_state_threshold
+        print(f"eye state cells {list(cfg.decoder.eye_state_cells)}: shut above {args.eye_state_threshold} mass")
     if args.eye_unblend:
         if not (cfg.tokenizer.eye_code and cfg.tokenizer.ref_pixels):
             print("refusing: --eye-unblend needs an eye-coded tokenizer (tokenizer.eye_code) with a pixel path "

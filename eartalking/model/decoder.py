@@ -118,6 +118,19 @@ class StepDecoder(nn.Module):
         self.code_mean_gain = float(d.code_mean_gain)
         self.register_buffer("code_mean_gain_cells", self._cell_mask("code_mean_gain_cells", d.code_mean_gain_cells),
                              persistent=False)
+        self.register_buffer("eye_state_cells", self._cell_mask("eye_state_cells", d.eye_state_cells),
+                             persistent=False)
+        levels = round(self.K ** (1 / FSQ_DIMS))
+        if d.eye_state_cells and not 0 <= d.eye_state_open_max < levels - 1:
+            raise ValueError(f"decoder.eye_state_open_max {d.eye_state_open_max} must leave a level above it "
+                             f"(levels 0..{levels - 1})")
+        if not 0.0 < d.eye_state_threshold < 1.0:
+            raise ValueError(f"decoder.eye_state_threshold must be in (0, 1), got {d.eye_state_threshold}")
+        self.eye_state_threshold = float(d.eye_state_threshold)
+        k = torch.arange(self.K)
+        corner = torch.stack([(k // levels ** i) % levels > d.eye_state_open_max for i in range(FSQ_DIMS)]).all(0)
+        self.register_buffer("eye_state_shut", corner, persistent=False)  # [K]: the shut corner's tokens
+        self.eye_state_open_max = int(d.eye_state_open_max)
         std = 0.02
         self.null_embedding = nn.Parameter(torch.randn(self.C, D) * std)
         self.control_weight = nn.Parameter(torch.randn(self.C, D) * std)
@@ -177,8 +190,13 @@ class StepDecoder(nn.Module):
         """logits [B,N,K] -> tokens int64 [B,N] with this decoder's top_k, greedy rule, code_mean temperature and
         gain (``select``; ``ref_tokens`` [B,N] = the portrait's tokens, what the gain moves away from). Every
         path (stream, reference, torch backend, export) picks through here."""
-        return select(logits, temperature, gumbel, self.top_k, self.greedy, self.cell_temperatures(),
-                      self.cell_gains(), ref_tokens)
+        tokens = select(logits, temperature, gumbel, self.top_k, self.greedy, self.cell_temperatures(),
+                        self.cell_gains(), ref_tokens)
+        if self.greedy != "code_mean" or not bool(self.eye_state_cells.any()):
+            return tokens
+        joint = state_pick(logits, self.eye_state_cells, self.eye_state_shut, self.eye_state_open_max,
+                           self.eye_state_threshold, self.cell_temperatures())
+        return torch.where(self.eye_state_cells[None, :] & (temperature == 0), joint, tokens)
 
     def cell_gains(self) -> torch.Tensor | None:
         """``code_mean``'s gain, float [N] (``code_mean_gain`` at the ``code_mean_gain_cells``, 1 elsewhere), or
@@ -331,19 +349,37 @@ def teacher_prev_tokens(ref_tokens: torch.Tensor, frame_tokens: torch.Tensor) ->
 GREEDY = ("argmax", "code_mean")
 
 
-def code_mean(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0, gain: torch.Tensor | None = None,
-              ref_tokens: torch.Tensor | None = None) -> torch.Tensor:
-    """logits [..., N, K] with K = L**FSQ_DIMS -> the token whose FSQ digits are the rounded expected digits under
-    softmax(logits / temperature), int64 [..., N]. ``temperature``: a float, or float [N], one per token cell
-    (``decoder.code_mean_cells``). ``gain`` float [N] with ``ref_tokens`` int [..., N]: where gain != 1 the
-    expected digits d become r + gain (d - r) before rounding, r = the digits of ``ref_tokens`` (the portrait's),
-    so a cell's move away from the portrait is scaled (``decoder.code_mean_gain``); other cells are untouched.
+def state_pick(logits: torch.Tensor, cells: torch.Tensor, shut: torch.Tensor, open_max: int, threshold: float,
+               temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """logits [B,N,K] -> int64 [B,N]: the ``cells`` (bool [N]) picked as one binary state (``decoder.eye_state_*``).
 
-    Token k has digits (k // L**i) % L (``Tokenizer.quantize_indices``) and its code vector is linear in them,
-    so rounding the expected digits picks the grid point nearest the mean code under the predicted
-    distribution. Unlike argmax it follows the probability mass: 40% spread over open-mouth tokens moves the
-    choice toward them even when one closed-mouth token is the single most likely.
+    The group's mean softmax mass on the ``shut`` tokens (bool [K], the corner where every FSQ digit is above
+    ``open_max``) decides: above ``threshold`` every group cell takes ``code_mean`` over the shut tokens alone
+    (its expected digits stay in the corner), else ``code_mean`` over the other tokens, with the first digit
+    capped at ``open_max`` where the rounded expected digits would still land in the corner. Cells outside the
+    group get the same rule but are meant to be ignored (``StepDecoder.pick`` takes only the group's). Static
+    ops: Softmax, masked logits, MatMul, Where.
     """
+    lg = logits.float()
+    c = cells.to(lg.dtype)
+    mass = (torch.softmax(lg, dim=-1) * shut.to(lg.dtype)).sum(-1)  # [B,N]
+    is_shut = (mass * c).sum(-1, keepdim=True) / c.sum().clamp_min(1.0) > threshold  # [B,1]
+    neg = torch.full_like(lg, -1e9)
+    shut_tok = code_mean(torch.where(shut, lg, neg), temperature)
+    e = code_mean_digits(torch.where(shut, neg, lg), temperature)  # [B,N,d] rounded
+    K = int(lg.shape[-1])
+    L = round(K ** (1 / FSQ_DIMS))
+    in_corner = (e > open_max).all(-1)  # [B,N]
+    e = torch.cat([torch.where(in_corner, torch.full_like(e[..., 0], float(open_max)), e[..., 0])[..., None],
+                   e[..., 1:]], dim=-1)
+    weights = torch.tensor([L ** i for i in range(FSQ_DIMS)], dtype=torch.float32, device=lg.device)
+    open_tok = (e * weights).sum(-1).to(torch.int64)
+    return torch.where(is_shut, shut_tok, open_tok)
+
+
+def code_mean_digits(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0, gain: torch.Tensor | None = None,
+                     ref_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """``code_mean``'s rounded expected FSQ digits, float [..., N, FSQ_DIMS] (digit i has weight L**i)."""
     K = int(logits.shape[-1])  # static in every graph (codebook size)
     L = round(K ** (1 / FSQ_DIMS))
     if L ** FSQ_DIMS != K:
@@ -366,7 +402,25 @@ def code_mean(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0, gai
         ref = ref_tokens.to(device=logits.device, dtype=torch.float32)[..., None]  # [..., N, 1]
         r = torch.floor(ref / weights) - L * torch.floor(ref / (weights * L))  # [..., N, d]
         e = torch.where(g != 1.0, r + g * (e - r), e)
-    e = torch.round(e).clamp(0, L - 1)  # [..., d]
+    return torch.round(e).clamp(0, L - 1)  # [..., d]
+
+
+def code_mean(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0, gain: torch.Tensor | None = None,
+              ref_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """logits [..., N, K] with K = L**FSQ_DIMS -> the token whose FSQ digits are the rounded expected digits under
+    softmax(logits / temperature), int64 [..., N]. ``temperature``: a float, or float [N], one per token cell
+    (``decoder.code_mean_cells``). ``gain`` float [N] with ``ref_tokens`` int [..., N]: where gain != 1 the
+    expected digits d become r + gain (d - r) before rounding, r = the digits of ``ref_tokens`` (the portrait's),
+    so a cell's move away from the portrait is scaled (``decoder.code_mean_gain``); other cells are untouched.
+
+    Token k has digits (k // L**i) % L (``Tokenizer.quantize_indices``) and its code vector is linear in them,
+    so rounding the expected digits picks the grid point nearest the mean code under the predicted
+    distribution. Unlike argmax it follows the probability mass: 40% spread over open-mouth tokens moves the
+    choice toward them even when one closed-mouth token is the single most likely.
+    """
+    e = code_mean_digits(logits, temperature, gain, ref_tokens)
+    L = round(int(logits.shape[-1]) ** (1 / FSQ_DIMS))
+    weights = torch.tensor([L ** i for i in range(FSQ_DIMS)], dtype=torch.float32, device=logits.device)
     return (e * weights).sum(-1).to(torch.int64)
 
 

@@ -169,16 +169,19 @@ class PixelPath(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor, gen: torch.Tensor, portrait: torch.Tensor, flow: torch.Tensor,
-                keep: torch.Tensor | None = None) -> torch.Tensor:
-        """``keep`` [B,1,S,S] in 0..1 (optional) scales both blend masks per pixel (``Tokenizer.unblend_map``)."""
+                shut: torch.Tensor | None = None, eyes: torch.Tensor | None = None) -> torch.Tensor:
+        """``shut`` [B,1,S,S] in 0..1 and ``eyes`` [1,1,S,S] (both or neither; ``tokenizer.eye_unblend``): where
+        the frame's eye tokens say shut (``shut``), the portrait's eye pixels (``eyes``, in the portrait's
+        frame, warped along the same flow as the portrait) are not blended in."""
         up = lambda t, size: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
         f = up(flow, x.shape[-2:]) + torch.tanh(self.flow(x)) * self.MAX_RESIDUAL
-        w = RefAlign.warp(portrait, up(f, portrait.shape[-2:]))
+        fu = up(f, portrait.shape[-2:])
+        w = RefAlign.warp(portrait, fu)
         detail = w - F.avg_pool2d(w, 3, stride=1, padding=1, count_include_pad=False)
         logits = up(self.mix_map(x), portrait.shape[-2:]) + self.mix_img(torch.cat([w, gen], dim=1))
         m = torch.clamp(logits, 0.0, 1.0)
-        if keep is not None:
-            m = m * keep
+        if shut is not None:
+            m = m * (1.0 - shut * RefAlign.warp(eyes.expand(portrait.shape[0], -1, -1, -1), fu))
         return torch.clamp(gen + m[:, :1] * (w - gen) + m[:, 1:] * detail, 0.0, 1.0)
 
 
@@ -197,6 +200,26 @@ def grown_eye_boxes(size: int, margin: int = 3, device: torch.device | str = "cp
     """``eye_boxes`` grown by ``margin`` px (a max filter): the only pixels ``EyeRefiner`` may change, and the
     ones ``train-tokenizer --keep-image`` leaves free."""
     return F.max_pool2d(eye_boxes(size, device), 2 * margin + 1, stride=1, padding=margin)
+
+
+#: where the aligned portrait's eyes are (``data/faces.py`` TEMPLATE: the crop puts the eye centres there) and
+#: the semi-axes (x, y) of the ellipse around each that covers the eye opening and the lids, as fractions of
+#: the side: the pixels ``eye_unblend`` leaves out of the pixel path when the tokens say shut
+PORTRAIT_EYE_CENTRES = ((0.39, 0.40), (0.61, 0.40))
+PORTRAIT_EYE_AXES = (0.08, 0.05)
+
+
+def portrait_eyes(size: int) -> torch.Tensor:
+    """[1,1,S,S] in 0..1: soft ellipses around the aligned portrait's eyes (``PORTRAIT_EYE_CENTRES`` /
+    ``PORTRAIT_EYE_AXES``; 1 inside 3/4 of the normalised radius^2, ramping to 0 at the ellipse)."""
+    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    out = torch.zeros(size, size)
+    ax, ay = PORTRAIT_EYE_AXES
+    for cx, cy in PORTRAIT_EYE_CENTRES:
+        d = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2
+        out = torch.maximum(out, torch.clamp((1.0 - d) * 4.0, 0.0, 1.0))
+    return out[None, None]
 
 
 def eye_cell_mask(size: int, grid: int) -> torch.Tensor:
@@ -312,6 +335,7 @@ class Tokenizer(nn.Module):
             self.register_buffer("shut_table", shut[:, None], persistent=False)  # [K, 1]
             self.register_buffer("eye_cell_mask", eye_cell_mask(cfg.image_size, cfg.grid), persistent=False)
             self.register_buffer("unblend_area", grown_eye_boxes(cfg.image_size), persistent=False)
+            self.register_buffer("portrait_eyes", portrait_eyes(cfg.image_size), persistent=False)
 
     # ---- encoder side ----
     def encode_latent(self, image: torch.Tensor) -> torch.Tensor:
@@ -343,15 +367,15 @@ class Tokenizer(nn.Module):
         return [image, *feats] if self.pix is not None else feats
 
     # ---- decoder side ----
-    def unblend_map(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        """tokens int [B, N] -> keep [B,1,S,S] for the pixel path's masks: 0 inside the grown eye boxes near an
-        eye cell whose token is in ``eye_code``'s shut corner, 1 elsewhere (None without ``eye_unblend``).
+    def shut_map(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """tokens int [B, N] -> [B,1,S,S] 0/1: 1 inside the grown eye boxes near an eye cell whose token is in
+        ``eye_code``'s shut corner, 0 elsewhere (None without ``eye_unblend``). Where it is 1 the pixel path
+        leaves out the portrait's eye pixels (``PixelPath.forward``).
 
         Why: the pixel path blends about half of the portrait's own eye pixels (open eyes) and their fine detail
-        into the eye boxes whatever the tokens say, so a shut eye the decoder draws from the eye code shows
-        faintly, and on some faces (glasses, soft photos) not at all. Where the tokens say shut, the eye is
-        drawn by the decoder alone. A shut cell's state spreads half a cell (a max filter) so the whole grown
-        box around an eye follows its cells. Static ops only: Gather, Resize (nearest), MaxPool, Mul.
+        into the frame whatever the tokens say, so a shut eye that the decoder draws from the eye code shows
+        faintly, and on some faces not at all. A shut cell's state spreads half a cell (a max filter) so the
+        whole grown box around an eye follows its cells. Static ops only: Gather, Resize (nearest), MaxPool, Mul.
         """
         if not self.cfg.eye_unblend:
             return None
@@ -359,11 +383,11 @@ class Tokenizer(nn.Module):
         shut = F.embedding(tokens.long(), self.shut_table).reshape(tokens.shape[0], 1, g, g) * self.eye_cell_mask
         shut = F.interpolate(shut, scale_factor=float(k), mode="nearest")  # [B,1,S,S]
         shut = F.max_pool2d(shut, 2 * (k // 2) + 1, stride=1, padding=k // 2)
-        return 1.0 - shut * self.unblend_area
+        return shut * self.unblend_area
 
-    def decode_codes(self, codes: torch.Tensor, refs: list[torch.Tensor], keep: torch.Tensor | None = None
+    def decode_codes(self, codes: torch.Tensor, refs: list[torch.Tensor], shut: torch.Tensor | None = None
                      ) -> torch.Tensor:
-        """code vectors [B, code_dim, g, g] + refs -> image [B,3,S,S] in 0..1 (``keep``: ``unblend_map``)."""
+        """code vectors [B, code_dim, g, g] + refs -> image [B,3,S,S] in 0..1 (``shut``: ``shut_map``)."""
         x = self.from_code(codes)
         portrait = refs[0] if self.pix is not None else None
         refs = (refs[1:] if self.pix is not None else refs)[::-1]  # coarse first
@@ -378,7 +402,8 @@ class Tokenizer(nn.Module):
             if i == self.flow_stage:
                 flow = self.align.flow(x)
         gen = torch.sigmoid(self.head(F.interpolate(x, scale_factor=2.0, mode="nearest")))
-        img = gen if self.pix is None else self.pix(x, gen, portrait, flow, keep)
+        eyes = self.portrait_eyes if shut is not None else None
+        img = gen if self.pix is None else self.pix(x, gen, portrait, flow, shut, eyes)
         return img if self.eyes is None else self.eyes(img, x)
 
     def decode(self, tokens: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
@@ -386,7 +411,7 @@ class Tokenizer(nn.Module):
         g = self.cfg.grid
         codes = F.embedding(tokens.long(), self.codes())  # [B, N, code_dim]
         return self.decode_codes(codes.transpose(1, 2).reshape(tokens.shape[0], -1, g, g), refs,
-                                 self.unblend_map(tokens))
+                                 self.shut_map(tokens))
 
     # ---- training ----
     def forward(self, image: torch.Tensor, ref_image: torch.Tensor, replace: torch.Tensor | None = None
@@ -415,7 +440,7 @@ class Tokenizer(nn.Module):
         zero = zb.sum() * 0.0
         vq, commit = zero, zero
         shown = idx if replace is None else torch.where(replace >= 0, replace, idx)  # the tokens decoded
-        recon = self.decode_codes(z_q, self.reference(ref_image), self.unblend_map(shown))
+        recon = self.decode_codes(z_q, self.reference(ref_image), self.shut_map(shown))
         counts = torch.bincount(idx.flatten(), minlength=self.cfg.codebook_size).float()
         probs = counts / counts.sum()
         if self.training:

@@ -89,8 +89,9 @@ def test_ship_checkpoint_sets_the_decoding_options_and_keeps_the_weights(tmp_pat
 
 
 def test_ship_checkpoint_eye_unblend_needs_an_eye_code_and_keeps_the_weights(tmp_path):
-    """--eye-unblend: refused (exit 2, nothing written) for a tokenizer without an eye code; with one it lands in
-    the shipped config and every weight stays byte-identical (it adds no weights)."""
+    """--eye-unblend and --eye-state-threshold: refused (exit 2, nothing written) for a tokenizer without an eye
+    code; with one they land in the shipped config (the state cells are the eye cells, their open_max the eye
+    code's) and every weight stays byte-identical (they add no weights)."""
     import dataclasses
 
     from eartalking import config
@@ -104,9 +105,17 @@ def test_ship_checkpoint_eye_unblend_needs_an_eye_code_and_keeps_the_weights(tmp
     assert not (tmp_path / "bad").exists()
     cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, eye_code=(1,)))
     checkpoint.save(tmp_path / "coded", model, cfg, metadata={})
-    assert main(["--decoder", str(tmp_path / "coded"), "--out", str(tmp_path / "ship"), "--runs", "--eye-unblend"]) == 0
+    assert main(["--decoder", str(tmp_path / "plain"), "--out", str(tmp_path / "bad2"), "--runs",
+                 "--eye-state-threshold", "0.5"]) == 2
+    assert not (tmp_path / "bad2").exists()
+    assert main(["--decoder", str(tmp_path / "coded"), "--out", str(tmp_path / "ship"), "--runs", "--eye-unblend",
+                 "--eye-state-threshold", "0.4"]) == 0
     shipped, scfg = checkpoint.load(tmp_path / "ship")
-    assert scfg.tokenizer.eye_unblend
-    assert shipped.tokenizer.unblend_map(torch.zeros(1, cfg.tokens_per_frame, dtype=torch.long)) is not None
+    from eartalking.train.decoder import eye_cells
+
+    assert scfg.tokenizer.eye_unblend and scfg.decoder.eye_state_cells == tuple(eye_cells(scfg))
+    assert scfg.decoder.eye_state_open_max == 1 and scfg.decoder.eye_state_threshold == 0.4
+    assert bool(shipped.decoder.eye_state_cells.any())
+    assert shipped.tokenizer.shut_map(torch.zeros(1, cfg.tokens_per_frame, dtype=torch.long)) is not None
     a, b = model.state_dict(), shipped.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -121,14 +121,17 @@ def test_tensorrt_plans_match_onnxruntime(exported, tmp_path):
     assert V.run(_args(out, backend="tensorrt", engines=str(tmp_path))) == 0
 
 
-@pytest.mark.parametrize("cm_temp,cells,isolated,gained", [(1.0, (), (), ()), (1.7, (), (), ()),
-                                                         (1.7, (0, 5, 6), (), ()), (1.3, (5, 6), (5, 6), ()),
-                                                         (1.3, (5, 6), (5, 6), (1, 9, 10))])
-def test_code_mean_greedy_graph_matches_pytorch(tmp_path, cm_temp, cells, isolated, gained):
+@pytest.mark.parametrize("cm_temp,cells,isolated,gained,state", [(1.0, (), (), (), ()), (1.7, (), (), (), ()),
+                                                               (1.7, (0, 5, 6), (), (), ()),
+                                                               (1.3, (5, 6), (5, 6), (), ()),
+                                                               (1.3, (5, 6), (5, 6), (1, 9, 10), ()),
+                                                               (1.3, (5, 6), (5, 6), (1, 9, 10), (5, 6))])
+def test_code_mean_greedy_graph_matches_pytorch(tmp_path, cm_temp, cells, isolated, gained, state):
     """decoder.greedy = code_mean (at code_mean_temperature ``cm_temp``; ``cells`` at their own 0.5) inside the
     exported step_decoder (with ``isolated`` cells and the blink control as an isolated group: its constant
     attention bias is part of the graph; ``gained`` cells moved from the portrait's digits by code_mean_gain 1.8,
-    which reads the graph's ref_tokens input):
+    which reads the graph's ref_tokens input; ``state`` cells picked as one shut/open eye state at threshold
+    0.2, low enough that both states occur):
     streamed tokens equal PyTorch exactly (session 0 is greedy, session 1 samples). The head is scaled up so
     the random model's distributions are peaked enough for code_mean to pick varied tokens (near-uniform logits
     all round to the middle token)."""
@@ -149,7 +152,9 @@ def test_code_mean_greedy_graph_matches_pytorch(tmp_path, cm_temp, cells, isolat
                                                                isolated_cells=isolated,
                                                                isolated_controls=("blink",) if isolated else (),
                                                                code_mean_gain_cells=gained,
-                                                               code_mean_gain=1.8 if gained else 1.0))
+                                                               code_mean_gain=1.8 if gained else 1.0,
+                                                               eye_state_cells=state, eye_state_open_max=1,
+                                                               eye_state_threshold=0.2))
     model = random_model(cfg, seed=0)  # a random init whose sharpened tokens vary (seed 4's stay near one token)
     with torch.no_grad():
         model.decoder.head.weight.mul_(8.0)
@@ -160,6 +165,7 @@ def test_code_mean_greedy_graph_matches_pytorch(tmp_path, cm_temp, cells, isolat
     assert meta["isolated_cells"] == ",".join(map(str, isolated))
     assert meta["code_mean_gain_cells"] == ",".join(map(str, gained))
     assert float(meta["code_mean_gain"]) == (1.8 if gained else 1.0)
+    assert meta["eye_state_cells"] == ",".join(map(str, state))
     checks = parity.streaming_parity(model, cfg, V.ort_runner(tmp_path), np.random.default_rng())
     assert _failed(checks) == []
     assert {c.tensor: c.max_abs for c in checks if c.graph == "step_decoder"}["tokens"] == 0
@@ -168,6 +174,9 @@ def test_code_mean_greedy_graph_matches_pytorch(tmp_path, cm_temp, cells, isolat
     gen = StreamingGenerator(model, torch.rand(1, 3, S, S, generator=g))
     toks = torch.stack([gen.step(torch.randn(1, model.decoder.A, cfg.audio.dim, generator=g)) for _ in range(6)])
     assert len(torch.unique(toks)) > 4  # the check above compared varied tokens, not one constant
+    if state:  # the group took both states over the frames the parity check streamed: both branches were compared
+        shut = model.decoder.eye_state_shut[toks[:, 0, list(state)]]
+        assert bool(shut.all(-1).any()) and bool((~shut).all(-1).any())
 
 
 def test_eye_refiner_graph_matches_pytorch(tmp_path):

@@ -770,8 +770,9 @@ def test_eye_cell_mask_matches_the_step_decoders_eye_cells():
 
 def test_eye_unblend_changes_only_the_eye_boxes_of_shut_eye_tokens():
     """tokenizer.eye_unblend: with open eye tokens the decoded image is bit-identical to the same weights without
-    it; with the eye cells in the shut corner, pixels outside the grown eye boxes are unchanged and those inside
-    equal what the decoder draws with no pixel path blend at all (the portrait's open eyes are held back)."""
+    it; with the eye cells in the shut corner, pixels outside the grown eye boxes are unchanged and some inside
+    change; where the portrait's eye mask covers everything, the boxes equal what the decoder draws with no
+    pixel path blend at all (the portrait's open eyes held back)."""
     from eartalking.model.tokenizer import grown_eye_boxes
 
     cfg, plain, unb, cells, shut = _unblend_pair(int(np.random.default_rng().integers(1 << 30)))
@@ -787,11 +788,29 @@ def test_eye_unblend_changes_only_the_eye_boxes_of_shut_eye_tokens():
         shut_t[:, cells] = shut
         a, b = plain.decode(shut_t, refs), unb.decode(shut_t, refs)
         assert torch.equal(b[~inside], a[~inside])
-        assert (b[inside] - a[inside]).abs().mean() > 1e-3  # the blend did move these pixels
+        assert (b[inside] - a[inside]).abs().max() > 1e-3  # the portrait's eye pixels were left out
+        unb.portrait_eyes.fill_(1.0)  # a portrait that is all eye: nothing of it blends into the shut boxes
+        b = unb.decode(shut_t, refs)
         for conv in (plain.pix.mix_img, plain.pix.mix_map):  # no blend anywhere: the decoder's own drawing
             conv.weight.zero_()
             conv.bias.zero_()
         torch.testing.assert_close(b[inside], plain.decode(shut_t, refs)[inside], atol=1e-6, rtol=0)
+
+
+def test_portrait_eyes_sit_on_the_alignment_templates_eyes():
+    """The ellipses eye_unblend holds back are centred where the face aligner puts the eyes (one fact, two
+    modules), cover each centre fully and stay inside the eye boxes' rows."""
+    from eartalking.data.faces import TEMPLATE
+    from eartalking.model.tokenizer import PORTRAIT_EYE_CENTRES, eye_boxes, portrait_eyes
+
+    assert np.allclose(np.array(PORTRAIT_EYE_CENTRES), TEMPLATE[:2])
+    S = 128
+    m = portrait_eyes(S)[0, 0]
+    for cx, cy in PORTRAIT_EYE_CENTRES:
+        assert m[int(cy * S), int(cx * S)] == 1.0
+    rows = torch.nonzero(m.amax(1)).flatten()
+    box_rows = torch.nonzero(eye_boxes(S)[0, 0].amax(1)).flatten()
+    assert rows.min() >= box_rows.min() - 3 and rows.max() <= box_rows.max() + 3 and m.sum() > 100
 
 
 def test_eye_unblend_needs_a_pixel_path_and_an_eye_code():
@@ -804,3 +823,63 @@ def test_eye_unblend_needs_a_pixel_path_and_an_eye_code():
         Tokenizer(dataclasses.replace(t, eye_unblend=True))  # no eye_code
     with pytest.raises(ValueError, match="eye_unblend needs"):
         Tokenizer(dataclasses.replace(t, eye_unblend=True, eye_code=(1,), ref_pixels=False))
+
+
+def test_eye_state_pick_is_one_shut_or_open_state_for_the_group():
+    """decoder.eye_state_*: on fresh random logits the group's cells are all in the shut corner exactly when their
+    mean shut mass is above the threshold, and none is otherwise (brute force: code_mean over that state's tokens,
+    an open pick's first digit capped out of the corner); the case that motivates it, 30% shut mass over open
+    tokens with high digits, is a shut corner under plain code_mean and open here; cells outside the group and
+    sampled rows are what select() gives; bad settings are refused by name."""
+    import dataclasses
+
+    from eartalking import config
+    from eartalking.model.checkpoint import random_model
+    from eartalking.model.decoder import state_pick
+
+    K, L, om, cells = 64, 4, 1, (5, 6)
+    k = np.arange(K)
+    dig = np.stack([(k // L ** i) % L for i in range(3)], -1)
+    shut = torch.from_numpy((dig > om).all(-1))
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    logits = torch.randn(6, 16, K, generator=g) * 2.0
+    logits[:, list(cells)] += shut.float() * torch.linspace(-4, 4, 6)[:, None, None]  # shut mass low .. high
+    group = torch.zeros(16, dtype=torch.bool)
+    group[list(cells)] = True
+    got = state_pick(logits, group, shut, om, 0.5, 0.7)
+    p = torch.softmax(logits.double(), -1).numpy()
+    mass = p[:, list(cells)][..., shut.numpy()].sum(-1).mean(-1)  # [6]
+    assert (mass > 0.5).any() and (mass <= 0.5).any()  # both states occur
+    for b in range(6):
+        for c in cells:
+            keep = shut.numpy() if mass[b] > 0.5 else ~shut.numpy()
+            q = np.exp(logits[b, c].double().numpy() / 0.7) * keep
+            e = np.clip(np.round((q / q.sum()) @ dig), 0, L - 1)
+            if mass[b] <= 0.5 and (e > om).all():
+                e[0] = om
+            assert int(got[b, c]) == int(e @ np.array([1, L, L * L]))
+            assert bool(shut[got[b, c]]) == bool(mass[b] > 0.5)
+    # the motivating case: 30% on the shut corner, 70% on open tokens whose digits are high ((3,3,1) and its
+    # rotations): the expected digits (about 2.4 each) round into the corner, though the eyes are most likely open
+    lg = torch.full((1, 16, K), -30.0)
+    hi_open = [1 * a + L * b + L * L * c for a, b, c in ((3, 3, 1), (3, 1, 3), (1, 3, 3))]
+    lg[0, :, hi_open] = float(np.log(0.7 / 3))
+    lg[0, :, shut] = float(np.log(0.3 / shut.sum().item()))
+    assert bool(shut[code_mean(lg, 1.0)[0, 5]]) and not bool(shut[state_pick(lg, group, shut, om, 0.5, 1.0)[0, 5]])
+    cfg = config.preset("test_small")
+    dcfg = dataclasses.replace(cfg.decoder, greedy="code_mean", code_mean_temperature=0.7, eye_state_cells=cells,
+                               eye_state_open_max=om, eye_state_threshold=0.5)
+    dec = random_model(dataclasses.replace(cfg, decoder=dcfg), seed=0).decoder
+    ref = torch.randint(0, K, (6, 16), generator=g)
+    temp = torch.zeros(6, 1)
+    temp[0] = 0.9  # a sampled row: untouched
+    noise = torch.from_numpy(np.stack([gumbel_noise(4, 2, (16, K))] * 6))
+    plain = select(logits, temp, noise, dec.top_k, "code_mean", 0.7, None, ref)
+    out = dec.pick(logits, temp, noise, ref)
+    others = [n for n in range(16) if n not in cells]
+    assert torch.equal(out[:, others], plain[:, others]) and torch.equal(out[0], plain[0])
+    assert torch.equal(out[1:, list(cells)], got[1:, list(cells)])
+    for bad, msg in (({"eye_state_cells": (3, 16)}, "outside"), ({"eye_state_threshold": 1.0}, "(0, 1)"),
+                     ({"eye_state_open_max": L - 1}, "eye_state_open_max")):
+        with pytest.raises(ValueError, match=msg):
+            random_model(dataclasses.replace(cfg, decoder=dataclasses.replace(dcfg, **bad)), seed=0)
