@@ -170,6 +170,11 @@ class DecoderConfig:
     eye_state_cells: tuple[int, ...] = ()
     eye_state_open_max: int = 0
     eye_state_threshold: float = 0.5
+    #: the same threshold for frames whose blink control is absent (0 < it <= 1; 1 = the eyes are drawn open
+    #: unless a blink is asked for). Why apart: with no control the trained head's shut mass is a per-face
+    #: constant (no blink events; up to 0.68 on a face with glasses), so a threshold that lets every requested
+    #: blink through would draw some faces' eyes shut for a whole audio-only session
+    eye_state_absent_threshold: float = 0.5
     #: token cells (row-major on the token grid) whose *previous-frame* input is always the portrait's token:
     #: with the mouth and eyes here the decoder cannot copy them forward, so it must draw the mouth from the
     #: audio and the eyes from the blink control (trained with ``train --region-drop``). () = none.

@@ -113,6 +113,7 @@ def graph_metadata(cfg: ModelConfig, spec: S.GraphSpec, weights_sha: str) -> dic
         "isolated_cells": ",".join(map(str, cfg.decoder.isolated_cells)),
         "eye_state_cells": ",".join(map(str, cfg.decoder.eye_state_cells)),
         "eye_state_threshold": str(cfg.decoder.eye_state_threshold),
+        "eye_state_absent_threshold": str(cfg.decoder.eye_state_absent_threshold),
         "eye_unblend": str(cfg.tokenizer.eye_unblend).lower(),
         "isolated_controls": ",".join(cfg.decoder.isolated_controls),
         "sampling": f"{cfg.decoder.greedy} at temperature 0 (code_mean: round the expected FSQ digits under "
@@ -122,7 +123,8 @@ def graph_metadata(cfg: ModelConfig, spec: S.GraphSpec, weights_sha: str) -> dic
                     + (f"; cells {list(cfg.decoder.code_mean_gain_cells)} moved from the portrait's digits by x"
                        f"{cfg.decoder.code_mean_gain}" if cfg.decoder.code_mean_gain_cells else "")
                     + (f"; cells {list(cfg.decoder.eye_state_cells)} as one shut/open state at "
-                       f"{cfg.decoder.eye_state_threshold} shut mass" if cfg.decoder.eye_state_cells else "") + "); "
+                       f"{cfg.decoder.eye_state_threshold} shut mass ({cfg.decoder.eye_state_absent_threshold} "
+                       "without a blink control)" if cfg.decoder.eye_state_cells else "") + "); "
                     "else argmax(topk(logits, top_k)/temperature + gumbel)",
     })
     return meta

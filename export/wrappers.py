@@ -87,7 +87,7 @@ class StepCoreGraph(nn.Module):
         prev = torch.where(s, ref_tokens, in_prev_tokens)
         logits, wk, wv = self.dec.step(audio_tokens, controls, control_mask, sink_k, sink_v, window_k, window_v,
                                        self.dec.anchor(prev, ref_tokens), frame)
-        tokens = self.dec.pick(logits, temperature, gumbel, ref_tokens).to(torch.int32)
+        tokens = self.dec.pick(logits, temperature, gumbel, ref_tokens, control_mask).to(torch.int32)
         return tokens, wk, wv, tokens, frame + 1
 
 

@@ -81,6 +81,7 @@ class TorchBackend(Backend):
             frame = torch.where(start[:, None], 0, frame)
         logits, wk, wv = dec.step(f["audio_tokens"], f["controls"], f["control_mask"], sink_k, sink_v,
                                   window_k, window_v, dec.anchor(prev, f["ref_tokens"].long()), frame)
-        tokens = dec.pick(logits, f["temperature"], f["gumbel"], f["ref_tokens"].long()).to(torch.int32)
+        tokens = dec.pick(logits, f["temperature"], f["gumbel"], f["ref_tokens"].long(),
+                          f["control_mask"]).to(torch.int32)
         return {"tokens": tokens, "out_sink_k": sink_k, "out_sink_v": sink_v, "out_window_k": wk,
                 "out_window_v": wv, "out_prev_tokens": tokens, "out_frame": (frame + 1).to(torch.int32)}

@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(0, 1)): all shut when their mean shut mass is above P, else all open; for an eye-coded "
                         "tokenizer, whose shut eye code_mean alone can round into from open-eye tokens; default: "
                         "none")
+    p.add_argument("--eye-state-absent-threshold", type=positive, default=None, metavar="P",
+                   help="with --eye-state-threshold: the threshold for frames without a blink control "
+                        "(decoder.eye_state_absent_threshold, 0 < P <= 1; 1 = eyes open unless a blink is asked "
+                        "for); default: the same as --eye-state-threshold")
     p.add_argument("--eye-unblend", action="store_true",
                    help="ship with tokenizer.eye_unblend on (no weights): over eye cells whose token is the eye "
                         "code's shut corner the pixel path does not blend in the portrait's open eyes; needs an "
@@ -137,7 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg.decoder.eye_state_cells = tuple(eye_cells(cfg))
         cfg.decoder.eye_state_open_max = int(cfg.tokenizer.eye_code[0])
         cfg.decoder.eye_state_threshold = args.eye_state_threshold
-        print(f"eye state cells {list(cfg.decoder.eye_state_cells)}: shut above {args.eye_state_threshold} mass")
+        absent = args.eye_state_absent_threshold
+        absent = args.eye_state_threshold if absent is None else absent
+        if not absent <= 1.0:
+            print(f"refusing: --eye-state-absent-threshold must be in (0, 1], got {absent}", file=sys.stderr)
+            return 2
+        cfg.decoder.eye_state_absent_threshold = absent
+        print(f"eye state cells {list(cfg.decoder.eye_state_cells)}: shut above {args.eye_state_threshold} mass "
+              f"({absent} without a blink control)")
     if args.eye_unblend:
         if not (cfg.tokenizer.eye_code and cfg.tokenizer.ref_pixels):
             print("refusing: --eye-unblend needs an eye-coded tokenizer (tokenizer.eye_code) with a pixel path "

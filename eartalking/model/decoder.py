@@ -126,7 +126,11 @@ class StepDecoder(nn.Module):
                              f"(levels 0..{levels - 1})")
         if not 0.0 < d.eye_state_threshold < 1.0:
             raise ValueError(f"decoder.eye_state_threshold must be in (0, 1), got {d.eye_state_threshold}")
+        if not 0.0 < d.eye_state_absent_threshold <= 1.0:
+            raise ValueError("decoder.eye_state_absent_threshold must be in (0, 1], got "
+                             f"{d.eye_state_absent_threshold}")
         self.eye_state_threshold = float(d.eye_state_threshold)
+        self.eye_state_absent_threshold = float(d.eye_state_absent_threshold)
         k = torch.arange(self.K)
         corner = torch.stack([(k // levels ** i) % levels > d.eye_state_open_max for i in range(FSQ_DIMS)]).all(0)
         self.register_buffer("eye_state_shut", corner, persistent=False)  # [K]: the shut corner's tokens
@@ -186,16 +190,24 @@ class StepDecoder(nn.Module):
         return torch.where(self.anchored, ref_tokens.to(prev_tokens.dtype), prev_tokens)
 
     def pick(self, logits: torch.Tensor, temperature: torch.Tensor, gumbel: torch.Tensor,
-             ref_tokens: torch.Tensor) -> torch.Tensor:
+             ref_tokens: torch.Tensor, control_mask: torch.Tensor | None = None) -> torch.Tensor:
         """logits [B,N,K] -> tokens int64 [B,N] with this decoder's top_k, greedy rule, code_mean temperature and
-        gain (``select``; ``ref_tokens`` [B,N] = the portrait's tokens, what the gain moves away from). Every
+        gain (``select``; ``ref_tokens`` [B,N] = the portrait's tokens, what the gain moves away from), and the eye
+        state (``state_pick``; ``control_mask`` [B,C]: where the blink control is absent, or None, the absent
+        threshold applies). Every
         path (stream, reference, torch backend, export) picks through here."""
         tokens = select(logits, temperature, gumbel, self.top_k, self.greedy, self.cell_temperatures(),
                         self.cell_gains(), ref_tokens)
         if self.greedy != "code_mean" or not bool(self.eye_state_cells.any()):
             return tokens
-        joint = state_pick(logits, self.eye_state_cells, self.eye_state_shut, self.eye_state_open_max,
-                           self.eye_state_threshold, self.cell_temperatures())
+        if control_mask is None:
+            given = torch.zeros_like(temperature, dtype=torch.bool)  # [B,1]
+        else:
+            given = control_mask[:, CONTROL_NAMES.index("blink")][:, None] > 0.5
+        thr = torch.where(given, torch.full_like(temperature, self.eye_state_threshold),
+                          torch.full_like(temperature, self.eye_state_absent_threshold))
+        joint = state_pick(logits, self.eye_state_cells, self.eye_state_shut, self.eye_state_open_max, thr,
+                           self.cell_temperatures())
         return torch.where(self.eye_state_cells[None, :] & (temperature == 0), joint, tokens)
 
     def cell_gains(self) -> torch.Tensor | None:
@@ -349,12 +361,13 @@ def teacher_prev_tokens(ref_tokens: torch.Tensor, frame_tokens: torch.Tensor) ->
 GREEDY = ("argmax", "code_mean")
 
 
-def state_pick(logits: torch.Tensor, cells: torch.Tensor, shut: torch.Tensor, open_max: int, threshold: float,
-               temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
+def state_pick(logits: torch.Tensor, cells: torch.Tensor, shut: torch.Tensor, open_max: int,
+               threshold: float | torch.Tensor, temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
     """logits [B,N,K] -> int64 [B,N]: the ``cells`` (bool [N]) picked as one binary state (``decoder.eye_state_*``).
 
     The group's mean softmax mass on the ``shut`` tokens (bool [K], the corner where every FSQ digit is above
-    ``open_max``) decides: above ``threshold`` every group cell takes ``code_mean`` over the shut tokens alone
+    ``open_max``) decides: above ``threshold`` (a float, or float [B,1] per row) every group cell takes
+    ``code_mean`` over the shut tokens alone
     (its expected digits stay in the corner), else ``code_mean`` over the other tokens, with the first digit
     capped at ``open_max`` where the rounded expected digits would still land in the corner. Cells outside the
     group get the same rule but are meant to be ignored (``StepDecoder.pick`` takes only the group's). Static

@@ -56,7 +56,7 @@ class StreamingGenerator:
         frame = int(self.frame[0, 0])
         gumbel = frame_noise(self.seed, frame, self.dec.N, self.dec.K, B, dev)
         temp = torch.full((B, 1), self.temperature, device=dev)
-        tokens = self.dec.pick(logits, temp, gumbel, self.ref_tokens)
+        tokens = self.dec.pick(logits, temp, gumbel, self.ref_tokens, control_mask)
         self.prev_tokens, self.frame, self.last_logits = tokens, self.frame + 1, logits
         return tokens
 
@@ -87,7 +87,8 @@ def reference_generate(model: EARTalking, portrait: torch.Tensor, audio_tokens: 
         lo = max(0, t - reach)
         logits = dec.forward_train(ref_tokens, audio_tokens[:, lo:t + 1], controls[:, lo:t + 1],
                                    control_mask[:, lo:t + 1], torch.stack(prevs[lo:t + 1], 1))[:, -1]
-        tokens = dec.pick(logits, temp, frame_noise(seed, t, dec.N, dec.K, B, dev), ref_tokens)
+        tokens = dec.pick(logits, temp, frame_noise(seed, t, dec.N, dec.K, B, dev), ref_tokens,
+                          control_mask[:, t])
         prevs.append(tokens)
         toks.append(tokens)
         logs.append(logits)

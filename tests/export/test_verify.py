@@ -154,7 +154,8 @@ def test_code_mean_greedy_graph_matches_pytorch(tmp_path, cm_temp, cells, isolat
                                                                code_mean_gain_cells=gained,
                                                                code_mean_gain=1.8 if gained else 1.0,
                                                                eye_state_cells=state, eye_state_open_max=1,
-                                                               eye_state_threshold=0.2))
+                                                               eye_state_threshold=0.2,
+                                                               eye_state_absent_threshold=0.3))
     model = random_model(cfg, seed=0)  # a random init whose sharpened tokens vary (seed 4's stay near one token)
     with torch.no_grad():
         model.decoder.head.weight.mul_(8.0)
@@ -174,7 +175,11 @@ def test_code_mean_greedy_graph_matches_pytorch(tmp_path, cm_temp, cells, isolat
     gen = StreamingGenerator(model, torch.rand(1, 3, S, S, generator=g))
     toks = torch.stack([gen.step(torch.randn(1, model.decoder.A, cfg.audio.dim, generator=g)) for _ in range(6)])
     assert len(torch.unique(toks)) > 4  # the check above compared varied tokens, not one constant
-    if state:  # the group took both states over the frames the parity check streamed: both branches were compared
+    if state:  # with the blink control given (threshold 0.2) the group takes both states: both branches ran
+        C = cfg.decoder.n_controls
+        gen = StreamingGenerator(model, torch.rand(1, 3, S, S, generator=g))
+        toks = torch.stack([gen.step(torch.randn(1, model.decoder.A, cfg.audio.dim, generator=g),
+                                     torch.rand(1, C, generator=g), torch.ones(1, C)) for _ in range(12)])
         shut = model.decoder.eye_state_shut[toks[:, 0, list(state)]]
         assert bool(shut.all(-1).any()) and bool((~shut).all(-1).any())
 

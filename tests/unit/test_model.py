@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from eartalking import config
+from eartalking.config import CONTROL_NAMES
 from eartalking.model import checkpoint
 from eartalking.model.decoder import code_mean, select, teacher_prev_tokens
 from eartalking.model.generate import StreamingGenerator, reference_generate
@@ -879,7 +880,16 @@ def test_eye_state_pick_is_one_shut_or_open_state_for_the_group():
     others = [n for n in range(16) if n not in cells]
     assert torch.equal(out[:, others], plain[:, others]) and torch.equal(out[0], plain[0])
     assert torch.equal(out[1:, list(cells)], got[1:, list(cells)])
+    # without a blink control the absent threshold decides (1 = open unless asked); with one, the threshold
+    dec.eye_state_absent_threshold = 1.0
+    mask = torch.zeros(6, cfg.decoder.n_controls)
+    mask[:3, CONTROL_NAMES.index("blink")] = 1.0
+    out = dec.pick(logits, temp, noise, ref, mask)
+    assert torch.equal(out[1:3, list(cells)], got[1:3, list(cells)])
+    assert not bool(shut[out[3:, list(cells)]].any())
+    assert torch.equal(dec.pick(logits, temp, noise, ref), dec.pick(logits, temp, noise, ref, torch.zeros_like(mask)))
     for bad, msg in (({"eye_state_cells": (3, 16)}, "outside"), ({"eye_state_threshold": 1.0}, "(0, 1)"),
+                     ({"eye_state_absent_threshold": 0.0}, "absent_threshold"),
                      ({"eye_state_open_max": L - 1}, "eye_state_open_max")):
         with pytest.raises(ValueError, match=msg):
             random_model(dataclasses.replace(cfg, decoder=dataclasses.replace(dcfg, **bad)), seed=0)
