@@ -162,8 +162,9 @@ class DecoderConfig:
     code_mean_gain: float = 1.0
     #: the eye cells of an eye-coded checkpoint (``tokenizer.eye_code``) picked as one binary state: at
     #: temperature 0 they are all shut (every FSQ digit above ``eye_state_open_max``) when their mean predicted
-    #: mass on that shut corner is above ``eye_state_threshold``, else all open (none in the corner); within the
-    #: state each cell takes ``code_mean`` over that state's tokens. Why: ``code_mean`` averages digits, so 30%
+    #: mass on that shut corner is above ``eye_state_threshold`` (each cell then takes ``code_mean`` over the
+    #: shut tokens), else all open: the portrait's own eye tokens (capped out of the corner, as the eye code
+    #: does for open frames), the eyes every frame starts from. Why: ``code_mean`` averages digits, so 30%
     #: shut mass on top of open-eye tokens with high digits rounds into the shut corner, and for some faces the
     #: eyes read shut in every frame (``scripts/ship_checkpoint.py --eye-state-threshold``). () = none. Sampling
     #: (temperature > 0) does not use it. Baked into the step graph.

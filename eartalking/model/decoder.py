@@ -207,7 +207,7 @@ class StepDecoder(nn.Module):
         thr = torch.where(given, torch.full_like(temperature, self.eye_state_threshold),
                           torch.full_like(temperature, self.eye_state_absent_threshold))
         joint = state_pick(logits, self.eye_state_cells, self.eye_state_shut, self.eye_state_open_max, thr,
-                           self.cell_temperatures())
+                           self.cell_temperatures(), ref_tokens)
         return torch.where(self.eye_state_cells[None, :] & (temperature == 0), joint, tokens)
 
     def cell_gains(self) -> torch.Tensor | None:
@@ -362,45 +362,51 @@ GREEDY = ("argmax", "code_mean")
 
 
 def state_pick(logits: torch.Tensor, cells: torch.Tensor, shut: torch.Tensor, open_max: int,
-               threshold: float | torch.Tensor, temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
+               threshold: float | torch.Tensor, temperature: float | torch.Tensor, ref_tokens: torch.Tensor
+               ) -> torch.Tensor:
     """logits [B,N,K] -> int64 [B,N]: the ``cells`` (bool [N]) picked as one binary state (``decoder.eye_state_*``).
 
     The group's mean softmax mass on the ``shut`` tokens (bool [K], the corner where every FSQ digit is above
     ``open_max``) decides: above ``threshold`` (a float, or float [B,1] per row) every group cell takes
-    ``code_mean`` over the shut tokens alone
-    (its expected digits stay in the corner), else ``code_mean`` over the other tokens, with the first digit
-    capped at ``open_max`` where the rounded expected digits would still land in the corner. Cells outside the
-    group get the same rule but are meant to be ignored (``StepDecoder.pick`` takes only the group's). Static
-    ops: Softmax, masked logits, MatMul, Where.
+    ``code_mean`` over the shut tokens alone (its expected digits stay in the corner); otherwise it takes the
+    portrait's own token ``ref_tokens`` [B,N] (open eyes, the anchor the step decoder starts every frame
+    from), its first digit capped at ``open_max`` if the encoder put it in the corner, as the eye code does for
+    open frames in training. Cells outside the group get the same rule and are meant to be ignored
+    (``StepDecoder.pick`` takes only the group's). Static ops: Softmax, masked logits, MatMul, Floor, Where.
     """
     lg = logits.float()
     c = cells.to(lg.dtype)
     mass = (torch.softmax(lg, dim=-1) * shut.to(lg.dtype)).sum(-1)  # [B,N]
     is_shut = (mass * c).sum(-1, keepdim=True) / c.sum().clamp_min(1.0) > threshold  # [B,1]
-    neg = torch.full_like(lg, -1e9)
-    shut_tok = code_mean(torch.where(shut, lg, neg), temperature)
-    e = code_mean_digits(torch.where(shut, neg, lg), temperature)  # [B,N,d] rounded
-    K = int(lg.shape[-1])
-    L = round(K ** (1 / FSQ_DIMS))
-    in_corner = (e > open_max).all(-1)  # [B,N]
-    e = torch.cat([torch.where(in_corner, torch.full_like(e[..., 0], float(open_max)), e[..., 0])[..., None],
-                   e[..., 1:]], dim=-1)
-    weights = torch.tensor([L ** i for i in range(FSQ_DIMS)], dtype=torch.float32, device=lg.device)
-    open_tok = (e * weights).sum(-1).to(torch.int64)
+    shut_tok = code_mean(torch.where(shut, lg, torch.full_like(lg, -1e9)), temperature)
+    L, weights = _radix(int(lg.shape[-1]), lg.device)
+    r = token_digits(ref_tokens, L, weights)  # [B,N,d]
+    r0 = torch.where((r > open_max).all(-1), torch.full_like(r[..., 0], float(open_max)), r[..., 0])
+    open_tok = (torch.cat([r0[..., None], r[..., 1:]], dim=-1) * weights).sum(-1).to(torch.int64)
     return torch.where(is_shut, shut_tok, open_tok)
+
+
+def _radix(K: int, device) -> tuple[int, torch.Tensor]:
+    """Codebook size K = L**FSQ_DIMS -> (L, float [FSQ_DIMS] digit weights L**i: digits -> token index)."""
+    L = round(K ** (1 / FSQ_DIMS))
+    if L ** FSQ_DIMS != K:
+        raise ValueError(f"code_mean needs K = L^{FSQ_DIMS} tokens, got K={K}")
+    return L, torch.tensor([L ** i for i in range(FSQ_DIMS)], dtype=torch.float32, device=device)
+
+
+def token_digits(tokens: torch.Tensor, L: int, weights: torch.Tensor) -> torch.Tensor:
+    """int tokens [...] -> their FSQ digits, float [..., FSQ_DIMS], in float ops (exact below 2**24; no integer
+    Div/Mod on a graph input, which TensorRT would refuse)."""
+    ref = tokens.to(device=weights.device, dtype=torch.float32)[..., None]
+    return torch.floor(ref / weights) - L * torch.floor(ref / (weights * L))
 
 
 def code_mean_digits(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0, gain: torch.Tensor | None = None,
                      ref_tokens: torch.Tensor | None = None) -> torch.Tensor:
     """``code_mean``'s rounded expected FSQ digits, float [..., N, FSQ_DIMS] (digit i has weight L**i)."""
-    K = int(logits.shape[-1])  # static in every graph (codebook size)
-    L = round(K ** (1 / FSQ_DIMS))
-    if L ** FSQ_DIMS != K:
-        raise ValueError(f"code_mean needs K = L^{FSQ_DIMS} tokens, got K={K}")
-    k = torch.arange(K, device=logits.device)
-    radix = [L ** i for i in range(FSQ_DIMS)]
-    digits = torch.stack([torch.div(k, r, rounding_mode="floor") % L for r in radix], -1).to(torch.float32)  # [K,d]
-    weights = torch.tensor(radix, dtype=torch.float32, device=logits.device)  # [d]: digits -> token index
+    L, weights = _radix(int(logits.shape[-1]), logits.device)  # K static in every graph (codebook size)
+    k = torch.arange(L ** FSQ_DIMS, device=logits.device)
+    digits = token_digits(k, L, weights)  # [K, d]
     if isinstance(temperature, torch.Tensor):
         t = temperature.to(device=logits.device, dtype=torch.float32)[:, None]  # [N, 1] against [..., N, K]
     else:
@@ -411,9 +417,7 @@ def code_mean_digits(logits: torch.Tensor, temperature: float | torch.Tensor = 1
         if ref_tokens is None:
             raise ValueError("code_mean with a gain needs ref_tokens (the portrait's tokens it moves away from)")
         g = gain.to(device=logits.device, dtype=torch.float32)[:, None]  # [N, 1]
-        # the portrait's digits in float ops (exact below 2**24; no integer Div/Mod on a graph input for TensorRT)
-        ref = ref_tokens.to(device=logits.device, dtype=torch.float32)[..., None]  # [..., N, 1]
-        r = torch.floor(ref / weights) - L * torch.floor(ref / (weights * L))  # [..., N, d]
+        r = token_digits(ref_tokens, L, weights)  # the portrait's digits [..., N, d]
         e = torch.where(g != 1.0, r + g * (e - r), e)
     return torch.round(e).clamp(0, L - 1)  # [..., d]
 
@@ -431,10 +435,8 @@ def code_mean(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0, gai
     distribution. Unlike argmax it follows the probability mass: 40% spread over open-mouth tokens moves the
     choice toward them even when one closed-mouth token is the single most likely.
     """
-    e = code_mean_digits(logits, temperature, gain, ref_tokens)
-    L = round(int(logits.shape[-1]) ** (1 / FSQ_DIMS))
-    weights = torch.tensor([L ** i for i in range(FSQ_DIMS)], dtype=torch.float32, device=logits.device)
-    return (e * weights).sum(-1).to(torch.int64)
+    _, weights = _radix(int(logits.shape[-1]), logits.device)
+    return (code_mean_digits(logits, temperature, gain, ref_tokens) * weights).sum(-1).to(torch.int64)
 
 
 def select(logits: torch.Tensor, temperature: torch.Tensor, gumbel: torch.Tensor, top_k: int,

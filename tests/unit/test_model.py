@@ -828,10 +828,10 @@ def test_eye_unblend_needs_a_pixel_path_and_an_eye_code():
 
 def test_eye_state_pick_is_one_shut_or_open_state_for_the_group():
     """decoder.eye_state_*: on fresh random logits the group's cells are all in the shut corner exactly when their
-    mean shut mass is above the threshold, and none is otherwise (brute force: code_mean over that state's tokens,
-    an open pick's first digit capped out of the corner); the case that motivates it, 30% shut mass over open
-    tokens with high digits, is a shut corner under plain code_mean and open here; cells outside the group and
-    sampled rows are what select() gives; bad settings are refused by name."""
+    mean shut mass is above the threshold, and none is otherwise (brute force: code_mean over the shut tokens;
+    open = the portrait's token with its first digit capped out of the corner); the case that motivates it, 30%
+    shut mass over open tokens with high digits, is a shut corner under plain code_mean and open here; cells
+    outside the group and sampled rows are what select() gives; bad settings are refused by name."""
     import dataclasses
 
     from eartalking import config
@@ -847,17 +847,21 @@ def test_eye_state_pick_is_one_shut_or_open_state_for_the_group():
     logits[:, list(cells)] += shut.float() * torch.linspace(-4, 4, 6)[:, None, None]  # shut mass low .. high
     group = torch.zeros(16, dtype=torch.bool)
     group[list(cells)] = True
-    got = state_pick(logits, group, shut, om, 0.5, 0.7)
+    ref = torch.randint(0, K, (6, 16), generator=g)
+    ref[0, cells[0]] = K - 1  # a portrait whose own eye token is in the corner: capped when open
+    got = state_pick(logits, group, shut, om, 0.5, 0.7, ref)
     p = torch.softmax(logits.double(), -1).numpy()
     mass = p[:, list(cells)][..., shut.numpy()].sum(-1).mean(-1)  # [6]
     assert (mass > 0.5).any() and (mass <= 0.5).any()  # both states occur
     for b in range(6):
         for c in cells:
-            keep = shut.numpy() if mass[b] > 0.5 else ~shut.numpy()
-            q = np.exp(logits[b, c].double().numpy() / 0.7) * keep
-            e = np.clip(np.round((q / q.sum()) @ dig), 0, L - 1)
-            if mass[b] <= 0.5 and (e > om).all():
-                e[0] = om
+            if mass[b] > 0.5:
+                q = np.exp(logits[b, c].double().numpy() / 0.7) * shut.numpy()
+                e = np.clip(np.round((q / q.sum()) @ dig), 0, L - 1)
+            else:
+                e = dig[int(ref[b, c])].copy()
+                if (e > om).all():
+                    e[0] = om
             assert int(got[b, c]) == int(e @ np.array([1, L, L * L]))
             assert bool(shut[got[b, c]]) == bool(mass[b] > 0.5)
     # the motivating case: 30% on the shut corner, 70% on open tokens whose digits are high ((3,3,1) and its
@@ -866,12 +870,12 @@ def test_eye_state_pick_is_one_shut_or_open_state_for_the_group():
     hi_open = [1 * a + L * b + L * L * c for a, b, c in ((3, 3, 1), (3, 1, 3), (1, 3, 3))]
     lg[0, :, hi_open] = float(np.log(0.7 / 3))
     lg[0, :, shut] = float(np.log(0.3 / shut.sum().item()))
-    assert bool(shut[code_mean(lg, 1.0)[0, 5]]) and not bool(shut[state_pick(lg, group, shut, om, 0.5, 1.0)[0, 5]])
+    assert bool(shut[code_mean(lg, 1.0)[0, 5]])
+    assert not bool(shut[state_pick(lg, group, shut, om, 0.5, 1.0, torch.full((1, 16), K - 1))[0, 5]])
     cfg = config.preset("test_small")
     dcfg = dataclasses.replace(cfg.decoder, greedy="code_mean", code_mean_temperature=0.7, eye_state_cells=cells,
                                eye_state_open_max=om, eye_state_threshold=0.5)
     dec = random_model(dataclasses.replace(cfg, decoder=dcfg), seed=0).decoder
-    ref = torch.randint(0, K, (6, 16), generator=g)
     temp = torch.zeros(6, 1)
     temp[0] = 0.9  # a sampled row: untouched
     noise = torch.from_numpy(np.stack([gumbel_noise(4, 2, (16, K))] * 6))
