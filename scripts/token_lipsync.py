@@ -55,8 +55,8 @@ def mouth_digits(model, case, cells: list[int], mode: str) -> np.ndarray:
     rows: list[torch.Tensor] = []
     original = model.decoder.pick
 
-    def pick(logits, temperature, gumbel, ref_tokens):
-        out = original(logits, temperature, gumbel, ref_tokens)
+    def pick(logits, temperature, gumbel, ref_tokens, control_mask=None):
+        out = original(logits, temperature, gumbel, ref_tokens, control_mask)
         if mode == "picked":
             rows.append(grid[out[0, cells].cpu()].flatten())
         else:
