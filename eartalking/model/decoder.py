@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eartalking.config import CONTROL_NAMES, CONTROL_SCALES, ModelConfig
-from eartalking.model.tokenizer import FSQ_DIMS
+from eartalking.model.tokenizer import FSQ_DIMS, shut_tokens
 
 #: additive mask value: finite and within fp16 range (an fp16 engine turning -1e9 into -inf would make
 #: 0 * -inf = NaN); exp(-3e4) is 0 in any precision, and every query always sees the sink and its own block
@@ -131,9 +131,8 @@ class StepDecoder(nn.Module):
                              f"{d.eye_state_absent_threshold}")
         self.eye_state_threshold = float(d.eye_state_threshold)
         self.eye_state_absent_threshold = float(d.eye_state_absent_threshold)
-        k = torch.arange(self.K)
-        corner = torch.stack([(k // levels ** i) % levels > d.eye_state_open_max for i in range(FSQ_DIMS)]).all(0)
-        self.register_buffer("eye_state_shut", corner, persistent=False)  # [K]: the shut corner's tokens
+        self.register_buffer("eye_state_shut", shut_tokens(levels, d.eye_state_open_max) if d.eye_state_cells
+                             else torch.zeros(self.K, dtype=torch.bool), persistent=False)  # [K]: shut corner
         self.eye_state_open_max = int(d.eye_state_open_max)
         std = 0.02
         self.null_embedding = nn.Parameter(torch.randn(self.C, D) * std)

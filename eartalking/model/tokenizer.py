@@ -222,6 +222,13 @@ def portrait_eyes(size: int) -> torch.Tensor:
     return out[None, None]
 
 
+def shut_tokens(levels: int, open_max: int) -> torch.Tensor:
+    """bool [levels ** FSQ_DIMS]: the eye code's shut corner, the tokens whose every FSQ digit (digit i of token
+    k is (k // levels**i) % levels) is above ``open_max`` (``train/eye_code.py``)."""
+    k = torch.arange(levels ** FSQ_DIMS)
+    return torch.stack([(k // levels ** i) % levels > open_max for i in range(FSQ_DIMS)]).all(0)
+
+
 def eye_cell_mask(size: int, grid: int) -> torch.Tensor:
     """[1,1,g,g] 0/1: the token cells over the eyes, those that ``eye_boxes`` covers for more than a quarter of
     their area (tiny: cells 26-29, the same cells as the step decoder's ``eye_cells``)."""
@@ -328,11 +335,8 @@ class Tokenizer(nn.Module):
             open_max = int(cfg.eye_code[0])
             if not 0 <= open_max < levels - 1:
                 raise ValueError(f"eye_code open_max {open_max} must leave a level above it (levels 0..{levels - 1})")
-            # token k is shut when every FSQ digit is above open_max; only the cells over the eyes count
-            shut = torch.ones(cfg.codebook_size)
-            for i in range(FSQ_DIMS):
-                shut *= ((torch.arange(cfg.codebook_size) // levels ** i) % levels > open_max).float()
-            self.register_buffer("shut_table", shut[:, None], persistent=False)  # [K, 1]
+            # only the cells over the eyes count
+            self.register_buffer("shut_table", shut_tokens(levels, open_max).float()[:, None], persistent=False)
             self.register_buffer("eye_cell_mask", eye_cell_mask(cfg.image_size, cfg.grid), persistent=False)
             self.register_buffer("unblend_area", grown_eye_boxes(cfg.image_size), persistent=False)
             self.register_buffer("portrait_eyes", portrait_eyes(cfg.image_size), persistent=False)
