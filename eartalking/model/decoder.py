@@ -120,10 +120,9 @@ class StepDecoder(nn.Module):
                              persistent=False)
         self.register_buffer("eye_state_cells", self._cell_mask("eye_state_cells", d.eye_state_cells),
                              persistent=False)
-        levels = round(self.K ** (1 / FSQ_DIMS))
-        if d.eye_state_cells and not 0 <= d.eye_state_open_max < levels - 1:
-            raise ValueError(f"decoder.eye_state_open_max {d.eye_state_open_max} must leave a level above it "
-                             f"(levels 0..{levels - 1})")
+        # the group's cells, and the 0/1 matrix [E, N] that puts E per-cell picks back on the token grid
+        self.register_buffer("eye_state_index", torch.tensor(d.eye_state_cells, dtype=torch.long), persistent=False)
+        self.register_buffer("eye_state_place", F.one_hot(self.eye_state_index, self.N).float(), persistent=False)
         if not 0.0 < d.eye_state_threshold < 1.0:
             raise ValueError(f"decoder.eye_state_threshold must be in (0, 1), got {d.eye_state_threshold}")
         if not 0.0 < d.eye_state_absent_threshold <= 1.0:
@@ -131,8 +130,10 @@ class StepDecoder(nn.Module):
                              f"{d.eye_state_absent_threshold}")
         self.eye_state_threshold = float(d.eye_state_threshold)
         self.eye_state_absent_threshold = float(d.eye_state_absent_threshold)
-        self.register_buffer("eye_state_shut", shut_tokens(levels, d.eye_state_open_max) if d.eye_state_cells
-                             else torch.zeros(self.K, dtype=torch.bool), persistent=False)  # [K]: shut corner
+        levels = _radix(self.K, "cpu")[0]
+        self.register_buffer("eye_state_shut", shut_tokens(levels, d.eye_state_open_max, "decoder.eye_state_open_max")
+                             if d.eye_state_cells else torch.zeros(self.K, dtype=torch.bool),
+                             persistent=False)  # [K]: shut corner
         self.eye_state_open_max = int(d.eye_state_open_max)
         std = 0.02
         self.null_embedding = nn.Parameter(torch.randn(self.C, D) * std)
@@ -205,9 +206,11 @@ class StepDecoder(nn.Module):
             given = control_mask[:, CONTROL_NAMES.index("blink")][:, None] > 0.5
         thr = torch.where(given, torch.full_like(temperature, self.eye_state_threshold),
                           torch.full_like(temperature, self.eye_state_absent_threshold))
-        joint = state_pick(logits, self.eye_state_cells, self.eye_state_shut, self.eye_state_open_max, thr,
-                           self.cell_temperatures(), ref_tokens)
-        return torch.where(self.eye_state_cells[None, :] & (temperature == 0), joint, tokens)
+        idx, temps = self.eye_state_index, self.cell_temperatures()  # only the group's cells: per-frame work
+        joint = state_pick(logits[:, idx], self.eye_state_shut, self.eye_state_open_max, thr,
+                           temps[idx] if isinstance(temps, torch.Tensor) else temps, ref_tokens[:, idx])  # [B,E]
+        placed = torch.matmul(joint.to(torch.float32), self.eye_state_place).to(torch.int64)  # exact below 2**24
+        return torch.where(self.eye_state_cells[None, :] & (temperature == 0), placed, tokens)
 
     def cell_gains(self) -> torch.Tensor | None:
         """``code_mean``'s gain, float [N] (``code_mean_gain`` at the ``code_mean_gain_cells``, 1 elsewhere), or
@@ -360,23 +363,22 @@ def teacher_prev_tokens(ref_tokens: torch.Tensor, frame_tokens: torch.Tensor) ->
 GREEDY = ("argmax", "code_mean")
 
 
-def state_pick(logits: torch.Tensor, cells: torch.Tensor, shut: torch.Tensor, open_max: int,
-               threshold: float | torch.Tensor, temperature: float | torch.Tensor, ref_tokens: torch.Tensor
-               ) -> torch.Tensor:
-    """logits [B,N,K] -> int64 [B,N]: the ``cells`` (bool [N]) picked as one binary state (``decoder.eye_state_*``).
+def state_pick(logits: torch.Tensor, shut: torch.Tensor, open_max: int, threshold: float | torch.Tensor,
+               temperature: float | torch.Tensor, ref_tokens: torch.Tensor) -> torch.Tensor:
+    """logits [B,E,K] of one group's E cells -> int64 [B,E]: the group picked as one binary state
+    (``decoder.eye_state_*``; ``StepDecoder.pick`` passes the eye cells alone).
 
     The group's mean softmax mass on the ``shut`` tokens (bool [K], the corner where every FSQ digit is above
-    ``open_max``) decides: above ``threshold`` (a float, or float [B,1] per row) every group cell takes
-    ``code_mean`` over the shut tokens alone (its expected digits stay in the corner); otherwise it takes the
-    portrait's own token ``ref_tokens`` [B,N] (open eyes, the anchor the step decoder starts every frame
-    from), its first digit capped at ``open_max`` if the encoder put it in the corner, as the eye code does for
-    open frames in training. Cells outside the group get the same rule and are meant to be ignored
-    (``StepDecoder.pick`` takes only the group's). Static ops: Softmax, masked logits, MatMul, Floor, Where.
+    ``open_max``) decides: above ``threshold`` (a float, or float [B,1] per row) every cell takes ``code_mean``
+    (at ``temperature``: a float or float [E]) over the shut tokens alone (its expected digits stay in the
+    corner); otherwise it takes the portrait's own token ``ref_tokens`` [B,E] (open eyes, the anchor the step
+    decoder starts every frame from), its first digit capped at ``open_max`` if the encoder put it in the
+    corner, as the eye code does for open frames in training. Static ops: Softmax, masked logits, MatMul, Floor,
+    Where.
     """
     lg = logits.float()
-    c = cells.to(lg.dtype)
-    mass = (torch.softmax(lg, dim=-1) * shut.to(lg.dtype)).sum(-1)  # [B,N]
-    is_shut = (mass * c).sum(-1, keepdim=True) / c.sum().clamp_min(1.0) > threshold  # [B,1]
+    mass = (torch.softmax(lg, dim=-1) * shut.to(lg.dtype)).sum(-1)  # [B,E]
+    is_shut = mass.mean(-1, keepdim=True) > threshold  # [B,1]
     shut_tok = code_mean(torch.where(shut, lg, torch.full_like(lg, -1e9)), temperature)
     L, weights = _radix(int(lg.shape[-1]), lg.device)
     r = token_digits(ref_tokens, L, weights)  # [B,N,d]

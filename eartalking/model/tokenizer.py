@@ -222,9 +222,12 @@ def portrait_eyes(size: int) -> torch.Tensor:
     return out[None, None]
 
 
-def shut_tokens(levels: int, open_max: int) -> torch.Tensor:
+def shut_tokens(levels: int, open_max: int, name: str = "eye_code open_max") -> torch.Tensor:
     """bool [levels ** FSQ_DIMS]: the eye code's shut corner, the tokens whose every FSQ digit (digit i of token
-    k is (k // levels**i) % levels) is above ``open_max`` (``train/eye_code.py``)."""
+    k is (k // levels**i) % levels) is above ``open_max`` (``train/eye_code.py``). An ``open_max`` that leaves
+    no level above it is refused (ValueError naming the setting ``name``)."""
+    if not 0 <= open_max < levels - 1:
+        raise ValueError(f"{name} {open_max} must leave a level above it (levels 0..{levels - 1})")
     k = torch.arange(levels ** FSQ_DIMS)
     return torch.stack([(k // levels ** i) % levels > open_max for i in range(FSQ_DIMS)]).all(0)
 
@@ -332,11 +335,9 @@ class Tokenizer(nn.Module):
             if not (cfg.ref_pixels and cfg.eye_code):
                 raise ValueError("eye_unblend needs ref_pixels (a pixel path to hold back) and eye_code (what "
                                  "a shut eye token is)")
-            open_max = int(cfg.eye_code[0])
-            if not 0 <= open_max < levels - 1:
-                raise ValueError(f"eye_code open_max {open_max} must leave a level above it (levels 0..{levels - 1})")
             # only the cells over the eyes count
-            self.register_buffer("shut_table", shut_tokens(levels, open_max).float()[:, None], persistent=False)
+            self.register_buffer("shut_table", shut_tokens(levels, int(cfg.eye_code[0])).float()[:, None],
+                                 persistent=False)
             self.register_buffer("eye_cell_mask", eye_cell_mask(cfg.image_size, cfg.grid), persistent=False)
             self.register_buffer("unblend_area", grown_eye_boxes(cfg.image_size), persistent=False)
             self.register_buffer("portrait_eyes", portrait_eyes(cfg.image_size), persistent=False)

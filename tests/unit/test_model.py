@@ -845,11 +845,10 @@ def test_eye_state_pick_is_one_shut_or_open_state_for_the_group():
     g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 30)))
     logits = torch.randn(6, 16, K, generator=g) * 2.0
     logits[:, list(cells)] += shut.float() * torch.linspace(-4, 4, 6)[:, None, None]  # shut mass low .. high
-    group = torch.zeros(16, dtype=torch.bool)
-    group[list(cells)] = True
     ref = torch.randint(0, K, (6, 16), generator=g)
     ref[0, cells[0]] = K - 1  # a portrait whose own eye token is in the corner: capped when open
-    got = state_pick(logits, group, shut, om, 0.5, 0.7, ref)
+    got = torch.zeros(6, 16, dtype=torch.long)
+    got[:, list(cells)] = state_pick(logits[:, list(cells)], shut, om, 0.5, 0.7, ref[:, list(cells)])
     p = torch.softmax(logits.double(), -1).numpy()
     mass = p[:, list(cells)][..., shut.numpy()].sum(-1).mean(-1)  # [6]
     assert (mass > 0.5).any() and (mass <= 0.5).any()  # both states occur
@@ -871,7 +870,7 @@ def test_eye_state_pick_is_one_shut_or_open_state_for_the_group():
     lg[0, :, hi_open] = float(np.log(0.7 / 3))
     lg[0, :, shut] = float(np.log(0.3 / shut.sum().item()))
     assert bool(shut[code_mean(lg, 1.0)[0, 5]])
-    assert not bool(shut[state_pick(lg, group, shut, om, 0.5, 1.0, torch.full((1, 16), K - 1))[0, 5]])
+    assert not bool(shut[state_pick(lg[:, list(cells)], shut, om, 0.5, 1.0, torch.full((1, 2), K - 1))[0, 0]])
     cfg = config.preset("test_small")
     dcfg = dataclasses.replace(cfg.decoder, greedy="code_mean", code_mean_temperature=0.7, eye_state_cells=cells,
                                eye_state_open_max=om, eye_state_threshold=0.5)
