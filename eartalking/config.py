@@ -57,6 +57,10 @@ class TokenizerConfig:
     #: residual inside the eye boxes only (grown by 3 px), so the eyes can be re-taught (shut eyes drawn
     #: visibly) while every pixel outside them stays bit-identical (0 = none)
     eye_refiner: int = 0
+    #: the eye refiner's residual only where the frame's eye tokens say shut (``Tokenizer.shut_map``; needs
+    #: ``eye_refiner`` and ``eye_unblend``): frames with open eye tokens are drawn exactly as without a refiner,
+    #: so audio-only sessions (whose eyes stay open) and every open frame are unchanged
+    eye_refiner_shut_only: bool = False
     #: the pixel path does not blend the portrait's own (open) eye pixels into the frame near an eye cell whose
     #: token says shut (``eye_code``'s corner): there the eyes are what the decoder drew from the tokens
     #: (``Tokenizer.shut_map``, ``portrait_eyes``; needs ``ref_pixels`` and ``eye_code``). No weights; off =

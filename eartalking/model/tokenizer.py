@@ -21,7 +21,8 @@
   difference from a 3x3 box blur, m2): out = gen + m1 (warped - gen) + m2 detail, clipped to [0, 1]. The
   decoder's last stage works at S/2, so without it nothing finer than 2 px reaches the output.
 - eye refiner (``cfg.eye_refiner`` > 0, ``EyeRefiner``): a residual from a small conv stack over the eye band,
-  added inside the (grown) eye boxes only; everything outside them is untouched.
+  added inside the (grown) eye boxes only; everything outside them is untouched. With
+  ``cfg.eye_refiner_shut_only`` only over eye cells whose token says shut (the ``eye_unblend`` shut map).
 Tokens carry what changes (mouth, eyes, pose); the portrait carries identity.
 
 Export-friendly: Conv, GroupNorm, nearest Upsample by 2, MatMul, Softmax, Gather, Sigmoid, Round, and with
@@ -271,11 +272,14 @@ class EyeRefiner(nn.Module):
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
-    def forward(self, img: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, x: torch.Tensor, shut: torch.Tensor | None = None) -> torch.Tensor:
+        """``shut`` [B,1,S,S] in 0..1 (``Tokenizer.shut_map``; ``tokenizer.eye_refiner_shut_only``): the
+        residual is also multiplied by it, so where the eye tokens say open the image passes through exactly."""
         r0, r1, c0, c1 = self.r0, self.r1, self.c0, self.c1
         band = img[..., r0:r1, c0:c1]
         xm = F.interpolate(x[..., r0 // 2:r1 // 2, c0 // 2:c1 // 2], scale_factor=2.0, mode="nearest")
-        out = torch.clamp(band + self.mask * self.net(torch.cat([band, xm], dim=1)), 0.0, 1.0)
+        gate = self.mask if shut is None else self.mask * shut[..., r0:r1, c0:c1]
+        out = torch.clamp(band + gate * self.net(torch.cat([band, xm], dim=1)), 0.0, 1.0)
         mid = torch.cat([img[..., r0:r1, :c0], out, img[..., r0:r1, c1:]], dim=-1)
         return torch.cat([img[..., :r0, :], mid, img[..., r1:, :]], dim=-2)
 
@@ -331,6 +335,10 @@ class Tokenizer(nn.Module):
         self.pix = PixelPath(dec[-1]) if cfg.ref_pixels else None
         self.head = nn.Sequential(_gn(dec[-1]), nn.SiLU(), nn.Conv2d(dec[-1], 3, 3, padding=1))
         self.eyes = EyeRefiner(cfg.image_size, dec[-1], cfg.eye_refiner) if cfg.eye_refiner else None
+        if cfg.eye_refiner_shut_only and not (cfg.eye_refiner and cfg.eye_unblend):
+            raise ValueError("eye_refiner_shut_only gates the eye refiner by the shut eye tokens: it needs "
+                             f"eye_refiner > 0 and eye_unblend (got eye_refiner {cfg.eye_refiner}, eye_unblend "
+                             f"{cfg.eye_unblend})")
         if cfg.eye_unblend:
             if not (cfg.ref_pixels and cfg.eye_code):
                 raise ValueError("eye_unblend needs ref_pixels (a pixel path to hold back) and eye_code (what "
@@ -409,7 +417,9 @@ class Tokenizer(nn.Module):
         gen = torch.sigmoid(self.head(F.interpolate(x, scale_factor=2.0, mode="nearest")))
         eyes = self.portrait_eyes if shut is not None else None
         img = gen if self.pix is None else self.pix(x, gen, portrait, flow, shut, eyes)
-        return img if self.eyes is None else self.eyes(img, x)
+        if self.eyes is None:
+            return img
+        return self.eyes(img, x, shut if self.cfg.eye_refiner_shut_only else None)
 
     def decode(self, tokens: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         """tokens int [B, N] + refs -> image [B,3,S,S] in 0..1."""

@@ -145,6 +145,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only-eye-refiner", action="store_true",
                    help="train the eye refiner alone (needs --eye-refiner and --init): every pixel outside the "
                         "eye boxes stays what --init draws")
+    p.add_argument("--eye-refiner-shut-only", action="store_true",
+                   help="the eye refiner acts only where the eye tokens say shut (tokenizer.eye_refiner_shut_only; "
+                        "needs --eye-refiner and --eye-unblend): frames with open eyes stay exactly as --init draws "
+                        "them, so the refiner can only make shut eyes more visible")
     p.add_argument("--eye-unblend", action="store_true",
                    help="train with tokenizer.eye_unblend on (needs --eye-code; recorded in config.json): over eye "
                         "cells whose token says shut, the pixel path does not blend the portrait's open eyes in, so "
@@ -563,6 +567,11 @@ def run(args: argparse.Namespace) -> int:
     levels = round(cfg.tokenizer.codebook_size ** (1 / FSQ_DIMS))
     eye_code = check_eye_code(args.eye_code, levels) if args.eye_code is not None else ()
     cfg.tokenizer.eye_code, cfg.tokenizer.eye_unblend = eye_code, bool(args.eye_unblend)
+    if args.eye_refiner_shut_only and not (args.eye_refiner > 0 and args.eye_unblend):
+        raise UserError("--eye-refiner-shut-only gates the refiner by the shut eye tokens: it needs --eye-refiner W "
+                        f"> 0 and --eye-unblend (got --eye-refiner {args.eye_refiner}, --eye-unblend "
+                        f"{bool(args.eye_unblend)})")
+    cfg.tokenizer.eye_refiner_shut_only = bool(args.eye_refiner_shut_only)
     train = common.load_corpus(args.data, "train", args.limit_clips, size=cfg.tokenizer.image_size)
     held = common.load_heldout(args.data, train, 24, size=cfg.tokenizer.image_size)
     tok = Tokenizer(cfg.tokenizer).to(device)

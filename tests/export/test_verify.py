@@ -215,6 +215,50 @@ def test_eye_refiner_graph_matches_pytorch(tmp_path):
     assert (with_eyes - without).abs().max() > 1e-3
 
 
+def test_eye_refiner_shut_only_graph_matches_pytorch(tmp_path):
+    """tokenizer.eye_refiner_shut_only inside the exported tokenizer_decoder (the refiner's residual times the
+    shut map): ONNX Runtime equals PyTorch on fresh random tokens and on a feed whose eye cells hold the shut
+    token, with random refiner weights; the refiner changes the shut feed's image and not the open one's."""
+    import dataclasses
+
+    import torch
+
+    from eartalking import config
+    from eartalking.export.onnx import export_all
+    from eartalking.model.checkpoint import random_model
+
+    cfg = config.preset("test_small")
+    cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(
+        cfg.tokenizer, eye_code=(1,), eye_unblend=True, eye_refiner=8, eye_refiner_shut_only=True))
+    model = random_model(cfg, seed=int(np.random.default_rng().integers(1 << 30)))
+    with torch.no_grad():
+        model.tokenizer.pix.mix_img.bias.uniform_(0.3, 0.7)
+        torch.nn.init.normal_(model.tokenizer.eyes.net[-1].weight, std=0.2)
+    export_all(model, cfg, tmp_path, {"preset": "test_small", "random_seed": 0})
+    run = V.ort_runner(tmp_path)
+    checks, cases = parity.graph_parity(model, cfg, run, np.random.default_rng(), graphs=["tokenizer_decoder"])
+    assert _failed(checks) == [] and checks
+    feed = dict(cases["tokenizer_decoder"][0])
+    cells = [int(i) for i in torch.nonzero(model.tokenizer.eye_cell_mask.flatten()).flatten()]
+    L, om = model.tokenizer.levels, cfg.tokenizer.eye_code[0]
+    toks = feed["tokens"].copy()
+    opened = toks - np.where(toks % L > om, toks % L - om, 0)  # digit 0 capped: no cell in the shut corner
+    shut = opened.copy()
+    shut[:, cells] = cfg.tokenizer.codebook_size - 1
+    for tokens, refined in ((opened, False), (shut, True)):
+        feed["tokens"] = tokens
+        ref = parity.torch_reference(model, "tokenizer_decoder", feed, ["image"])["image"]
+        got = run("tokenizer_decoder", feed)["image"]
+        assert _failed([parity.compare("tokenizer_decoder", "image", "graph", got, ref,
+                                       parity.tolerance("float32"))]) == []
+        eyes, model.tokenizer.eyes = model.tokenizer.eyes, None
+        try:
+            without = parity.torch_reference(model, "tokenizer_decoder", feed, ["image"])["image"]
+        finally:
+            model.tokenizer.eyes = eyes
+        assert (np.abs(ref - without).max() > 1e-3) == refined
+
+
 def test_eye_unblend_graph_matches_pytorch(tmp_path):
     """tokenizer.eye_unblend inside the exported tokenizer_decoder (Gather of a shut table, nearest Resize,
     MaxPool): ONNX Runtime equals PyTorch on fresh random inputs, and on a feed whose eye cells hold the shut

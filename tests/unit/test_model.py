@@ -814,6 +814,40 @@ def test_portrait_eyes_sit_on_the_alignment_templates_eyes():
     assert rows.min() >= box_rows.min() - 3 and rows.max() <= box_rows.max() + 3 and m.sum() > 100
 
 
+def test_eye_refiner_shut_only_leaves_open_eyes_exactly_and_refines_shut_ones():
+    """tokenizer.eye_refiner_shut_only: with random (not zero-start) refiner weights, frames whose eye tokens are
+    open decode bit-identically to the same weights with no refiner at all; frames with shut eye tokens change
+    inside the grown eye boxes and nowhere else. Refused without eye_unblend (no shut map to gate by)."""
+    import dataclasses
+
+    from eartalking.model.tokenizer import Tokenizer, grown_eye_boxes
+
+    cfg, plain, unb, cells, shut = _unblend_pair(int(np.random.default_rng().integers(1 << 30)))
+    gated = Tokenizer(dataclasses.replace(cfg, eye_unblend=True, eye_refiner=8, eye_refiner_shut_only=True)).eval()
+    missing, unexpected = gated.load_state_dict(unb.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(k.startswith("eyes.") for k in missing)
+    with torch.no_grad():
+        torch.nn.init.normal_(gated.eyes.net[-1].weight, std=0.2)
+        gated.eyes.net[-1].bias.uniform_(-0.1, 0.1)
+    S, K, L = cfg.image_size, cfg.codebook_size, plain.levels
+    refs = unb.reference(torch.rand(2, 3, S, S))
+    tokens = torch.randint(0, K, (2, cfg.tokens_per_frame))
+    digits = torch.stack([(tokens // L ** i) % L for i in range(3)])
+    open_ = torch.where(digits[0] > cfg.eye_code[0], tokens - (digits[0] - cfg.eye_code[0]), tokens)
+    inside = grown_eye_boxes(S).bool().expand(2, 3, S, S)
+    with torch.no_grad():
+        assert torch.equal(gated.decode(open_, refs), unb.decode(open_, refs))
+        shut_t = open_.clone()
+        shut_t[:, cells] = shut
+        a, b = unb.decode(shut_t, refs), gated.decode(shut_t, refs)
+    assert torch.equal(b[~inside], a[~inside])
+    assert (b[inside] - a[inside]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="eye_refiner_shut_only"):
+        Tokenizer(dataclasses.replace(cfg, eye_refiner=8, eye_refiner_shut_only=True))  # no eye_unblend
+    with pytest.raises(ValueError, match="eye_refiner_shut_only"):
+        Tokenizer(dataclasses.replace(cfg, eye_unblend=True, eye_refiner_shut_only=True))  # no refiner
+
+
 def test_eye_unblend_needs_a_pixel_path_and_an_eye_code():
     import dataclasses
 

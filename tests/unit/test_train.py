@@ -759,3 +759,26 @@ def test_eye_unblend_flag_needs_an_eye_code_and_is_recorded(tokenizer_runs, corp
                                                  "--blink-share", "0.5", "--bf16", "off"]) == 0
     t = ModelConfig.load(out / "config.json").tokenizer
     assert t.eye_unblend and t.eye_code == (1,) and t.eye_refiner == 8
+
+
+def test_eye_refiner_shut_only_flag_is_checked_trains_and_is_recorded(tokenizer_runs, corpus_dir, tmp_path, capsys):
+    """train-tokenizer --eye-refiner-shut-only: refused by name without --eye-unblend or without --eye-refiner;
+    with both, the refiner still learns (shut frames reach it through the gate, --blink-share) and config.json
+    records the setting."""
+    from eartalking.config import ModelConfig
+
+    init = str(tokenizer_runs["out"])
+    base = ["--init", init, "--freeze-encoder", "--eye-code", "1"]
+    assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + base + ["--eye-refiner", "8",
+                                                                      "--eye-refiner-shut-only"]) == 2
+    assert "--eye-unblend" in capsys.readouterr().err
+    assert main(_tok_args(corpus_dir, tmp_path / "bad2", 1) + base + ["--eye-unblend", "--eye-refiner-shut-only"]) == 2
+    assert "--eye-refiner W" in capsys.readouterr().err
+    out = tmp_path / "gated"
+    assert main(_tok_args(corpus_dir, out, 3) + base + ["--eye-unblend", "--eye-refiner", "8", "--only-eye-refiner",
+                                                        "--eye-refiner-shut-only", "--blink-share", "1.0",
+                                                        "--eye-box-weight", "10", "--lr", "1e-2",
+                                                        "--bf16", "off"]) == 0
+    assert load_file(str(out / "tokenizer.safetensors"))["eyes.net.4.weight"].abs().max() > 0
+    t = ModelConfig.load(out / "config.json").tokenizer
+    assert t.eye_refiner_shut_only and t.eye_unblend and t.eye_refiner == 8
