@@ -72,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blink-share", type=float, default=0.0,
                    help="share of each batch drawn from frames whose blink label is >= 0.5 (rare otherwise: about "
                         "3%% of frames), so the image side learns to draw shut eyes from the tokens")
+    p.add_argument("--blink-share-min", type=float, default=0.5, metavar="LABEL",
+                   help="with --blink-share: draw that share only from frames whose blink label is >= LABEL (0.5..1; "
+                        "e.g. 0.85 = the peaks of blinks, fully shut eyes, not the half-shut frames around them)")
     p.add_argument("--ref-blink-share", type=float, default=0.0,
                    help="share of references drawn from a blinking frame of the same clip (shut eyes) instead of "
                         "the portrait or a random frame: the image side cannot copy the eye state from the "
@@ -220,7 +223,8 @@ class FrameSampler:
 
     def __init__(self, clips: list[common.MemClip], seed: int, extra: list[common.MemClip] | None = None,
                  p_extra: float = 0.0, p_blink: float = 0.0, p_ref_blink: float = 0.0, p_ref_eyes: float = 0.0,
-                 p_ref_mouth: float = 0.0, picks: list[np.ndarray] | None = None, p_picks: float = 0.0):
+                 p_ref_mouth: float = 0.0, picks: list[np.ndarray] | None = None, p_picks: float = 0.0,
+                 blink_min: float = 0.5):
         self.clips, self.rng = clips, np.random.default_rng(seed)
         # per clip int64 [T, N] (decoder_tokens.decoder_picks): a share p_picks of frames decode these tokens
         if picks is not None and len(picks) != len(clips):
@@ -234,6 +238,10 @@ class FrameSampler:
         if p_blink > 0 and not self.blinks:
             raise UserError("--blink-share: no training frame has a blink label >= 0.5 to draw from")
         self.p_blink = p_blink
+        # the frames that share is drawn from: blink label >= blink_min (>= 0.5: every frame the eye code calls shut)
+        self.blink_draw = [(i, t) for i, t in self.blinks if clips[i].controls[t, bi] >= blink_min]
+        if p_blink > 0 and not self.blink_draw:
+            raise UserError(f"--blink-share-min {blink_min}: no training frame has a blink label that high")
         # per clip, its blinking frames: a share p_ref_blink of references is drawn from them
         self.blink_frames: dict[int, list[int]] = {}
         for i, t in self.blinks:
@@ -300,7 +308,7 @@ class FrameSampler:
         for _ in range(n):
             i = -1  # index into self.clips (-1: a real-video clip)
             if self.rng.random() < self.p_blink:
-                i, t = self.blinks[self.rng.integers(len(self.blinks))]
+                i, t = self.blink_draw[self.rng.integers(len(self.blink_draw))]
                 c = self.clips[i]
             else:
                 if self.rng.random() < self.p_extra:
@@ -555,6 +563,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = preset(args.preset)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if not 0.5 <= args.blink_share_min <= 1.0:
+        raise UserError(f"--blink-share-min is a blink label in 0.5..1 (the eye code calls >= 0.5 shut), got "
+                        f"{args.blink_share_min}")
     if args.eye_refiner < 0:
         raise UserError(f"--eye-refiner is a conv width >= 0 (0 = none), got {args.eye_refiner}")
     if args.only_eye_refiner and not (args.eye_refiner > 0 and args.init):
@@ -637,7 +648,8 @@ def run(args: argparse.Namespace) -> int:
 
         picks = load_picks(args.decoder_tokens, tok, train, mouth_cells(cfg), device, out / CACHE)
     sampler = FrameSampler(train, args.seed + step, real, args.real_weight, args.blink_share, args.ref_blink_share,
-                           args.ref_eye_mask, args.ref_mouth_mask, picks, args.decoder_token_share)
+                           args.ref_eye_mask, args.ref_mouth_mask, picks, args.decoder_token_share,
+                           args.blink_share_min)
     weights = region_weights(cfg.tokenizer.image_size, device, args.eye_weight)
     eye_box = eye_boxes(cfg.tokenizer.image_size, device)
     if eye_code:

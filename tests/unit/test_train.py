@@ -363,6 +363,14 @@ def test_frame_sampler_draws_blinking_frames_at_the_requested_share():
     assert 0.32 < share < 0.50, share
     _, refs = FrameSampler([c], 2).batch(400)
     assert float((refs[..., 0].mean(axis=(1, 2)) > 100).mean()) < 0.06
+    # --blink-share-min: the share is drawn only from frames at or above that label (here the higher of the two)
+    hi, lo = (shut[0], shut[1]) if controls[shut[0], bi] >= controls[shut[1], bi] else (shut[1], shut[0])
+    frames[hi, ..., 1], frames[lo, ..., 1] = 200, 100
+    cut = float((controls[hi, bi] + controls[lo, bi]) / 2) if controls[hi, bi] > controls[lo, bi] else None
+    if cut is not None:
+        imgs, _ = FrameSampler([c], 3, p_blink=0.4, blink_min=cut).batch(400)
+        g = imgs[:, 0, 0, 1]
+        assert 0.35 < float((g == 200).mean()) < 0.5 and float((g == 100).mean()) < 0.08
     c.controls[:, bi] = 0.0
     from eartalking.cli import UserError
 
@@ -370,6 +378,9 @@ def test_frame_sampler_draws_blinking_frames_at_the_requested_share():
         FrameSampler([c], 1, p_blink=0.4)
     with pytest.raises(UserError, match="ref-blink-share"):
         FrameSampler([c], 1, p_ref_blink=0.4)
+    c.controls[shut, bi] = 0.6
+    with pytest.raises(UserError, match="blink-share-min 0.9"):
+        FrameSampler([c], 1, p_blink=0.4, blink_min=0.9)
 
 
 def test_region_tokens_mark_mouth_and_eyes_on_the_token_grid():
