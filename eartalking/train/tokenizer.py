@@ -72,6 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blink-share", type=float, default=0.0,
                    help="share of each batch drawn from frames whose blink label is >= 0.5 (rare otherwise: about "
                         "3%% of frames), so the image side learns to draw shut eyes from the tokens")
+    p.add_argument("--save-every", type=int, default=1000, metavar="STEPS",
+                   help="write the weights (and the resume state) every STEPS steps as well as at the end")
     p.add_argument("--blink-share-min", type=float, default=0.5, metavar="LABEL",
                    help="with --blink-share: draw that share only from frames whose blink label is >= LABEL (0.5..1; "
                         "e.g. 0.85 = the peaks of blinks, fully shut eyes, not the half-shut frames around them)")
@@ -563,6 +565,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = preset(args.preset)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.save_every < 1:
+        raise UserError(f"--save-every is a number of steps >= 1, got {args.save_every}")
     if not 0.5 <= args.blink_share_min <= 1.0:
         raise UserError(f"--blink-share-min is a blink label in 0.5..1 (the eye code calls >= 0.5 shut), got "
                         f"{args.blink_share_min}")
@@ -727,7 +731,7 @@ def run(args: argparse.Namespace) -> int:
                     if real_held:
                         row["eval_psnr_real"] = evaluate(tok, real_held, device)["eval_psnr"]
             log.write(**row)
-        if step % 1000 == 0:
+        if step % args.save_every == 0:
             _save(out, tok, cfg, opt, step, ema)
     bar.close()
     _save(out, tok, cfg, opt, step, ema)

@@ -785,11 +785,15 @@ def test_eye_refiner_shut_only_flag_is_checked_trains_and_is_recorded(tokenizer_
     assert "--eye-unblend" in capsys.readouterr().err
     assert main(_tok_args(corpus_dir, tmp_path / "bad2", 1) + base + ["--eye-unblend", "--eye-refiner-shut-only"]) == 2
     assert "--eye-refiner W" in capsys.readouterr().err
+    assert main(_tok_args(corpus_dir, tmp_path / "bad3", 1) + base + ["--save-every", "0"]) == 2
+    assert "--save-every" in capsys.readouterr().err
+    assert main(_tok_args(corpus_dir, tmp_path / "bad4", 1) + base + ["--blink-share-min", "0.3"]) == 2
+    assert "--blink-share-min" in capsys.readouterr().err
     out = tmp_path / "gated"
     assert main(_tok_args(corpus_dir, out, 3) + base + ["--eye-unblend", "--eye-refiner", "8", "--only-eye-refiner",
                                                         "--eye-refiner-shut-only", "--blink-share", "1.0",
                                                         "--eye-box-weight", "10", "--lr", "1e-2",
-                                                        "--bf16", "off"]) == 0
+                                                        "--save-every", "2", "--bf16", "off"]) == 0
     assert load_file(str(out / "tokenizer.safetensors"))["eyes.net.4.weight"].abs().max() > 0
     t = ModelConfig.load(out / "config.json").tokenizer
     assert t.eye_refiner_shut_only and t.eye_unblend and t.eye_refiner == 8
