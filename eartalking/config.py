@@ -66,6 +66,9 @@ class TokenizerConfig:
     #: (``Tokenizer.shut_map``, ``portrait_eyes``; needs ``ref_pixels`` and ``eye_code``). No weights; off =
     #: unchanged
     eye_unblend: bool = False
+    #: semi-axes (x, y) of the ellipse around each aligned eye centre that ``eye_unblend`` holds back, as fractions
+    #: of the side (``portrait_eyes``; each in (0, 0.25))
+    eye_unblend_axes: tuple[float, ...] = (0.08, 0.05)
     commitment: float = 0.25
     #: eye state in the eye cells' tokens (``train-tokenizer --eye-code``, ``eartalking/train/eye_code.py``):
     #: (open_max,) = a token whose FSQ digits are all above ``open_max`` means shut eyes; the image side and

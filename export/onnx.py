@@ -115,6 +115,8 @@ def graph_metadata(cfg: ModelConfig, spec: S.GraphSpec, weights_sha: str) -> dic
         "eye_state_threshold": str(cfg.decoder.eye_state_threshold),
         "eye_state_absent_threshold": str(cfg.decoder.eye_state_absent_threshold),
         "eye_unblend": str(cfg.tokenizer.eye_unblend).lower(),
+        "eye_unblend_axes": ",".join(map(str, cfg.tokenizer.eye_unblend_axes)),
+        "eye_refiner_shut_only": str(cfg.tokenizer.eye_refiner_shut_only).lower(),
         "isolated_controls": ",".join(cfg.decoder.isolated_controls),
         "sampling": f"{cfg.decoder.greedy} at temperature 0 (code_mean: round the expected FSQ digits under "
                     f"softmax(logits / {cfg.decoder.code_mean_temperature})"

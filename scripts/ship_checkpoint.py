@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="ship with tokenizer.eye_unblend on (no weights): over eye cells whose token is the eye "
                         "code's shut corner the pixel path does not blend in the portrait's open eyes; needs an "
                         "eye-coded tokenizer with a pixel path. Measure it first (scripts/blink_requests.py)")
+    p.add_argument("--eye-unblend-axes", type=positive, nargs=2, default=None, metavar=("AX", "AY"),
+                   help="with --eye-unblend (or a tokenizer that has it): the semi-axes of the portrait's eye "
+                        "ellipses it holds back (tokenizer.eye_unblend_axes, fractions of the side in (0, 0.25); "
+                        "default: keep the config's, 0.08 0.05)")
     p.add_argument("--code-mean-temperature", type=positive, default=None, metavar="T",
                    help="softmax temperature of code_mean (decoder.code_mean_temperature, > 0; default: keep the "
                         "run's). Choose it on a validation corpus with scripts/code_mean_sweep.py")
@@ -156,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         cfg.tokenizer.eye_unblend = True
         print("eye unblend: no portrait pixels over shut eye cells")
+    if args.eye_unblend_axes is not None:
+        if not cfg.tokenizer.eye_unblend or not all(a < 0.25 for a in args.eye_unblend_axes):
+            print("refusing: --eye-unblend-axes needs tokenizer.eye_unblend (--eye-unblend) and semi-axes in (0, "
+                  f"0.25), got {args.eye_unblend_axes}", file=sys.stderr)
+            return 2
+        cfg.tokenizer.eye_unblend_axes = tuple(args.eye_unblend_axes)
+        print(f"eye unblend ellipses: semi-axes {list(cfg.tokenizer.eye_unblend_axes)} of the side")
     model = checkpoint.random_model(cfg, seed=0)  # the final config's modules and buffers (anchors) ...
     missing, unexpected = model.load_state_dict(state, strict=False)  # ... with the trained weights
     if missing or unexpected:

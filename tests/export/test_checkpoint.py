@@ -108,13 +108,17 @@ def test_ship_checkpoint_eye_unblend_needs_an_eye_code_and_keeps_the_weights(tmp
     assert main(["--decoder", str(tmp_path / "plain"), "--out", str(tmp_path / "bad2"), "--runs",
                  "--eye-state-threshold", "0.5"]) == 2
     assert not (tmp_path / "bad2").exists()
+    assert main(["--decoder", str(tmp_path / "coded"), "--out", str(tmp_path / "bad3"), "--runs",
+                 "--eye-unblend-axes", "0.1", "0.06"]) == 2  # no eye_unblend to size
+    assert not (tmp_path / "bad3").exists()
     assert main(["--decoder", str(tmp_path / "coded"), "--out", str(tmp_path / "ship"), "--runs", "--eye-unblend",
-                 "--eye-state-threshold", "0.4"]) == 0
+                 "--eye-state-threshold", "0.4", "--eye-unblend-axes", "0.1", "0.06"]) == 0
     shipped, scfg = checkpoint.load(tmp_path / "ship")
     from eartalking.train.decoder import eye_cells
 
     assert scfg.tokenizer.eye_unblend and scfg.decoder.eye_state_cells == tuple(eye_cells(scfg))
     assert scfg.decoder.eye_state_open_max == 1 and scfg.decoder.eye_state_threshold == 0.4
+    assert scfg.tokenizer.eye_unblend_axes == (0.1, 0.06)
     assert bool(shipped.decoder.eye_state_cells.any())
     assert shipped.tokenizer.shut_map(torch.zeros(1, cfg.tokens_per_frame, dtype=torch.long)) is not None
     a, b = model.state_dict(), shipped.state_dict()

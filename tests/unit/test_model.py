@@ -848,6 +848,25 @@ def test_eye_refiner_shut_only_leaves_open_eyes_exactly_and_refines_shut_ones():
         Tokenizer(dataclasses.replace(cfg, eye_unblend=True, eye_refiner_shut_only=True))  # no refiner
 
 
+def test_eye_unblend_axes_size_the_held_back_ellipses():
+    """tokenizer.eye_unblend_axes: larger semi-axes give a mask that contains the default one and covers more,
+    the tokenizer's buffer follows its config, and axes outside (0, 0.25) are refused by name."""
+    import dataclasses
+
+    from eartalking.model.tokenizer import PORTRAIT_EYE_AXES, Tokenizer, portrait_eyes
+
+    S = 64
+    small, big = portrait_eyes(S), portrait_eyes(S, (0.10, 0.065))
+    assert torch.equal(small, portrait_eyes(S, PORTRAIT_EYE_AXES))
+    assert bool((big >= small).all()) and float(big.sum()) > 1.3 * float(small.sum())
+    cfg = dataclasses.replace(config.preset("test_small").tokenizer, eye_code=(1,), eye_unblend=True,
+                              eye_unblend_axes=(0.10, 0.065))
+    assert torch.equal(Tokenizer(cfg).portrait_eyes, portrait_eyes(cfg.image_size, (0.10, 0.065)))
+    for bad in ((0.3, 0.05), (0.08, 0.0), (0.08,)):
+        with pytest.raises(ValueError, match="eye_unblend_axes"):
+            Tokenizer(dataclasses.replace(cfg, eye_unblend_axes=bad))
+
+
 def test_eye_unblend_needs_a_pixel_path_and_an_eye_code():
     import dataclasses
 
