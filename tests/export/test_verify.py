@@ -215,6 +215,21 @@ def test_eye_refiner_graph_matches_pytorch(tmp_path):
     assert (with_eyes - without).abs().max() > 1e-3
 
 
+def _eye_graph(model, cfg, tmp_path):
+    """Export ``model`` (an eye-coded test_small config), check tokenizer_decoder's ORT parity on fresh random
+    feeds, and return (ORT runner, one parity feed as a dict, the eye cells)."""
+    import torch
+
+    from eartalking.export.onnx import export_all
+
+    export_all(model, cfg, tmp_path, {"preset": "test_small", "random_seed": 0})
+    run = V.ort_runner(tmp_path)
+    checks, cases = parity.graph_parity(model, cfg, run, np.random.default_rng(), graphs=["tokenizer_decoder"])
+    assert _failed(checks) == [] and checks
+    cells = [int(i) for i in torch.nonzero(model.tokenizer.eye_cell_mask.flatten()).flatten()]
+    return run, dict(cases["tokenizer_decoder"][0]), cells
+
+
 def test_eye_refiner_shut_only_graph_matches_pytorch(tmp_path):
     """tokenizer.eye_refiner_shut_only inside the exported tokenizer_decoder (the refiner's residual times the
     shut map): ONNX Runtime equals PyTorch on fresh random tokens and on a feed whose eye cells hold the shut
@@ -224,7 +239,6 @@ def test_eye_refiner_shut_only_graph_matches_pytorch(tmp_path):
     import torch
 
     from eartalking import config
-    from eartalking.export.onnx import export_all
     from eartalking.model.checkpoint import random_model
 
     cfg = config.preset("test_small")
@@ -234,12 +248,7 @@ def test_eye_refiner_shut_only_graph_matches_pytorch(tmp_path):
     with torch.no_grad():
         model.tokenizer.pix.mix_img.bias.uniform_(0.3, 0.7)
         torch.nn.init.normal_(model.tokenizer.eyes.net[-1].weight, std=0.2)
-    export_all(model, cfg, tmp_path, {"preset": "test_small", "random_seed": 0})
-    run = V.ort_runner(tmp_path)
-    checks, cases = parity.graph_parity(model, cfg, run, np.random.default_rng(), graphs=["tokenizer_decoder"])
-    assert _failed(checks) == [] and checks
-    feed = dict(cases["tokenizer_decoder"][0])
-    cells = [int(i) for i in torch.nonzero(model.tokenizer.eye_cell_mask.flatten()).flatten()]
+    run, feed, cells = _eye_graph(model, cfg, tmp_path)
     L, om = model.tokenizer.levels, cfg.tokenizer.eye_code[0]
     toks = feed["tokens"].copy()
     opened = toks - np.where(toks % L > om, toks % L - om, 0)  # digit 0 capped: no cell in the shut corner
@@ -268,7 +277,6 @@ def test_eye_unblend_graph_matches_pytorch(tmp_path):
     import torch
 
     from eartalking import config
-    from eartalking.export.onnx import export_all
     from eartalking.model.checkpoint import random_model
 
     cfg = config.preset("test_small")
@@ -276,12 +284,7 @@ def test_eye_unblend_graph_matches_pytorch(tmp_path):
     model = random_model(cfg, seed=int(np.random.default_rng().integers(1 << 30)))
     with torch.no_grad():  # a pixel path that blends (its masks start at zero)
         model.tokenizer.pix.mix_img.bias.uniform_(0.3, 0.7)
-    export_all(model, cfg, tmp_path, {"preset": "test_small", "random_seed": 0})
-    run = V.ort_runner(tmp_path)
-    checks, cases = parity.graph_parity(model, cfg, run, np.random.default_rng(), graphs=["tokenizer_decoder"])
-    assert _failed(checks) == [] and checks
-    feed = dict(cases["tokenizer_decoder"][0])
-    cells = [int(i) for i in torch.nonzero(model.tokenizer.eye_cell_mask.flatten()).flatten()]
+    run, feed, cells = _eye_graph(model, cfg, tmp_path)
     shut = feed["tokens"].copy()
     shut[:, cells] = cfg.tokenizer.codebook_size - 1
     feed["tokens"] = shut

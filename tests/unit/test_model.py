@@ -758,6 +758,17 @@ def _unblend_pair(seed: int):
     return cfg, plain, unb, cells, cfg.codebook_size - 1  # token K-1: every digit at the top level (shut)
 
 
+def _open_and_shut(cfg, levels: int, cells: list[int], shut: int, batch: int = 2):
+    """Fresh random tokens [batch, N] with no cell in the eye code's shut corner (digit 0 capped at open_max),
+    and the same with the eye ``cells`` set to the ``shut`` token."""
+    tokens = torch.randint(0, cfg.codebook_size, (batch, cfg.tokens_per_frame))
+    digit0 = tokens % levels
+    open_ = torch.where(digit0 > cfg.eye_code[0], tokens - (digit0 - cfg.eye_code[0]), tokens)
+    shut_t = open_.clone()
+    shut_t[:, cells] = shut
+    return open_, shut_t
+
+
 def test_eye_cell_mask_matches_the_step_decoders_eye_cells():
     from eartalking.model.tokenizer import eye_cell_mask
     from eartalking.train.decoder import eye_cells
@@ -777,16 +788,12 @@ def test_eye_unblend_changes_only_the_eye_boxes_of_shut_eye_tokens():
     from eartalking.model.tokenizer import grown_eye_boxes
 
     cfg, plain, unb, cells, shut = _unblend_pair(int(np.random.default_rng().integers(1 << 30)))
-    S, K, L = cfg.image_size, cfg.codebook_size, plain.levels
+    S = cfg.image_size
     refs = plain.reference(torch.rand(2, 3, S, S))
-    tokens = torch.randint(0, K, (2, cfg.tokens_per_frame))
-    digits = torch.stack([(tokens // L ** i) % L for i in range(3)])
-    open_ = torch.where(digits[0] > cfg.eye_code[0], tokens - (digits[0] - cfg.eye_code[0]), tokens)  # out of corner
+    open_, shut_t = _open_and_shut(cfg, plain.levels, cells, shut)
     inside = grown_eye_boxes(S).bool().expand(2, 3, S, S)
     with torch.no_grad():
         assert torch.equal(unb.decode(open_, refs), plain.decode(open_, refs))
-        shut_t = open_.clone()
-        shut_t[:, cells] = shut
         a, b = plain.decode(shut_t, refs), unb.decode(shut_t, refs)
         assert torch.equal(b[~inside], a[~inside])
         assert (b[inside] - a[inside]).abs().max() > 1e-3  # the portrait's eye pixels were left out
@@ -829,16 +836,12 @@ def test_eye_refiner_shut_only_leaves_open_eyes_exactly_and_refines_shut_ones():
     with torch.no_grad():
         torch.nn.init.normal_(gated.eyes.net[-1].weight, std=0.2)
         gated.eyes.net[-1].bias.uniform_(-0.1, 0.1)
-    S, K, L = cfg.image_size, cfg.codebook_size, plain.levels
+    S = cfg.image_size
     refs = unb.reference(torch.rand(2, 3, S, S))
-    tokens = torch.randint(0, K, (2, cfg.tokens_per_frame))
-    digits = torch.stack([(tokens // L ** i) % L for i in range(3)])
-    open_ = torch.where(digits[0] > cfg.eye_code[0], tokens - (digits[0] - cfg.eye_code[0]), tokens)
+    open_, shut_t = _open_and_shut(cfg, plain.levels, cells, shut)
     inside = grown_eye_boxes(S).bool().expand(2, 3, S, S)
     with torch.no_grad():
         assert torch.equal(gated.decode(open_, refs), unb.decode(open_, refs))
-        shut_t = open_.clone()
-        shut_t[:, cells] = shut
         a, b = unb.decode(shut_t, refs), gated.decode(shut_t, refs)
     assert torch.equal(b[~inside], a[~inside])
     assert (b[inside] - a[inside]).abs().max() > 1e-3
