@@ -161,11 +161,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg.tokenizer.eye_unblend = True
         print("eye unblend: no portrait pixels over shut eye cells")
     if args.eye_unblend_axes is not None:
-        if not cfg.tokenizer.eye_unblend or not all(a < 0.25 for a in args.eye_unblend_axes):
-            print("refusing: --eye-unblend-axes needs tokenizer.eye_unblend (--eye-unblend) and semi-axes in (0, "
-                  f"0.25), got {args.eye_unblend_axes}", file=sys.stderr)
+        from eartalking.model.tokenizer import check_eye_axes
+
+        if not cfg.tokenizer.eye_unblend:
+            print("refusing: --eye-unblend-axes sizes tokenizer.eye_unblend's ellipses: it needs --eye-unblend",
+                  file=sys.stderr)
             return 2
-        cfg.tokenizer.eye_unblend_axes = tuple(args.eye_unblend_axes)
+        try:
+            cfg.tokenizer.eye_unblend_axes = check_eye_axes(args.eye_unblend_axes)
+        except ValueError as e:
+            print(f"refusing: --eye-unblend-axes: {e}", file=sys.stderr)
+            return 2
         print(f"eye unblend ellipses: semi-axes {list(cfg.tokenizer.eye_unblend_axes)} of the side")
     model = checkpoint.random_model(cfg, seed=0)  # the final config's modules and buffers (anchors) ...
     missing, unexpected = model.load_state_dict(state, strict=False)  # ... with the trained weights

@@ -196,8 +196,8 @@ class StepDecoder(nn.Module):
         state (``state_pick``; ``control_mask`` [B,C]: where the blink control is absent, or None, the absent
         threshold applies). Every
         path (stream, reference, torch backend, export) picks through here."""
-        tokens = select(logits, temperature, gumbel, self.top_k, self.greedy, self.cell_temperatures(),
-                        self.cell_gains(), ref_tokens)
+        temps = self.cell_temperatures()
+        tokens = select(logits, temperature, gumbel, self.top_k, self.greedy, temps, self.cell_gains(), ref_tokens)
         if self.greedy != "code_mean" or not bool(self.eye_state_cells.any()):
             return tokens
         if control_mask is None:
@@ -206,7 +206,7 @@ class StepDecoder(nn.Module):
             given = control_mask[:, CONTROL_NAMES.index("blink")][:, None] > 0.5
         thr = torch.where(given, torch.full_like(temperature, self.eye_state_threshold),
                           torch.full_like(temperature, self.eye_state_absent_threshold))
-        idx, temps = self.eye_state_index, self.cell_temperatures()  # only the group's cells: per-frame work
+        idx = self.eye_state_index  # only the group's cells: per-frame work
         joint = state_pick(logits[:, idx], self.eye_state_shut, self.eye_state_open_max, thr,
                            temps[idx] if isinstance(temps, torch.Tensor) else temps, ref_tokens[:, idx])  # [B,E]
         placed = torch.matmul(joint.to(torch.float32), self.eye_state_place).to(torch.int64)  # exact below 2**24

@@ -210,16 +210,22 @@ PORTRAIT_EYE_CENTRES = ((0.39, 0.40), (0.61, 0.40))
 PORTRAIT_EYE_AXES = (0.08, 0.05)
 
 
-def portrait_eyes(size: int, axes: tuple[float, ...] = PORTRAIT_EYE_AXES) -> torch.Tensor:
-    """[1,1,S,S] in 0..1: soft ellipses around the aligned portrait's eyes (``PORTRAIT_EYE_CENTRES``, semi-axes
-    ``axes`` (x, y) as fractions of the side; 1 inside 3/4 of the normalised radius^2, ramping to 0 at the
-    ellipse). ``tokenizer.eye_unblend_axes`` sets ``axes``; anything but two values in (0, 0.25) is refused."""
+def check_eye_axes(axes) -> tuple[float, float]:
+    """``tokenizer.eye_unblend_axes`` -> (ax, ay) floats; anything but two semi-axes in (0, 0.25) of the side is
+    refused (ValueError naming the setting). The one check for the model and ``scripts/ship_checkpoint.py``."""
     if len(axes) != 2 or not all(0.0 < float(a) < 0.25 for a in axes):
         raise ValueError(f"eye_unblend_axes must be two semi-axes (x, y) in (0, 0.25) of the side, got {tuple(axes)}")
+    return float(axes[0]), float(axes[1])
+
+
+def portrait_eyes(size: int, axes: tuple[float, ...] = PORTRAIT_EYE_AXES) -> torch.Tensor:
+    """[1,1,S,S] in 0..1: soft ellipses around the aligned portrait's eyes (``PORTRAIT_EYE_CENTRES``, semi-axes
+    ``axes`` (x, y) as fractions of the side, ``check_eye_axes``; 1 inside 3/4 of the normalised radius^2, ramping
+    to 0 at the ellipse). ``tokenizer.eye_unblend_axes`` sets ``axes``."""
+    ax, ay = check_eye_axes(axes)
     c = (torch.arange(size, dtype=torch.float32) + 0.5) / size
     yy, xx = torch.meshgrid(c, c, indexing="ij")
     out = torch.zeros(size, size)
-    ax, ay = (float(a) for a in axes)
     for cx, cy in PORTRAIT_EYE_CENTRES:
         d = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2
         out = torch.maximum(out, torch.clamp((1.0 - d) * 4.0, 0.0, 1.0))

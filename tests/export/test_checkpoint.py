@@ -111,6 +111,9 @@ def test_ship_checkpoint_eye_unblend_needs_an_eye_code_and_keeps_the_weights(tmp
     assert main(["--decoder", str(tmp_path / "coded"), "--out", str(tmp_path / "bad3"), "--runs",
                  "--eye-unblend-axes", "0.1", "0.06"]) == 2  # no eye_unblend to size
     assert not (tmp_path / "bad3").exists()
+    assert main(["--decoder", str(tmp_path / "coded"), "--out", str(tmp_path / "bad4"), "--runs", "--eye-unblend",
+                 "--eye-unblend-axes", "0.3", "0.06"]) == 2  # the model's own bound, (0, 0.25)
+    assert not (tmp_path / "bad4").exists()
     assert main(["--decoder", str(tmp_path / "coded"), "--out", str(tmp_path / "ship"), "--runs", "--eye-unblend",
                  "--eye-state-threshold", "0.4", "--eye-unblend-axes", "0.1", "0.06"]) == 0
     shipped, scfg = checkpoint.load(tmp_path / "ship")
