@@ -23,6 +23,12 @@ MAX_ROI_SCALE = 2.0  # small faces are enlarged up to this factor (cheaper than 
 #: when some detection scores at least this, weaker ones are not faces to pick (measured on the astronaut:
 #: her face 1.2-1.7, a false box on her suit 0.06-0.12 that is sometimes the larger of the two)
 CONFIDENT_SCORE = 0.5
+#: while tracking, a detection in the region around the last face counts from this HOG score (the full-frame
+#: search keeps dlib's own 0): a face just seen is still there when it scores a little under 0. Measured on
+#: Einstein's corpus photo, whose face fills the crop: the corpus's own video of it was found in 22 of 65
+#: frames at 0 and in all 65 at -0.5 (openness r against the labels 0.87 on the 22, 0.85 on all 65); -0.3 was
+#: not enough (generated frames 34 of 119 against 113), -1.0 found no more than -0.5
+TRACK_SCORE = -0.5
 
 
 @functools.lru_cache(maxsize=1)
@@ -45,9 +51,9 @@ class FaceFinder:
 
     With a previous face: search a region 3x its size around it (moved only when the face has moved, so a
     still face gets the same box), scaled so the face is ~TARGET_FACE_PX wide (HOG finds faces from ~80
-    px; small faces are enlarged up to MAX_ROI_SCALE). Otherwise, or when that misses: the whole
-    frame scaled to at most DETECT_MAX_SIDE px, then with upsampling, then at full resolution (with
-    upsampling only up to 1.5 Mpx). Boxes are returned in full-frame pixels.
+    px; small faces are enlarged up to MAX_ROI_SCALE), accepting detections from TRACK_SCORE up. Otherwise,
+    or when that misses: the whole frame scaled to at most DETECT_MAX_SIDE px, then with upsampling, then at
+    full resolution (with upsampling only up to 1.5 Mpx). Boxes are returned in full-frame pixels.
     """
 
     def __init__(self) -> None:
@@ -84,7 +90,7 @@ class FaceFinder:
         x1, y1 = min(w, int(cx + 1.5 * m)), min(h, int(cy + 1.5 * m))
         prev = self.prev
         assert prev is not None
-        hit = self._detect(img[y0:y1, x0:x1], [(self.scale, 0), (self.scale, 1)], (x0, y0))
+        hit = self._detect(img[y0:y1, x0:x1], [(self.scale, 0), (self.scale, 1)], (x0, y0), TRACK_SCORE)
         if (
             hit is not None
             and abs(hit.center().x - (prev[0] + prev[2]) / 2) + abs(hit.center().y - (prev[1] + prev[3]) / 2) > m / 2
@@ -93,8 +99,10 @@ class FaceFinder:
             return None  # another face near the old one: let the full-frame search pick the largest
         return hit
 
-    def _detect(self, img: np.ndarray, tries: list[tuple[float, int]], offset: tuple[int, int]) -> Any | None:
-        """Largest face in ``img`` trying (scale, upsample) pairs in order; box shifted by ``offset``."""
+    def _detect(self, img: np.ndarray, tries: list[tuple[float, int]], offset: tuple[int, int],
+                threshold: float = 0.0) -> Any | None:
+        """Largest face in ``img`` trying (scale, upsample) pairs in order, counting detections that score at
+        least ``threshold``; box shifted by ``offset``."""
         import dlib
 
         det = models()[0]
@@ -103,7 +111,7 @@ class FaceFinder:
             if (s, up) in seen or min(img.shape[:2]) < 8:
                 continue
             seen.add((s, up))
-            boxes, scores, _ = det.run(_resize(img, s), up, 0.0)
+            boxes, scores, _ = det.run(_resize(img, s), up, threshold)
             if len(boxes):
                 # the largest face; among faces of about that size, the most face-like (HOG score); weak
                 # detections compete only when no confident one exists

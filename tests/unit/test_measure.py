@@ -272,6 +272,25 @@ def test_tracking_follows_a_moving_face():
         assert abs(b[0] - boxes[0][0] - dx) <= 10 and abs(b[1] - boxes[0][1] - dy) <= 10, (dy, dx, b, boxes[0])
 
 
+def test_tracking_keeps_a_face_that_scores_under_zero():
+    """A face just seen still counts when it scores a little under dlib's 0 (``TRACK_SCORE``), only near the
+    last face: a blurred astronaut that a fresh search misses is found after a sharp frame, in the same place;
+    a frame with no face stays empty even while tracking."""
+    from scipy.ndimage import gaussian_filter
+
+    sharp = _astronaut()
+    rng = np.random.default_rng()
+    sigma = rng.uniform(4.8, 5.2)  # HOG score about -0.4 here (0.05 at sigma 4, -0.75 at 6)
+    soft = np.clip(gaussian_filter(sharp.astype(float), (sigma, sigma, 0)), 0, 255).astype(np.uint8)
+    assert dlibface.FaceFinder().find(soft) is None  # the full-frame search keeps dlib's threshold
+    yy, xx = np.mgrid[0:256, 0:256]
+    empty = np.stack([(xx * a + yy * b) % 256 for a, b in rng.uniform(0.5, 3, (3, 2))], -1).astype(np.uint8)
+    res = measure.measure_frames([sharp, soft, soft, empty, soft], every=100)
+    assert res["no_face_indices"] == [3, 4]  # after the empty frame there is no last face to track
+    b0, b1, b2 = res["curves"]["face_box"][:3]
+    assert max(abs(u - v) for u, v in zip(b0, b1, strict=True)) <= 12 and b1 == b2, (b0, b1, b2)
+
+
 def test_eye_signal_dips_when_the_eye_is_skin():
     """eye_appearance reads the boxes around both eyes: an open eye (white sclera and a dark iris on random
     skin) has more dark contrast and luminance spread than the same eye shut (skin with a faint lid line), so
