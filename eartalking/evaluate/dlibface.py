@@ -23,11 +23,12 @@ MAX_ROI_SCALE = 2.0  # small faces are enlarged up to this factor (cheaper than 
 #: when some detection scores at least this, weaker ones are not faces to pick (measured on the astronaut:
 #: her face 1.2-1.7, a false box on her suit 0.06-0.12 that is sometimes the larger of the two)
 CONFIDENT_SCORE = 0.5
-#: while tracking, a detection in the region around the last face counts from this HOG score (the full-frame
-#: search keeps dlib's own 0): a face just seen is still there when it scores a little under 0. Measured on
-#: Einstein's corpus photo, whose face fills the crop: the corpus's own video of it was found in 22 of 65
-#: frames at 0 and in all 65 at -0.5 (openness r against the labels 0.87 on the 22, 0.85 on all 65); -0.3 was
-#: not enough (generated frames 34 of 119 against 113), -1.0 found no more than -0.5
+#: while tracking, when no try finds a face in the region around the last one at dlib's own threshold 0, a
+#: detection there counts from this HOG score (the full-frame search keeps 0): a face just seen is still there
+#: when it scores a little under 0. Measured on Einstein's corpus photo, whose face fills the crop: its corpus
+#: video was found in 22 of 65 frames at 0 and in all 65 at -0.5 (openness r against the labels 0.87 on the 22,
+#: 0.85 on all 65), a generated clip of it in 16 of 119 and 113 of 119; -0.3 found 34 of 119, -1.0 no more
+#: than -0.5. Frames found at 0 keep their boxes.
 TRACK_SCORE = -0.5
 
 
@@ -51,7 +52,7 @@ class FaceFinder:
 
     With a previous face: search a region 3x its size around it (moved only when the face has moved, so a
     still face gets the same box), scaled so the face is ~TARGET_FACE_PX wide (HOG finds faces from ~80
-    px; small faces are enlarged up to MAX_ROI_SCALE), accepting detections from TRACK_SCORE up. Otherwise,
+    px; small faces are enlarged up to MAX_ROI_SCALE), then, if none, detections from TRACK_SCORE up. Otherwise,
     or when that misses: the whole frame scaled to at most DETECT_MAX_SIDE px, then with upsampling, then at
     full resolution (with upsampling only up to 1.5 Mpx). Boxes are returned in full-frame pixels.
     """
@@ -90,7 +91,12 @@ class FaceFinder:
         x1, y1 = min(w, int(cx + 1.5 * m)), min(h, int(cy + 1.5 * m))
         prev = self.prev
         assert prev is not None
-        hit = self._detect(img[y0:y1, x0:x1], [(self.scale, 0), (self.scale, 1)], (x0, y0), TRACK_SCORE)
+        roi, tries = img[y0:y1, x0:x1], [(self.scale, 0), (self.scale, 1)]
+        # weak detections only when no try finds a face at dlib's own threshold: a weak box at one scale must
+        # not stand in for the confident one the upsampled try would find
+        hit = self._detect(roi, tries, (x0, y0))
+        if hit is None:
+            hit = self._detect(roi, tries, (x0, y0), TRACK_SCORE)
         if (
             hit is not None
             and abs(hit.center().x - (prev[0] + prev[2]) / 2) + abs(hit.center().y - (prev[1] + prev[3]) / 2) > m / 2

@@ -285,7 +285,7 @@ def measure_video(
     try:
         with av.open(str(path)) as box:
             if not box.streams.video:
-                raise UserError(f"{path} has no video stream")
+                raise UserError(f"cannot read video {path}: it has no video stream")
             vs = box.streams.video[0]
             rate = vs.average_rate or vs.guessed_rate or vs.base_rate
             fps = float(rate) if rate else 25.0
@@ -300,7 +300,7 @@ def measure_video(
     except av.FFmpegError as e:
         raise UserError(f"cannot read video {path}: {e}") from None
     if not acc.boxes:
-        raise UserError(f"{path}: no decodable video frames")
+        raise UserError(f"cannot read video {path}: no decodable video frames")
     source = {
         "kind": "video",
         "path": str(path),
