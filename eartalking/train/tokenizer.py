@@ -158,6 +158,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train with tokenizer.eye_unblend on (needs --eye-code; recorded in config.json): over eye "
                         "cells whose token says shut, the pixel path does not blend the portrait's open eyes in, so "
                         "the eye loss reaches what the decoder draws there")
+    p.add_argument("--mouth-reader", default="", metavar="DIR",
+                   help="a mouth reader (scripts/train_mouth_reader.py: a small CNN that reads openness from the "
+                        "mouth box) to judge the image side by; with --mouth-read-weight")
+    p.add_argument("--mouth-read-weight", type=float, default=0.0, metavar="W",
+                   help="with --mouth-reader: weight of an L1 between the frozen reader's openness of the decoded "
+                        "frame and of the target frame, so the image side draws an opening the reader sees, not "
+                        "a blur of the same mean colour (0 = off)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
@@ -587,6 +594,10 @@ def run(args: argparse.Namespace) -> int:
                         f"> 0 and --eye-unblend (got --eye-refiner {args.eye_refiner}, --eye-unblend "
                         f"{bool(args.eye_unblend)})")
     cfg.tokenizer.eye_refiner_shut_only = bool(args.eye_refiner_shut_only)
+    if args.mouth_read_weight < 0 or (args.mouth_read_weight > 0) != bool(args.mouth_reader):
+        raise UserError("--mouth-read-weight W > 0 and --mouth-reader DIR go together (a reader to judge by and "
+                        f"its weight), got --mouth-reader {args.mouth_reader!r} --mouth-read-weight "
+                        f"{args.mouth_read_weight}")
     train = common.load_corpus(args.data, "train", args.limit_clips, size=cfg.tokenizer.image_size)
     held = common.load_heldout(args.data, train, 24, size=cfg.tokenizer.image_size)
     tok = Tokenizer(cfg.tokenizer).to(device)
@@ -663,6 +674,14 @@ def run(args: argparse.Namespace) -> int:
         eyes = eye_cells(cfg)
         code_gen = torch.Generator().manual_seed(args.seed + step)
     mouth_box = mouth_boxes(cfg.tokenizer.image_size, device)
+    reader = None
+    if args.mouth_reader:
+        from eartalking.train import mouth_reader
+
+        reader = mouth_reader.load(args.mouth_reader, device)
+        if reader.size != cfg.tokenizer.image_size:
+            raise UserError(f"--mouth-reader {args.mouth_reader}: trained on {reader.size} px frames, the tokenizer "
+                            f"draws {cfg.tokenizer.image_size} px")
     budget = common.Budget(args.steps, args.minutes)
     amp = common.use_bf16(device, args.bf16)
     print(f"tokenizer: {sum(p.numel() for p in tok.parameters()) / 1e6:.2f} M params, {len(train)} train clips, "
@@ -692,6 +711,11 @@ def run(args: argparse.Namespace) -> int:
             l1w = l1w + args.mouth_box_weight * (box_l1(rec, img, mouth_box) +
                                                  box_grad_l1(rec, img, mouth_box)).mean()
         loss = l1w + 0.5 * grad_l1(rec, img) + L["vq_total"].float()
+        if reader is not None:
+            with torch.no_grad():
+                want = reader(img)
+            read_l1 = (reader(rec) - want).abs().mean()
+            loss = loss + args.mouth_read_weight * read_l1
         if teacher is not None:
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 held_img = teacher(img, ref)[0].float()
@@ -724,6 +748,8 @@ def run(args: argparse.Namespace) -> int:
                 row.update(mouth_code_err=mouth_err)
             if teacher is not None:
                 row.update(keep_image_l1=kept_l1.item())
+            if reader is not None:
+                row.update(mouth_read_l1=read_l1.item())
             bar.set_postfix(psnr=f"{row['psnr']:.2f}", usage=f"{row['usage']:.2f}")
             if step % args.eval_every == 0:
                 with WeightEMA.applied(ema, tok):
