@@ -3,7 +3,7 @@ on clips evaluate does not report.
 
 Usage: .venv/bin/python scripts/code_mean_sweep.py [--checkpoint checkpoints/tiny] [--data corpus500]
        [--temperatures 1,1.2,1.3,1.4,1.5,1.75] [--mouth-gains 1,1.25,1.5] [--clips 40] [--human-prompts 24]
-       [--train-clips 8] [--threads 1]
+       [--train-clips 8] [--threads 1] [--json OUT] [--paired-with PREV.json]
 
 ``code_mean`` picks, per token cell, the token nearest the expected FSQ digits under softmax(logits / T).
 On people and voices the model knows its distributions are sharp and T hardly matters; on new ones the mass
@@ -34,6 +34,7 @@ T [--mouth-gain G]``.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -68,7 +69,15 @@ def paired(a: dict[int, float | None], b: dict[int, float | None], cases: list) 
     """'+d +- se, median +m (n)' of b - a over ``cases`` (keyed by id) that both measured ('+d (1)' for one, '-'
     for none). The median is printed because a one-word prompt can swing r from +1 to -1 (a difference of 2)
     and move the mean of 50 cases by 0.04 on its own."""
-    d = [b[id(c)] - a[id(c)] for c in cases if a.get(id(c)) is not None and b.get(id(c)) is not None]
+    return _differences([b[id(c)] - a[id(c)] for c in cases if a.get(id(c)) is not None and b.get(id(c)) is not None])
+
+
+def paired_by_name(a: dict[str, float | None], b: dict[str, float | None], names: list[str]) -> str:
+    """``paired`` for per-case r keyed by case name: two runs (e.g. two checkpoints) on the same cases."""
+    return _differences([b[n] - a[n] for n in names if a.get(n) is not None and b.get(n) is not None])
+
+
+def _differences(d: list[float]) -> str:
     if not d:
         return "-"
     mean = statistics.fmean(d)
@@ -93,7 +102,18 @@ def main(argv: list[str] | None = None) -> int:
                         "asset cache; 0 = none)")
     p.add_argument("--train-clips", type=int, default=8, help="training clips printed beside them (0 = none)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default="", metavar="OUT",
+                   help="also write each setting's group means and per-case r (keyed by case name) to this file")
+    p.add_argument("--paired-with", default="", metavar="PREV",
+                   help="a --json file of an earlier run on the same cases (e.g. another checkpoint): print each "
+                        "setting's per-case difference from PREV's first setting, per group")
     args = p.parse_args(argv)
+    prev = None
+    if args.paired_with:
+        try:
+            prev = json.loads(Path(args.paired_with).read_text())["settings"][0]["cases"]
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            p.error(f"--paired-with {args.paired_with}: not a --json file of this script ({type(e).__name__}: {e})")
     temps = parse_positive_list(args.temperatures)
     gains = parse_positive_list(args.mouth_gains, "--mouth-gains") if args.mouth_gains else None
     if args.clips < 1 or args.train_clips < 0 or args.human_prompts < 0:
@@ -175,6 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         for k in settings[1:]:
             print(f"  T={k[0]:g} gain {k[1]:g}: " + "  ".join(
                 f"{g} {paired(per_case[settings[0]], per_case[k], groups[g])}" for g in groups))
+    by_name = {k: {c.name: rs[id(c)] for c in held + prompts + groups.get("train", [])} for k, rs in per_case.items()}
+    if prev is not None:
+        print(f"\npaired against {args.paired_with} (mean per-case difference +- its standard error):")
+        for k in settings:
+            print(f"  T={k[0]:g} gain {k[1]:g}: " + "  ".join(
+                f"{g} {paired_by_name(prev, by_name[k], [c.name for c in groups[g]])}" for g in groups))
+    if args.json:
+        runs = [{"temperature": k[0], "gain": k[1], "means": table[k], "cases": by_name[k]} for k in settings]
+        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "data": args.data, "settings": runs,
+                                               "groups": {g: [c.name for c in v] for g, v in groups.items()}},
+                                              indent=1))
     print(f"\nbest {rule}: --code-mean-temperature {best[0]:g}"
           + (f" --mouth-gain {best[1]:g}" if len(gains) > 1 else ""))
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -402,7 +403,8 @@ def test_human_utterances_skip_unalignable_prompts_and_still_return_n(monkeypatc
     assert len(ge.human_utterances(str(tmp_path), prompts[:4], 5)) == 3  # only 3 alignable held-out prompts
 
 
-def test_code_mean_sweep_chooses_the_temperature_with_the_best_validation_r(corpus_dir, ckpt, monkeypatch, capsys):
+def test_code_mean_sweep_chooses_the_temperature_with_the_best_validation_r(corpus_dir, ckpt, monkeypatch, capsys,
+                                                                         tmp_path):
     """scripts/code_mean_sweep.py: each temperature reaches the generator through model.decoder, r is measured
     as evaluate measures it, and the choice is the temperature whose validation clips score best. A stand-in
     generator returns each clip's own video at T = 1.3 (r = the ground-truth r) and the video reversed in time
@@ -445,10 +447,30 @@ def test_code_mean_sweep_chooses_the_temperature_with_the_best_validation_r(corp
 
     monkeypatch.setattr(ge, "generate", fake_gain_generate)
     assert sweep.main(["--checkpoint", str(ckpt), "--data", str(corpus_dir), "--temperatures", "1,1.3",
-                       "--mouth-gains", "1,1.5", "--clips", "2", "--train-clips", "1"]) == 0
+                       "--mouth-gains", "1,1.5", "--clips", "2", "--train-clips", "1",
+                       "--json", str(tmp_path / "a.json")]) == 0
     out = capsys.readouterr().out
     assert "--code-mean-temperature 1.3 --mouth-gain 1.5" in out and "| 1.3 (chosen) | 1.5 |" in out
     assert "paired against T=1 gain 1" in out and "T=1.3 gain 1.5: validation +" in out  # reversed -> own video
+    saved = json.loads((tmp_path / "a.json").read_text())
+    assert [(r["temperature"], r["gain"]) for r in saved["settings"]] == [(1.0, 1.0), (1.3, 1.0), (1.0, 1.5),
+                                                                           (1.3, 1.5)]
+    names = sorted({n for g in saved["groups"].values() for n in g})
+    assert len(names) >= 2 and all(sorted(r["cases"]) == names for r in saved["settings"])
+    own, rev = saved["settings"][3]["cases"], saved["settings"][0]["cases"]
+    assert all(own[n] > rev[n] for n in names)  # each clip's own video follows its labels better than reversed
+    # --paired-with: another run (here the own-video setting alone) against the saved run's first setting
+    assert sweep.main(["--checkpoint", str(ckpt), "--data", str(corpus_dir), "--temperatures", "1.3",
+                       "--mouth-gains", "1.5", "--clips", "2", "--train-clips", "1",
+                       "--paired-with", str(tmp_path / "a.json")]) == 0
+    out = capsys.readouterr().out
+    d = statistics.fmean(own[n] - rev[n] for n in saved["groups"]["validation"])
+    assert f"paired against {tmp_path / 'a.json'}" in out and f"validation {d:+.3f}" in out
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        sweep.main(["--checkpoint", str(ckpt), "--data", str(corpus_dir), "--paired-with", str(tmp_path / "bad.json")])
+    assert "--paired-with" in capsys.readouterr().err
+    assert sweep.paired_by_name({"a": 0.1, "b": None}, {"a": 0.4, "b": 0.2}, ["a", "b"]) == "+0.300 (1)"
     cases = [object(), object(), object()]
     a = dict(zip(map(id, cases), (0.1, 0.3, None), strict=True))
     b = dict(zip(map(id, cases), (0.4, 0.4, 0.9), strict=True))
