@@ -139,6 +139,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "lets the eyes learn shut from the corner tokens while the mouth, which lip-sync reads, "
                         "stays as the --init tokenizer draws it (training on the ground truth alone moved it); "
                         "0 = off")
+    p.add_argument("--keep-image-where", choices=("outside-eyes", "eyes"), default="outside-eyes",
+                   help="where --keep-image holds the image: outside the eye boxes (default: teach the eyes, keep "
+                        "the mouth) or inside them, grown by 3 px (teach the mouth, e.g. with --mouth-reader, and "
+                        "keep the shut eyes the --init image side draws from the eye code)")
     p.add_argument("--keep-image-from", default="", metavar="TOKENIZER",
                    help="with --keep-image: hold the image outside the eyes to this tokenizer's (a run folder, "
                         "tokenizer.safetensors or checkpoint folder with the same encoder) instead of --init's: "
@@ -622,6 +626,9 @@ def run(args: argparse.Namespace) -> int:
         load_init(tok, args.init, device)
     if args.keep_image < 0 or (args.keep_image > 0 and not args.init):
         raise UserError("--keep-image holds the image to the --init tokenizer's: it needs --init and a weight >= 0")
+    if args.keep_image_where != "outside-eyes" and not args.keep_image > 0:
+        raise UserError(f"--keep-image-where {args.keep_image_where} says where --keep-image W holds the image: "
+                        "give W > 0")
     if args.keep_image_from and not args.keep_image > 0:
         raise UserError("--keep-image-from names the tokenizer --keep-image W holds the image to: give W > 0")
     teacher = None
@@ -634,7 +641,8 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"--keep-image-from {args.keep_image_from}: its encoder differs from --init's "
                                 f"({enc[:2]}...): the same image would give other tokens")
         teacher.eval().requires_grad_(False)
-        keep_mask = outside_eyes(cfg.tokenizer.image_size, device)
+        keep_mask = (outside_eyes(cfg.tokenizer.image_size, device) if args.keep_image_where == "outside-eyes"
+                     else grown_eye_boxes(cfg.tokenizer.image_size, 3, device))
     # the --init encoder, also on resume
     anchor = LatentAnchor(tok, cfg, device, args.anchor_free) if args.anchor_latent > 0 else None
     if (out / WEIGHTS).is_file():  # resume (the raw weights when an EMA run saved its average as WEIGHTS)
@@ -718,7 +726,7 @@ def run(args: argparse.Namespace) -> int:
             loss = loss + args.mouth_read_weight * read_l1
         if teacher is not None:
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                held_img = teacher(img, ref)[0].float()
+                held_img = teacher(img, ref, replace)[0].float()  # the same tokens: eye code, decoder picks
             kept_l1 = box_l1(rec, held_img, keep_mask).mean()
             loss = loss + args.keep_image * kept_l1
         if anchor is not None:

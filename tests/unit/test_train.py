@@ -673,6 +673,46 @@ def test_keep_image_holds_the_image_outside_the_eyes_at_the_init_tokenizer(token
     assert moved["0"] > 0 and moved["20"] < 0.5 * moved["0"], moved
 
 
+def test_keep_image_where_eyes_holds_the_eyes_at_the_init_tokenizer(tokenizer_runs, corpus_dir, tmp_path, capsys,
+                                                                    monkeypatch):
+    """--keep-image-where eyes: the hold's L1 is taken over the grown eye boxes instead of outside them (for
+    training the mouth while the --init image side's eyes stay), and the eyes then move at least 2x less than
+    with no hold; refused without --keep-image."""
+    from eartalking.config import preset
+    from eartalking.model.tokenizer import grown_eye_boxes
+    from eartalking.train import tokenizer as train_tok
+
+    init = ["--init", str(tokenizer_runs["out"]), "--freeze-encoder", "--lr", "3e-3", "--bf16", "off"]
+    assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + init + ["--keep-image-where", "eyes"]) == 2
+    assert "--keep-image W" in capsys.readouterr().err
+    cfg = preset("test_small").tokenizer
+    eyes = grown_eye_boxes(cfg.image_size, 3, torch.device("cpu"))
+    assert 0.02 < eyes.mean() < 0.2
+    masks = []
+    real_box_l1 = train_tok.box_l1
+
+    def recording(x, target, box):
+        masks.append(box.detach().clone())
+        return real_box_l1(x, target, box)
+
+    monkeypatch.setattr(train_tok, "box_l1", recording)
+    for where, want in (("eyes", eyes), ("outside-eyes", 1 - eyes)):
+        masks.clear()
+        assert main(_tok_args(corpus_dir, tmp_path / f"rec_{where}", 1) + init
+                    + ["--keep-image", "1", "--keep-image-where", where]) == 0
+        assert any(torch.equal(m, want) for m in masks), where  # the hold's mask (the only box_l1 in this run)
+    monkeypatch.setattr(train_tok, "box_l1", real_box_l1)
+    gen = torch.Generator().manual_seed(int(torch.randint(1 << 30, ())))
+    img, ref = (torch.rand(6, 3, cfg.image_size, cfg.image_size, generator=gen) for _ in range(2))
+    start = _drawn(tokenizer_runs["out"], img, ref)
+    moved = {}
+    for name, extra in (("none", []), ("eyes", ["--keep-image", "20", "--keep-image-where", "eyes"])):
+        out = tmp_path / f"keep_{name}"
+        assert main(_tok_args(corpus_dir, out, 6) + init + extra) == 0
+        moved[name] = float(((_drawn(out, img, ref) - start).abs() * eyes).sum() / eyes.sum())
+    assert moved["none"] > 0 and moved["eyes"] < 0.5 * moved["none"], moved
+
+
 HEAD_BIAS = "head.2.bias"  # the image decoder's last conv (RGB, before the sigmoid)
 
 
