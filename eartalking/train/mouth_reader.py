@@ -110,8 +110,11 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-12))
+    """``measure``'s Pearson r (``evaluate.signals.pearson``), 0.0 where it is undefined (a constant reading)."""
+    from eartalking.evaluate.signals import pearson as r
+
+    v = r(a, b)
+    return 0.0 if v is None else v
 
 
 @torch.no_grad()
