@@ -29,15 +29,15 @@ from tqdm import tqdm
 from eartalking.cli import UserError
 
 WEIGHTS, CONFIG = "mouth_reader.safetensors", "mouth_reader.json"
-BOX = (0.56, 0.84, 0.30, 0.70)  # rows y0..y1, cols x0..x1 as fractions of the side (= tokenizer.mouth_boxes)
 
 
 def box_slices(size: int) -> tuple[slice, slice]:
-    """The mouth box of a ``size`` px crop as (rows, cols) slices: the pixels whose centres lie in ``BOX``, the
-    same ones ``train.tokenizer.mouth_boxes`` marks."""
-    c = (np.arange(size) + 0.5) / size
-    rows = np.nonzero((c >= BOX[0]) & (c <= BOX[1]))[0]
-    cols = np.nonzero((c >= BOX[2]) & (c <= BOX[3]))[0]
+    """The mouth box of a ``size`` px crop (``train.tokenizer.mouth_boxes``, the one definition) as (rows, cols)
+    slices."""
+    from eartalking.train.tokenizer import mouth_boxes
+
+    mask = mouth_boxes(size, torch.device("cpu"))[0, 0] > 0
+    rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
     return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
