@@ -169,6 +169,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --mouth-reader: weight of an L1 between the frozen reader's openness of the decoded "
                         "frame and of the target frame, so the image side draws an opening the reader sees, not "
                         "a blur of the same mean colour (0 = off)")
+    p.add_argument("--mouth-critic-weight", type=float, default=0.0, metavar="W",
+                   help="weight of an adversarial term over the mouth box (train/mouth_critic.py: a small "
+                        "discriminator of (mouth, reference mouth, openness label) trained beside the image side), "
+                        "so the image side draws mouths like the video's instead of a blur; 0 = off. Try 0.02-0.1")
+    p.add_argument("--mouth-critic-lr", type=float, default=2e-4, metavar="LR",
+                   help="the mouth critic's learning rate (Adam, betas 0.5/0.99)")
+    p.add_argument("--mouth-critic-warmup", type=int, default=200, metavar="STEPS",
+                   help="steps the mouth critic trains alone before its term reaches the image side")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
@@ -602,6 +610,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--mouth-read-weight W > 0 and --mouth-reader DIR go together (a reader to judge by and "
                         f"its weight), got --mouth-reader {args.mouth_reader!r} --mouth-read-weight "
                         f"{args.mouth_read_weight}")
+    if args.mouth_critic_weight < 0 or args.mouth_critic_lr <= 0 or args.mouth_critic_warmup < 0:
+        raise UserError("--mouth-critic-weight is >= 0 (0 = off), --mouth-critic-lr > 0 and --mouth-critic-warmup "
+                        f">= 0 steps, got {args.mouth_critic_weight}, {args.mouth_critic_lr}, "
+                        f"{args.mouth_critic_warmup}")
     train = common.load_corpus(args.data, "train", args.limit_clips, size=cfg.tokenizer.image_size)
     held = common.load_heldout(args.data, train, 24, size=cfg.tokenizer.image_size)
     tok = Tokenizer(cfg.tokenizer).to(device)
@@ -690,6 +702,13 @@ def run(args: argparse.Namespace) -> int:
         if reader.size != cfg.tokenizer.image_size:
             raise UserError(f"--mouth-reader {args.mouth_reader}: trained on {reader.size} px frames, the tokenizer "
                             f"draws {cfg.tokenizer.image_size} px")
+    critic = None
+    if args.mouth_critic_weight > 0:
+        from eartalking.train import mouth_critic
+
+        critic = mouth_critic.MouthCritic(cfg.tokenizer.image_size).to(device)
+        critic_opt = torch.optim.Adam(critic.parameters(), lr=args.mouth_critic_lr, betas=(0.5, 0.99))
+        mouth_critic.load_into(critic, critic_opt, out, device)
     budget = common.Budget(args.steps, args.minutes)
     amp = common.use_bf16(device, args.bf16)
     print(f"tokenizer: {sum(p.numel() for p in tok.parameters()) / 1e6:.2f} M params, {len(train)} train clips, "
@@ -729,6 +748,11 @@ def run(args: argparse.Namespace) -> int:
                 held_img = teacher(img, ref, replace)[0].float()  # the same tokens: eye code, decoder picks
             kept_l1 = box_l1(rec, held_img, keep_mask).mean()
             loss = loss + args.keep_image * kept_l1
+        if critic is not None:
+            opens = torch.from_numpy(open_np).to(device)
+            if step >= args.mouth_critic_warmup:
+                adv = mouth_critic.image_side_loss(critic, rec, ref, opens)  # moves the frames, not the critic
+                loss = loss + args.mouth_critic_weight * adv
         if anchor is not None:
             drift, kept = anchor(img, L["bounded"].float(), L["indices"])
             loss = loss + args.anchor_latent * drift
@@ -739,6 +763,9 @@ def run(args: argparse.Namespace) -> int:
             mouth_loss, mouth_err = mouth_code(L["bounded"].float(), torch.from_numpy(open_np).to(device))
             loss = loss + args.mouth_aux_weight * mouth_loss
         common.optimizer_step(opt, loss, params)
+        if critic is not None:
+            crit_loss, crit_acc = mouth_critic.critic_loss(critic, img, rec.detach(), ref, opens)
+            common.optimizer_step(critic_opt, crit_loss, list(critic.parameters()))
         if ema is not None:
             ema.update(tok)
         meter.update(L["indices"])
@@ -758,6 +785,10 @@ def run(args: argparse.Namespace) -> int:
                 row.update(keep_image_l1=kept_l1.item())
             if reader is not None:
                 row.update(mouth_read_l1=read_l1.item())
+            if critic is not None:
+                row.update(critic_loss=crit_loss.item(), critic_acc=crit_acc)
+                if step > args.mouth_critic_warmup:
+                    row.update(critic_image_side=adv.item())
             bar.set_postfix(psnr=f"{row['psnr']:.2f}", usage=f"{row['usage']:.2f}")
             if step % args.eval_every == 0:
                 with WeightEMA.applied(ema, tok):
@@ -767,8 +798,12 @@ def run(args: argparse.Namespace) -> int:
             log.write(**row)
         if step % args.save_every == 0:
             _save(out, tok, cfg, opt, step, ema)
+            if critic is not None:
+                mouth_critic.save(critic, critic_opt, out)
     bar.close()
     _save(out, tok, cfg, opt, step, ema)
+    if critic is not None:
+        mouth_critic.save(critic, critic_opt, out)
     with WeightEMA.applied(ema, tok):
         final = evaluate(tok, held, device, max_frames=1024)
         if real_held:
