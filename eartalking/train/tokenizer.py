@@ -14,6 +14,9 @@ average of the weights instead. Eye options (``--blink-share``, ``--ref-blink-sh
 state and the image side to draw shut eyes from them; ``scripts/eye_token_search.py`` checks whether it can.
 Mouth options (``--mouth-box-weight``, ``--mouth-aux-weight`` with ``--anchor-free mouth``, ``--ref-mouth-mask``)
 do the same for mouth openness; ``scripts/token_lipsync.py`` reads it back from generated tokens.
+``--mouth-reader DIR --mouth-read-weight W`` judges the drawn mouth by a frozen openness reader
+(``train/mouth_reader.py``), and ``--mouth-critic-weight W`` by a mouth discriminator trained beside the image
+side (``train/mouth_critic.py``), which keeps the reader's gradient from being met by a painted stripe.
 ``--decoder-tokens CHECKPOINT`` (with ``--freeze-encoder``) trains the image side on the step decoder's own
 mouth picks instead of only the encoder's tokens (``train/decoder_tokens.py``).
 ``--eye-code OPEN_MAX`` (with ``--freeze-encoder``) writes each frame's blink label into its eye tokens
@@ -172,7 +175,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mouth-critic-weight", type=float, default=0.0, metavar="W",
                    help="weight of an adversarial term over the mouth box (train/mouth_critic.py: a small "
                         "discriminator of (mouth, reference mouth, openness label) trained beside the image side), "
-                        "so the image side draws mouths like the video's instead of a blur; 0 = off. Try 0.02-0.1")
+                        "so the image side draws mouths like the video's instead of a blur; 0 = off (the shipped image side: "
+                        "0.3 with --mouth-read-weight 6 and --mouth-critic-lr 5e-4)")
     p.add_argument("--mouth-critic-lr", type=float, default=2e-4, metavar="LR",
                    help="the mouth critic's learning rate (Adam, betas 0.5/0.99)")
     p.add_argument("--mouth-critic-warmup", type=int, default=200, metavar="STEPS",
