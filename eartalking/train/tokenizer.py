@@ -175,8 +175,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mouth-critic-weight", type=float, default=0.0, metavar="W",
                    help="weight of an adversarial term over the mouth box (train/mouth_critic.py: a small "
                         "discriminator of (mouth, reference mouth, openness label) trained beside the image side), "
-                        "so the image side draws mouths like the video's instead of a blur; 0 = off (the shipped image side: "
-                        "0.3 with --mouth-read-weight 6 and --mouth-critic-lr 5e-4)")
+                        "so the image side draws mouths like the video's instead of a blur; 0 = off (the shipped "
+                        "image side: 0.3 with --mouth-read-weight 6 and --mouth-critic-lr 5e-4)")
     p.add_argument("--mouth-critic-lr", type=float, default=2e-4, metavar="LR",
                    help="the mouth critic's learning rate (Adam, betas 0.5/0.99)")
     p.add_argument("--mouth-critic-warmup", type=int, default=200, metavar="STEPS",
