@@ -181,6 +181,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the mouth critic's learning rate (Adam, betas 0.5/0.99)")
     p.add_argument("--mouth-critic-warmup", type=int, default=200, metavar="STEPS",
                    help="steps the mouth critic trains alone before its term reaches the image side")
+    p.add_argument("--shut-mouth-weight", type=float, default=0.0, metavar="W",
+                   help="extra weight of the mouth box's L1 and image-gradient L1 on frames whose openness label is "
+                        "under --shut-mouth-below, so lips that should be shut are drawn shut (0 = off)")
+    p.add_argument("--shut-mouth-below", type=float, default=0.15, metavar="OPENNESS",
+                   help="with --shut-mouth-weight: the openness label (0..1) under which a frame counts as shut")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 autocast: auto = on CUDA, and on CPUs with avx512_bf16/AMX (~1.5x faster)")
 
@@ -230,6 +235,15 @@ def box_l1(x: torch.Tensor, target: torch.Tensor, box: torch.Tensor) -> torch.Te
     """[B,3,S,S] vs [B or 1,3,S,S] -> [B] mean absolute error inside the 0/1 mask ``box`` [1,1,S,S]
     (``eye_boxes`` or ``mouth_boxes``)."""
     return ((x - target).abs() * box).sum((1, 2, 3)) / (box.sum() * x.shape[1])
+
+
+def shut_mouth_l1(x: torch.Tensor, target: torch.Tensor, openness: torch.Tensor, below: float,
+                  box: torch.Tensor) -> torch.Tensor:
+    """[B,3,S,S] vs [B,3,S,S] with openness labels [B] (NaN = unknown) -> [B]: the L1 plus image-gradient L1 inside
+    ``box`` (``mouth_boxes``) on frames labelled shut (openness < ``below``), 0 on every other frame
+    (``--shut-mouth-weight``: lips that should be shut drawn shut, not with a light line between them)."""
+    shut = ((~torch.isnan(openness)) & (openness < below)).to(x.dtype)
+    return shut * (box_l1(x, target, box) + box_grad_l1(x, target, box))
 
 
 def outside_eyes(size: int, device: torch.device, margin: int = 3) -> torch.Tensor:
@@ -618,6 +632,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--mouth-critic-weight is >= 0 (0 = off), --mouth-critic-lr > 0 and --mouth-critic-warmup "
                         f">= 0 steps, got {args.mouth_critic_weight}, {args.mouth_critic_lr}, "
                         f"{args.mouth_critic_warmup}")
+    if args.shut_mouth_weight < 0 or not 0.0 < args.shut_mouth_below <= 1.0:
+        raise UserError("--shut-mouth-weight is >= 0 (0 = off) and --shut-mouth-below an openness label in (0, 1], "
+                        f"got {args.shut_mouth_weight}, {args.shut_mouth_below}")
     train = common.load_corpus(args.data, "train", args.limit_clips, size=cfg.tokenizer.image_size)
     held = common.load_heldout(args.data, train, 24, size=cfg.tokenizer.image_size)
     tok = Tokenizer(cfg.tokenizer).to(device)
@@ -742,6 +759,9 @@ def run(args: argparse.Namespace) -> int:
             l1w = l1w + args.mouth_box_weight * (box_l1(rec, img, mouth_box) +
                                                  box_grad_l1(rec, img, mouth_box)).mean()
         loss = l1w + 0.5 * grad_l1(rec, img) + L["vq_total"].float()
+        if args.shut_mouth_weight > 0:
+            shut_l1 = shut_mouth_l1(rec, img, torch.from_numpy(open_np).to(device), args.shut_mouth_below, mouth_box)
+            loss = loss + args.shut_mouth_weight * shut_l1.mean()
         if reader is not None:
             with torch.no_grad():
                 want = reader(img)

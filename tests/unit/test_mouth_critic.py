@@ -1,7 +1,8 @@
 """The mouth critic (``train/mouth_critic.py``) and ``train-tokenizer --mouth-critic-weight``: it looks at the mouth
 box of the frame and of the reference only, its openness projection moves the score, it learns to tell sharp
 mouths from blurred ones on frames it never saw, its image-side term reaches the frames and never the critic's
-weights, and the training run saves it, resumes it and changes what the image side learns."""
+weights, and the training run saves it, resumes it and changes what the image side learns. Also the other
+term aimed at the mouth it is used with, ``--shut-mouth-weight``."""
 
 from __future__ import annotations
 
@@ -128,3 +129,29 @@ def test_train_tokenizer_with_a_mouth_critic(corpus_dir, tmp_path, capsys):
     opt = torch.optim.Adam(critic.parameters())
     assert mouth_critic.load_into(critic, opt, tmp_path / "crit", torch.device("cpu"))
     assert not mouth_critic.load_into(critic, opt, tmp_path / "plain", torch.device("cpu"))
+
+
+def test_shut_mouth_l1_counts_only_frames_labelled_shut():
+    """``--shut-mouth-weight``'s term: the mouth box's L1 + gradient L1 on frames whose label is under the
+    threshold; 0 on open frames, on unknown labels, and outside the mouth box."""
+    from eartalking.train.tokenizer import box_grad_l1, box_l1, mouth_boxes, shut_mouth_l1
+
+    box = mouth_boxes(64, torch.device("cpu"))
+    x, target = torch.rand(4, 3, 64, 64), torch.rand(4, 3, 64, 64)
+    openness = torch.tensor([0.05, 0.5, float("nan"), 0.14])
+    got = shut_mouth_l1(x, target, openness, 0.15, box)
+    full = box_l1(x, target, box) + box_grad_l1(x, target, box)
+    torch.testing.assert_close(got, torch.tensor([1.0, 0.0, 0.0, 1.0]) * full)
+    assert float(got[0]) > 0
+    moved = x.clone()
+    moved[:, :, ~(box[0, 0] > 0)] = torch.rand_like(moved[:, :, ~(box[0, 0] > 0)])
+    torch.testing.assert_close(shut_mouth_l1(moved, target, openness, 0.15, box), got)
+
+
+def test_train_tokenizer_refuses_bad_shut_mouth_settings(corpus_dir, tmp_path, capsys):
+    assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + ["--shut-mouth-weight", "-1"]) == 2
+    assert "--shut-mouth-weight" in capsys.readouterr().err
+    assert main(_tok_args(corpus_dir, tmp_path / "bad2", 1) + ["--shut-mouth-weight", "1", "--shut-mouth-below",
+                                                               "0"]) == 2
+    assert "--shut-mouth-below" in capsys.readouterr().err
+    assert main(_tok_args(corpus_dir, tmp_path / "ok", 1) + ["--shut-mouth-weight", "1"]) == 0
