@@ -15,6 +15,7 @@ judges the result stays dlib's (``eartalking measure``), which the reader has ne
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -31,14 +32,24 @@ from eartalking.cli import UserError
 WEIGHTS, CONFIG = "mouth_reader.safetensors", "mouth_reader.json"
 
 
+@functools.cache
 def box_slices(size: int) -> tuple[slice, slice]:
     """The mouth box of a ``size`` px crop (``train.tokenizer.mouth_boxes``, the one definition) as (rows, cols)
-    slices."""
+    slices; cached, since every reader and critic call crops with it."""
     from eartalking.train.tokenizer import mouth_boxes
 
     mask = mouth_boxes(size, torch.device("cpu"))[0, 0] > 0
     rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
     return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def crop_mouth(frames: torch.Tensor, size: int, who: str) -> torch.Tensor:
+    """Frames [...,3,S,S] -> their mouth box [...,3,h,w] (``box_slices``); ValueError naming ``who`` (the network
+    built for ``size`` px frames) when S is another size."""
+    if frames.shape[-1] != size or frames.shape[-2] != size:
+        raise ValueError(f"{who} was built for {size} px frames, got {tuple(frames.shape[-2:])}")
+    rows, cols = box_slices(size)
+    return frames[..., rows, cols]
 
 
 class MouthReader(nn.Module):
@@ -50,7 +61,6 @@ class MouthReader(nn.Module):
     def __init__(self, size: int, width: int = 24):
         super().__init__()
         self.size, self.width = int(size), int(width)
-        self.rows, self.cols = box_slices(self.size)
         w = self.width
         self.body = nn.Sequential(
             nn.Conv2d(3, w, 3, padding=1), nn.GELU(),
@@ -61,9 +71,7 @@ class MouthReader(nn.Module):
         self.head = nn.Linear(2 * w, 1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        if frames.shape[-1] != self.size or frames.shape[-2] != self.size:
-            raise ValueError(f"MouthReader was built for {self.size} px frames, got {tuple(frames.shape[-2:])}")
-        x = frames[..., self.rows, self.cols] * 2.0 - 1.0
+        x = crop_mouth(frames, self.size, "MouthReader") * 2.0 - 1.0
         return torch.sigmoid(self.head(self.body(x).mean((-2, -1)))).squeeze(-1)
 
 

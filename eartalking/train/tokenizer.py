@@ -742,6 +742,7 @@ def run(args: argparse.Namespace) -> int:
             g["lr"] = common.cosine_lr(step, args.steps, args.lr)
         img_np, ref_np, blink_np, open_np, replace_np = sampler.labeled_batch(args.batch)
         img, ref = common.to_image_tensor(img_np, device), common.to_image_tensor(ref_np, device)
+        opens = torch.from_numpy(open_np).to(device)  # openness labels [B], NaN = unknown
         replace = torch.from_numpy(replace_np).to(device) if replace_np is not None else None
         if eye_code:
             with torch.no_grad():
@@ -760,7 +761,7 @@ def run(args: argparse.Namespace) -> int:
                                                  box_grad_l1(rec, img, mouth_box)).mean()
         loss = l1w + 0.5 * grad_l1(rec, img) + L["vq_total"].float()
         if args.shut_mouth_weight > 0:
-            shut_l1 = shut_mouth_l1(rec, img, torch.from_numpy(open_np).to(device), args.shut_mouth_below, mouth_box)
+            shut_l1 = shut_mouth_l1(rec, img, opens, args.shut_mouth_below, mouth_box)
             loss = loss + args.shut_mouth_weight * shut_l1.mean()
         if reader is not None:
             with torch.no_grad():
@@ -772,11 +773,9 @@ def run(args: argparse.Namespace) -> int:
                 held_img = teacher(img, ref, replace)[0].float()  # the same tokens: eye code, decoder picks
             kept_l1 = box_l1(rec, held_img, keep_mask).mean()
             loss = loss + args.keep_image * kept_l1
-        if critic is not None:
-            opens = torch.from_numpy(open_np).to(device)
-            if step >= args.mouth_critic_warmup:
-                adv = mouth_critic.image_side_loss(critic, rec, ref, opens)  # moves the frames, not the critic
-                loss = loss + args.mouth_critic_weight * adv
+        if critic is not None and step >= args.mouth_critic_warmup:
+            adv = mouth_critic.image_side_loss(critic, rec, ref, opens)  # moves the frames, not the critic
+            loss = loss + args.mouth_critic_weight * adv
         if anchor is not None:
             drift, kept = anchor(img, L["bounded"].float(), L["indices"])
             loss = loss + args.anchor_latent * drift
@@ -784,7 +783,7 @@ def run(args: argparse.Namespace) -> int:
             blink_loss, blink_acc = blink_code(L["bounded"].float(), torch.from_numpy(blink_np).to(device))
             loss = loss + args.blink_aux_weight * blink_loss
         if mouth_code is not None:
-            mouth_loss, mouth_err = mouth_code(L["bounded"].float(), torch.from_numpy(open_np).to(device))
+            mouth_loss, mouth_err = mouth_code(L["bounded"].float(), opens)
             loss = loss + args.mouth_aux_weight * mouth_loss
         common.optimizer_step(opt, loss, params)
         if critic is not None:
