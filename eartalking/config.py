@@ -69,6 +69,14 @@ class TokenizerConfig:
     #: semi-axes (x, y) of the ellipse around each aligned eye centre that ``eye_unblend`` holds back, as fractions
     #: of the side (``portrait_eyes``; each in (0, 0.25))
     eye_unblend_axes: tuple[float, ...] = (0.08, 0.05)
+    #: the portrait's own mouth is hidden from the image side (``portrait_mouth``: a soft ellipse around the
+    #: aligned mouth): the reference encoder sees the portrait with it filled with its own mean colour, and the
+    #: pixel path blends none of the portrait's pixels there, so the mouth is drawn from the tokens alone. Why:
+    #: the portrait's mouth was blended into every frame, and an open one (teeth, a tongue) stayed open over
+    #: shut-mouth tokens. No weights, no new graph input; needs ``ref_pixels``. Off = unchanged
+    mouth_hide: bool = False
+    #: semi-axes (x, y) of that ellipse as fractions of the side, each in (0, 0.25) (``portrait_mouth``)
+    mouth_hide_axes: tuple[float, ...] = (0.17, 0.1)
     commitment: float = 0.25
     #: eye state in the eye cells' tokens (``train-tokenizer --eye-code``, ``eartalking/train/eye_code.py``):
     #: (open_max,) = a token whose FSQ digits are all above ``open_max`` means shut eyes; the image side and

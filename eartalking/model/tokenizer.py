@@ -20,6 +20,9 @@
   replace the generated image by the warped portrait (m1) and add the warped portrait's fine detail (its
   difference from a 3x3 box blur, m2): out = gen + m1 (warped - gen) + m2 detail, clipped to [0, 1]. The
   decoder's last stage works at S/2, so without it nothing finer than 2 px reaches the output.
+- mouth hiding (``cfg.mouth_hide``): the reference encoder sees the portrait with an ellipse around its mouth
+  filled with its mean colour (``hide_mouth``), and the pixel path blends nothing of the portrait there, so
+  the mouth comes from the tokens (an open-mouthed portrait's own mouth is not painted into every frame).
 - eye refiner (``cfg.eye_refiner`` > 0, ``EyeRefiner``): a residual from a small conv stack over the eye band,
   added inside the (grown) eye boxes only; everything outside them is untouched. With
   ``cfg.eye_refiner_shut_only`` only over eye cells whose token says shut (the ``eye_unblend`` shut map).
@@ -170,10 +173,12 @@ class PixelPath(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor, gen: torch.Tensor, portrait: torch.Tensor, flow: torch.Tensor,
-                shut: torch.Tensor | None = None, eyes: torch.Tensor | None = None) -> torch.Tensor:
+                shut: torch.Tensor | None = None, eyes: torch.Tensor | None = None,
+                mouth: torch.Tensor | None = None) -> torch.Tensor:
         """``shut`` [B,1,S,S] in 0..1 and ``eyes`` [1,1,S,S] (both or neither; ``tokenizer.eye_unblend``): where
         the frame's eye tokens say shut (``shut``), the portrait's eye pixels (``eyes``, in the portrait's
-        frame, warped along the same flow as the portrait) are not blended in."""
+        frame, warped along the same flow as the portrait) are not blended in. ``mouth`` [1,1,S,S]
+        (``tokenizer.mouth_hide``, in the portrait's frame): the portrait's pixels there are never blended in."""
         up = lambda t, size: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
         f = up(flow, x.shape[-2:]) + torch.tanh(self.flow(x)) * self.MAX_RESIDUAL
         fu = up(f, portrait.shape[-2:])
@@ -183,6 +188,8 @@ class PixelPath(nn.Module):
         m = torch.clamp(logits, 0.0, 1.0)
         if shut is not None:
             m = m * (1.0 - shut * RefAlign.warp(eyes.expand(portrait.shape[0], -1, -1, -1), fu))
+        if mouth is not None:
+            m = m * (1.0 - RefAlign.warp(mouth.expand(portrait.shape[0], -1, -1, -1), fu))
         return torch.clamp(gen + m[:, :1] * (w - gen) + m[:, 1:] * detail, 0.0, 1.0)
 
 
@@ -230,6 +237,32 @@ def portrait_eyes(size: int, axes: tuple[float, ...] = PORTRAIT_EYE_AXES) -> tor
         d = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2
         out = torch.maximum(out, torch.clamp((1.0 - d) * 4.0, 0.0, 1.0))
     return out[None, None]
+
+
+#: where the aligned portrait's mouth centre is (``data/faces.py`` TEMPLATE) as (x, y) fractions of the side
+PORTRAIT_MOUTH_CENTRE = (0.5, 0.645)
+
+
+def portrait_mouth(size: int, axes: tuple[float, ...]) -> torch.Tensor:
+    """[1,1,S,S] in 0..1: a soft ellipse around the aligned portrait's mouth (``PORTRAIT_MOUTH_CENTRE``, semi-axes
+    ``axes`` (x, y) as fractions of the side, each in (0, 0.25); 1 inside 3/4 of the normalised radius^2, ramping to
+    0 at the ellipse): what ``tokenizer.mouth_hide`` hides from the image side. Sized with margin for the
+    training references' jitter (up to 6 px) and the alignment of real photos."""
+    if len(axes) != 2 or not all(0.0 < float(a) < 0.25 for a in axes):
+        raise ValueError(f"mouth_hide_axes must be two semi-axes (x, y) in (0, 0.25) of the side, got {tuple(axes)}")
+    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    cx, cy = PORTRAIT_MOUTH_CENTRE
+    d = ((xx - cx) / float(axes[0])) ** 2 + ((yy - cy) / float(axes[1])) ** 2
+    return torch.clamp((1.0 - d) * 4.0, 0.0, 1.0)[None, None]
+
+
+def hide_mouth(image: torch.Tensor, mouth: torch.Tensor) -> torch.Tensor:
+    """portrait [B,3,S,S] in 0..1, ``mouth`` [1,1,S,S] (``portrait_mouth``) -> the portrait with the mouth
+    ellipse blended towards its own mean colour there (the mask-weighted mean per image and channel): the
+    reference encoder's input under ``tokenizer.mouth_hide``. Static ops only (Mul, ReduceSum, Div, Add)."""
+    mean = (image * mouth).sum((2, 3), keepdim=True) / mouth.sum()
+    return image + mouth * (mean - image)
 
 
 def shut_tokens(levels: int, open_max: int, name: str = "eye_code open_max") -> torch.Tensor:
@@ -359,6 +392,12 @@ class Tokenizer(nn.Module):
             self.register_buffer("unblend_area", grown_eye_boxes(cfg.image_size), persistent=False)
             self.register_buffer("portrait_eyes", portrait_eyes(cfg.image_size, tuple(cfg.eye_unblend_axes)),
                                  persistent=False)
+        if cfg.mouth_hide:
+            if not cfg.ref_pixels:
+                raise ValueError("mouth_hide needs ref_pixels (it hides the portrait's mouth from the reference "
+                                 "encoder and the pixel path)")
+            self.register_buffer("portrait_mouth", portrait_mouth(cfg.image_size, tuple(cfg.mouth_hide_axes)),
+                                 persistent=False)
 
     # ---- encoder side ----
     def encode_latent(self, image: torch.Tensor) -> torch.Tensor:
@@ -385,8 +424,10 @@ class Tokenizer(nn.Module):
 
     def reference(self, image: torch.Tensor) -> list[torch.Tensor]:
         """portrait [B,3,S,S] in 0..1 -> features, finest first, shapes ``cfg.ref_shapes`` (with ``ref_pixels``
-        the portrait itself comes first)."""
-        feats = self.ref_encoder(image * 2.0 - 1.0)
+        the portrait itself comes first, as given). With ``mouth_hide`` the features are of the portrait with its
+        mouth hidden (``hide_mouth``)."""
+        seen = hide_mouth(image, self.portrait_mouth) if self.cfg.mouth_hide else image
+        feats = self.ref_encoder(seen * 2.0 - 1.0)
         return [image, *feats] if self.pix is not None else feats
 
     # ---- decoder side ----
@@ -426,7 +467,8 @@ class Tokenizer(nn.Module):
                 flow = self.align.flow(x)
         gen = torch.sigmoid(self.head(F.interpolate(x, scale_factor=2.0, mode="nearest")))
         eyes = self.portrait_eyes if shut is not None else None
-        img = gen if self.pix is None else self.pix(x, gen, portrait, flow, shut, eyes)
+        mouth = self.portrait_mouth if self.cfg.mouth_hide else None
+        img = gen if self.pix is None else self.pix(x, gen, portrait, flow, shut, eyes, mouth)
         if self.eyes is None:
             return img
         return self.eyes(img, x, shut if self.cfg.eye_refiner_shut_only else None)

@@ -165,6 +165,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train with tokenizer.eye_unblend on (needs --eye-code; recorded in config.json): over eye "
                         "cells whose token says shut, the pixel path does not blend the portrait's open eyes in, so "
                         "the eye loss reaches what the decoder draws there")
+    p.add_argument("--mouth-hide", action="store_true",
+                   help="train with tokenizer.mouth_hide on (recorded in config.json; needs the pixel path): the "
+                        "portrait's mouth is hidden from the reference encoder and the pixel path, so the image side "
+                        "draws every mouth from the tokens and a portrait with an open mouth is not painted into "
+                        "every frame (ellipse size: --mouth-hide-axes)")
+    p.add_argument("--mouth-hide-axes", type=float, nargs=2, default=None, metavar=("AX", "AY"),
+                   help="with --mouth-hide: semi-axes of the hidden ellipse around the aligned mouth, fractions of "
+                        "the side in (0, 0.25) (default: tokenizer.mouth_hide_axes, 0.17 0.1)")
     p.add_argument("--mouth-reader", default="", metavar="DIR",
                    help="a mouth reader (scripts/train_mouth_reader.py: a small CNN that reads openness from the "
                         "mouth box) to judge the image side by; with --mouth-read-weight")
@@ -624,6 +632,18 @@ def run(args: argparse.Namespace) -> int:
                         f"> 0 and --eye-unblend (got --eye-refiner {args.eye_refiner}, --eye-unblend "
                         f"{bool(args.eye_unblend)})")
     cfg.tokenizer.eye_refiner_shut_only = bool(args.eye_refiner_shut_only)
+    if args.mouth_hide_axes is not None and not args.mouth_hide:
+        raise UserError("--mouth-hide-axes sizes the ellipse --mouth-hide hides: give --mouth-hide")
+    if args.mouth_hide and not cfg.tokenizer.ref_pixels:
+        raise UserError(f"--mouth-hide hides the portrait's mouth from the pixel path: preset {args.preset} has none")
+    cfg.tokenizer.mouth_hide = bool(args.mouth_hide)
+    if args.mouth_hide_axes is not None:
+        from eartalking.model.tokenizer import portrait_mouth
+        try:
+            portrait_mouth(8, tuple(args.mouth_hide_axes))
+        except ValueError as e:
+            raise UserError(f"--mouth-hide-axes: {e}") from None
+        cfg.tokenizer.mouth_hide_axes = tuple(float(a) for a in args.mouth_hide_axes)
     if args.mouth_read_weight < 0 or (args.mouth_read_weight > 0) != bool(args.mouth_reader):
         raise UserError("--mouth-read-weight W > 0 and --mouth-reader DIR go together (a reader to judge by and "
                         f"its weight), got --mouth-reader {args.mouth_reader!r} --mouth-read-weight "

@@ -299,3 +299,36 @@ def test_eye_unblend_graph_matches_pytorch(tmp_path):
             torch.nn.functional.embedding(toks, model.tokenizer.codes()).transpose(1, 2).reshape(
                 toks.shape[0], -1, cfg.tokenizer.grid, cfg.tokenizer.grid), refs).numpy()
     assert np.abs(blended - ref).max() > 1e-3
+
+
+def test_mouth_hide_graphs_match_pytorch(tmp_path):
+    """tokenizer.mouth_hide inside the exported tokenizer_encoder (its reference features: the mouth ellipse
+    filled with its mean colour, Mul, ReduceSum, Div) and tokenizer_decoder (the warped ellipse held out of the
+    pixel path): ONNX Runtime equals PyTorch on fresh random inputs, and the hiding visibly changes the decoded
+    frame against the same weights without it."""
+    import dataclasses
+
+    import torch
+
+    from eartalking import config
+    from eartalking.export.onnx import export_all
+    from eartalking.model.checkpoint import random_model
+
+    cfg = config.preset("test_small")
+    cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, mouth_hide=True))
+    model = random_model(cfg, seed=int(np.random.default_rng().integers(1 << 30)))
+    with torch.no_grad():  # a pixel path that blends (its masks start at zero)
+        model.tokenizer.pix.mix_img.bias.uniform_(0.3, 0.7)
+    export_all(model, cfg, tmp_path, {"preset": "test_small", "random_seed": 0})
+    run = V.ort_runner(tmp_path)
+    graphs = ["tokenizer_encoder", "tokenizer_decoder"]
+    checks, cases = parity.graph_parity(model, cfg, run, np.random.default_rng(), graphs=graphs)
+    assert _failed(checks) == [] and {c.graph for c in checks} == set(graphs)
+    feed = dict(cases["tokenizer_decoder"][0])
+    ref = parity.torch_reference(model, "tokenizer_decoder", feed, ["image"])["image"]
+    model.tokenizer.cfg = dataclasses.replace(cfg.tokenizer, mouth_hide=False)
+    try:
+        shown = parity.torch_reference(model, "tokenizer_decoder", feed, ["image"])["image"]
+    finally:
+        model.tokenizer.cfg = cfg.tokenizer
+    assert np.abs(shown - ref).max() > 1e-3

@@ -952,3 +952,73 @@ def test_eye_state_pick_is_one_shut_or_open_state_for_the_group():
                      ({"eye_state_open_max": L - 1}, "eye_state_open_max")):
         with pytest.raises(ValueError, match=msg):
             random_model(dataclasses.replace(cfg, decoder=dataclasses.replace(dcfg, **bad)), seed=0)
+
+
+def _hide_pair(seed: int, axes=(0.24, 0.24)):
+    """(plain, hidden) test_small tokenizers with the same random weights and a pixel path that blends (its
+    masks start at zero, so their biases are set); ``hidden`` has tokenizer.mouth_hide on with ``axes``."""
+    import dataclasses
+
+    from eartalking.model.tokenizer import Tokenizer
+
+    cfg = config.preset("test_small").tokenizer
+    torch.manual_seed(seed)
+    plain = Tokenizer(cfg).eval()
+    with torch.no_grad():
+        plain.pix.mix_img.bias.uniform_(0.3, 0.7)
+        torch.nn.init.normal_(plain.pix.mix_img.weight, std=0.1)
+    hidden = Tokenizer(dataclasses.replace(cfg, mouth_hide=True, mouth_hide_axes=axes)).eval()
+    hidden.load_state_dict(plain.state_dict())  # no new weights: the same state dict loads strictly
+    return cfg, plain, hidden
+
+
+def test_mouth_hide_keeps_the_portraits_mouth_out_of_the_frame():
+    """tokenizer.mouth_hide: two portraits that differ only inside the hidden ellipse (by a perturbation with zero
+    mean there, so the fill colour is the same) give the same reference features (bar the raw portrait) and the
+    same decoded frames for fresh random tokens; without mouth_hide the same weights draw them differently."""
+    cfg, plain, hidden = _hide_pair(int(np.random.default_rng().integers(1 << 30)))
+    S = cfg.image_size
+    full = hidden.portrait_mouth[0, 0] >= 1.0
+    inner = -torch.nn.functional.max_pool2d(-full.float()[None, None], 13, stride=1, padding=6)[0, 0] > 0
+    assert int(inner.sum()) > 20  # the part of the ellipse away from its ramp by 6 px
+    a = torch.rand(2, 3, S, S) * 0.6 + 0.2
+    delta = torch.randn(2, 3, S, S) * 0.15 * inner
+    delta = delta - inner * delta.sum((2, 3), keepdim=True) / inner.sum()  # zero mean inside: the same fill
+    b = a + delta
+    tokens = torch.randint(0, cfg.codebook_size, (2, cfg.tokens_per_frame))
+    with torch.no_grad():
+        ra, rb = hidden.reference(a), hidden.reference(b)
+        assert torch.equal(ra[0], a) and torch.equal(rb[0], b)  # the pixel path gets the portrait as given
+        for fa, fb in zip(ra[1:], rb[1:], strict=True):
+            torch.testing.assert_close(fa, fb, atol=1e-5, rtol=0)
+        torch.testing.assert_close(hidden.decode(tokens, ra), hidden.decode(tokens, rb), atol=1e-5, rtol=0)
+        pa, pb = plain.decode(tokens, plain.reference(a)), plain.decode(tokens, plain.reference(b))
+    assert (pa - pb).abs().max() > 1e-3
+
+
+def test_portrait_mouth_sits_on_the_alignment_templates_mouth():
+    """The ellipse mouth_hide hides is centred where the face aligner puts the mouth (one fact, two modules),
+    covers the centre fully, grows with its axes, and axes outside (0, 0.25) are refused by name."""
+    import dataclasses
+
+    from eartalking.data.faces import TEMPLATE
+    from eartalking.model.tokenizer import PORTRAIT_MOUTH_CENTRE, Tokenizer, hide_mouth, portrait_mouth
+
+    assert np.allclose(np.array(PORTRAIT_MOUTH_CENTRE), TEMPLATE[2])
+    S = 128
+    m = portrait_mouth(S, (0.17, 0.1))[0, 0]
+    cx, cy = PORTRAIT_MOUTH_CENTRE
+    assert m[int(cy * S), int(cx * S)] == 1.0 and m[int(0.4 * S), :].sum() == 0  # the eyes' rows are untouched
+    big = portrait_mouth(S, (0.2, 0.12))[0, 0]
+    assert bool((big >= m).all()) and float(big.sum()) > 1.2 * float(m.sum())
+    img = torch.rand(1, 3, S, S)
+    out = hide_mouth(img, m[None, None])
+    assert torch.equal(out[..., m == 0], img[..., m == 0])  # nothing outside the ellipse changes
+    inside = out[..., m >= 1.0]
+    assert float((inside - inside.mean(-1, keepdim=True)).abs().max()) < 1e-6  # one colour per channel inside
+    t = config.preset("test_small").tokenizer
+    for bad in ((0.3, 0.1), (0.1, 0.0), (0.1,)):
+        with pytest.raises(ValueError, match="mouth_hide_axes"):
+            Tokenizer(dataclasses.replace(t, mouth_hide=True, mouth_hide_axes=bad))
+    with pytest.raises(ValueError, match="mouth_hide needs ref_pixels"):
+        Tokenizer(dataclasses.replace(t, mouth_hide=True, ref_pixels=False))

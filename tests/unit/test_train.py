@@ -837,3 +837,25 @@ def test_eye_refiner_shut_only_flag_is_checked_trains_and_is_recorded(tokenizer_
     assert load_file(str(out / "tokenizer.safetensors"))["eyes.net.4.weight"].abs().max() > 0
     t = ModelConfig.load(out / "config.json").tokenizer
     assert t.eye_refiner_shut_only and t.eye_unblend and t.eye_refiner == 8
+
+
+def test_mouth_hide_flag_is_checked_trains_and_is_recorded(tokenizer_runs, corpus_dir, tmp_path, capsys):
+    """train-tokenizer --mouth-hide: --mouth-hide-axes alone and axes outside (0, 0.25) are refused by name before
+    the corpus loads; with it a run from --init trains with the mouth hidden and its config.json records it (the
+    same weights, so a checkpoint built from the run loads strictly)."""
+    from eartalking.config import ModelConfig
+    from eartalking.model.tokenizer import Tokenizer
+
+    init = str(tokenizer_runs["out"])
+    assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + ["--mouth-hide-axes", "0.1", "0.1"]) == 2
+    assert "--mouth-hide" in capsys.readouterr().err and not (tmp_path / "bad" / "config.json").exists()
+    assert main(_tok_args(corpus_dir, tmp_path / "bad2", 1) + ["--mouth-hide", "--mouth-hide-axes", "0.3", "0.1"]) == 2
+    assert "mouth_hide_axes" in capsys.readouterr().err and not (tmp_path / "bad2" / "config.json").exists()
+    out = tmp_path / "mh"
+    assert main(_tok_args(corpus_dir, out, 2) + ["--init", init, "--freeze-encoder", "--mouth-hide",
+                                                 "--mouth-hide-axes", "0.2", "0.12", "--bf16", "off"]) == 0
+    t = ModelConfig.load(out / "config.json").tokenizer
+    assert t.mouth_hide and tuple(t.mouth_hide_axes) == (0.2, 0.12)
+    tok = Tokenizer(t)
+    tok.load_state_dict(load_file(str(out / "tokenizer.safetensors")))
+    assert float(tok.portrait_mouth.sum()) > 0
