@@ -75,6 +75,10 @@ class TokenizerConfig:
     #: the portrait's mouth was blended into every frame, and an open one (teeth, a tongue) stayed open over
     #: shut-mouth tokens. No weights, no new graph input; needs ``ref_pixels``. Off = unchanged
     mouth_hide: bool = False
+    #: with ``mouth_hide``: also fill the ellipse in the reference encoder's input (True), or hide the portrait's
+    #: mouth from the pixel path alone (False: the features still carry the portrait's lips and colour at 2 px
+    #: and coarser, so the image side keeps the person's lips; the portrait's teeth or tongue are not pasted in)
+    mouth_hide_features: bool = True
     #: semi-axes (x, y) of that ellipse as fractions of the side, each in (0, 0.25) (``portrait_mouth``)
     mouth_hide_axes: tuple[float, ...] = (0.17, 0.1)
     commitment: float = 0.25

@@ -117,6 +117,9 @@ def graph_metadata(cfg: ModelConfig, spec: S.GraphSpec, weights_sha: str) -> dic
         "eye_unblend": str(cfg.tokenizer.eye_unblend).lower(),
         "eye_unblend_axes": ",".join(map(str, cfg.tokenizer.eye_unblend_axes)),
         "eye_refiner_shut_only": str(cfg.tokenizer.eye_refiner_shut_only).lower(),
+        "mouth_hide": str(cfg.tokenizer.mouth_hide).lower(),
+        "mouth_hide_features": str(cfg.tokenizer.mouth_hide_features).lower(),
+        "mouth_hide_axes": ",".join(map(str, cfg.tokenizer.mouth_hide_axes)),
         "isolated_controls": ",".join(cfg.decoder.isolated_controls),
         "sampling": f"{cfg.decoder.greedy} at temperature 0 (code_mean: round the expected FSQ digits under "
                     f"softmax(logits / {cfg.decoder.code_mean_temperature})"

@@ -20,9 +20,10 @@
   replace the generated image by the warped portrait (m1) and add the warped portrait's fine detail (its
   difference from a 3x3 box blur, m2): out = gen + m1 (warped - gen) + m2 detail, clipped to [0, 1]. The
   decoder's last stage works at S/2, so without it nothing finer than 2 px reaches the output.
-- mouth hiding (``cfg.mouth_hide``): the reference encoder sees the portrait with an ellipse around its mouth
-  filled with its mean colour (``hide_mouth``), and the pixel path blends nothing of the portrait there, so
-  the mouth comes from the tokens (an open-mouthed portrait's own mouth is not painted into every frame).
+- mouth hiding (``cfg.mouth_hide``): the pixel path blends nothing of the portrait inside an ellipse around its
+  mouth, and (``cfg.mouth_hide_features``) the reference encoder sees the portrait with that ellipse filled
+  with its mean colour (``hide_mouth``), so the mouth comes from the tokens (an open-mouthed portrait's own
+  mouth is not painted into every frame).
 - eye refiner (``cfg.eye_refiner`` > 0, ``EyeRefiner``): a residual from a small conv stack over the eye band,
   added inside the (grown) eye boxes only; everything outside them is untouched. With
   ``cfg.eye_refiner_shut_only`` only over eye cells whose token says shut (the ``eye_unblend`` shut map).
@@ -424,9 +425,10 @@ class Tokenizer(nn.Module):
 
     def reference(self, image: torch.Tensor) -> list[torch.Tensor]:
         """portrait [B,3,S,S] in 0..1 -> features, finest first, shapes ``cfg.ref_shapes`` (with ``ref_pixels``
-        the portrait itself comes first, as given). With ``mouth_hide`` the features are of the portrait with its
-        mouth hidden (``hide_mouth``)."""
-        seen = hide_mouth(image, self.portrait_mouth) if self.cfg.mouth_hide else image
+        the portrait itself comes first, as given). With ``mouth_hide`` (and ``mouth_hide_features``) the features
+        are of the portrait with its mouth hidden (``hide_mouth``)."""
+        seen = hide_mouth(image, self.portrait_mouth) if self.cfg.mouth_hide and self.cfg.mouth_hide_features \
+            else image
         feats = self.ref_encoder(seen * 2.0 - 1.0)
         return [image, *feats] if self.pix is not None else feats
 

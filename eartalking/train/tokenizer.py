@@ -170,6 +170,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "portrait's mouth is hidden from the reference encoder and the pixel path, so the image side "
                         "draws every mouth from the tokens and a portrait with an open mouth is not painted into "
                         "every frame (ellipse size: --mouth-hide-axes)")
+    p.add_argument("--mouth-hide-pixels-only", action="store_true",
+                   help="with --mouth-hide: hide the portrait's mouth from the pixel path alone; the reference "
+                        "encoder still sees it, so the features keep the person's lips (tokenizer.mouth_hide_features "
+                        "false)")
     p.add_argument("--mouth-hide-axes", type=float, nargs=2, default=None, metavar=("AX", "AY"),
                    help="with --mouth-hide: semi-axes of the hidden ellipse around the aligned mouth, fractions of "
                         "the side in (0, 0.25) (default: tokenizer.mouth_hide_axes, 0.17 0.1)")
@@ -632,8 +636,9 @@ def run(args: argparse.Namespace) -> int:
                         f"> 0 and --eye-unblend (got --eye-refiner {args.eye_refiner}, --eye-unblend "
                         f"{bool(args.eye_unblend)})")
     cfg.tokenizer.eye_refiner_shut_only = bool(args.eye_refiner_shut_only)
-    if args.mouth_hide_axes is not None and not args.mouth_hide:
-        raise UserError("--mouth-hide-axes sizes the ellipse --mouth-hide hides: give --mouth-hide")
+    if (args.mouth_hide_axes is not None or args.mouth_hide_pixels_only) and not args.mouth_hide:
+        raise UserError("--mouth-hide-axes and --mouth-hide-pixels-only say how --mouth-hide hides: give --mouth-hide")
+    cfg.tokenizer.mouth_hide_features = not args.mouth_hide_pixels_only
     if args.mouth_hide and not cfg.tokenizer.ref_pixels:
         raise UserError(f"--mouth-hide hides the portrait's mouth from the pixel path: preset {args.preset} has none")
     cfg.tokenizer.mouth_hide = bool(args.mouth_hide)

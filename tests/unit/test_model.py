@@ -1022,3 +1022,27 @@ def test_portrait_mouth_sits_on_the_alignment_templates_mouth():
             Tokenizer(dataclasses.replace(t, mouth_hide=True, mouth_hide_axes=bad))
     with pytest.raises(ValueError, match="mouth_hide needs ref_pixels"):
         Tokenizer(dataclasses.replace(t, mouth_hide=True, ref_pixels=False))
+
+
+def test_mouth_hide_pixels_only_keeps_the_features_and_holds_the_pixel_path():
+    """tokenizer.mouth_hide_features false: the reference features are exactly those of the same weights without
+    hiding (the portrait's lips stay in them), while the pixel path holds the mouth back exactly as full hiding
+    does (decoding the same refs gives the same frame); the frame differs from no hiding at all."""
+    import dataclasses
+
+    from eartalking.model.tokenizer import Tokenizer
+
+    cfg, plain, hidden = _hide_pair(int(np.random.default_rng().integers(1 << 30)), axes=(0.17, 0.1))
+    pix = Tokenizer(dataclasses.replace(hidden.cfg, mouth_hide_features=False)).eval()
+    pix.load_state_dict(plain.state_dict())
+    S = cfg.image_size
+    a = torch.rand(2, 3, S, S)
+    tokens = torch.randint(0, cfg.codebook_size, (2, cfg.tokens_per_frame))
+    with torch.no_grad():
+        refs = plain.reference(a)
+        for x, y in zip(pix.reference(a), refs, strict=True):
+            assert torch.equal(x, y)
+        assert not torch.equal(hidden.reference(a)[1], refs[1])
+        got = pix.decode(tokens, refs)
+        assert torch.equal(got, hidden.decode(tokens, refs))
+        assert (got - plain.decode(tokens, refs)).abs().max() > 1e-3

@@ -851,11 +851,14 @@ def test_mouth_hide_flag_is_checked_trains_and_is_recorded(tokenizer_runs, corpu
     assert "--mouth-hide" in capsys.readouterr().err and not (tmp_path / "bad" / "config.json").exists()
     assert main(_tok_args(corpus_dir, tmp_path / "bad2", 1) + ["--mouth-hide", "--mouth-hide-axes", "0.3", "0.1"]) == 2
     assert "mouth_hide_axes" in capsys.readouterr().err and not (tmp_path / "bad2" / "config.json").exists()
+    assert main(_tok_args(corpus_dir, tmp_path / "bad3", 1) + ["--mouth-hide-pixels-only"]) == 2
+    assert "--mouth-hide" in capsys.readouterr().err and not (tmp_path / "bad3" / "config.json").exists()
     out = tmp_path / "mh"
     assert main(_tok_args(corpus_dir, out, 2) + ["--init", init, "--freeze-encoder", "--mouth-hide",
-                                                 "--mouth-hide-axes", "0.2", "0.12", "--bf16", "off"]) == 0
+                                                 "--mouth-hide-axes", "0.2", "0.12", "--mouth-hide-pixels-only",
+                                                 "--bf16", "off"]) == 0
     t = ModelConfig.load(out / "config.json").tokenizer
-    assert t.mouth_hide and tuple(t.mouth_hide_axes) == (0.2, 0.12)
+    assert t.mouth_hide and tuple(t.mouth_hide_axes) == (0.2, 0.12) and not t.mouth_hide_features
     tok = Tokenizer(t)
     tok.load_state_dict(load_file(str(out / "tokenizer.safetensors")))
     assert float(tok.portrait_mouth.sum()) > 0
