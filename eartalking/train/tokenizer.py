@@ -80,6 +80,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blink-share-min", type=float, default=0.5, metavar="LABEL",
                    help="with --blink-share: draw that share only from frames whose blink label is >= LABEL (0.5..1; "
                         "e.g. 0.85 = the peaks of blinks, fully shut eyes, not the half-shut frames around them)")
+    p.add_argument("--shut-mouth-share", type=float, default=0.0, metavar="P",
+                   help="draw this share of each batch from frames whose mouth is labelled shut (openness below "
+                        "--shut-mouth-below): the mouth reader, the critic and the L1 see closed lips more often "
+                        "(for the light line the image side leaves between lips that should be shut)")
     p.add_argument("--ref-blink-share", type=float, default=0.0,
                    help="share of references drawn from a blinking frame of the same clip (shut eyes) instead of "
                         "the portrait or a random frame: the image side cannot copy the eye state from the "
@@ -275,7 +279,7 @@ class FrameSampler:
     def __init__(self, clips: list[common.MemClip], seed: int, extra: list[common.MemClip] | None = None,
                  p_extra: float = 0.0, p_blink: float = 0.0, p_ref_blink: float = 0.0, p_ref_eyes: float = 0.0,
                  p_ref_mouth: float = 0.0, picks: list[np.ndarray] | None = None, p_picks: float = 0.0,
-                 blink_min: float = 0.5):
+                 blink_min: float = 0.5, p_shut: float = 0.0, shut_below: float = 0.15):
         self.clips, self.rng = clips, np.random.default_rng(seed)
         # per clip int64 [T, N] (decoder_tokens.decoder_picks): a share p_picks of frames decode these tokens
         if picks is not None and len(picks) != len(clips):
@@ -300,6 +304,13 @@ class FrameSampler:
         if p_ref_blink > 0 and not self.blinks:
             raise UserError("--ref-blink-share: no training frame has a blink label >= 0.5 to draw from")
         self.p_ref_blink, self.p_ref_eyes, self.p_ref_mouth = p_ref_blink, p_ref_eyes, p_ref_mouth
+        # (clip, frame) of every frame whose mouth is labelled shut (openness < shut_below): drawn with p_shut
+        self.shut_draw = [(i, int(t)) for i, c in enumerate(clips)
+                          for t in np.flatnonzero(np.nan_to_num(np.asarray(c.openness, np.float64), nan=1.0)
+                                                  < shut_below)]
+        if p_shut > 0 and not self.shut_draw:
+            raise UserError(f"--shut-mouth-share: no training frame has an openness label below {shut_below}")
+        self.p_shut = p_shut
         self._boxes: dict[tuple[str, int], np.ndarray] = {}  # (eyes|mouth, size) -> bool mask [S, S]
 
     def jitter(self, ref: np.ndarray) -> np.ndarray:
@@ -360,6 +371,9 @@ class FrameSampler:
             i = -1  # index into self.clips (-1: a real-video clip)
             if self.rng.random() < self.p_blink:
                 i, t = self.blink_draw[self.rng.integers(len(self.blink_draw))]
+                c = self.clips[i]
+            elif self.p_shut > 0 and self.rng.random() < self.p_shut:
+                i, t = self.shut_draw[self.rng.integers(len(self.shut_draw))]
                 c = self.clips[i]
             else:
                 if self.rng.random() < self.p_extra:
@@ -657,6 +671,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--mouth-critic-weight is >= 0 (0 = off), --mouth-critic-lr > 0 and --mouth-critic-warmup "
                         f">= 0 steps, got {args.mouth_critic_weight}, {args.mouth_critic_lr}, "
                         f"{args.mouth_critic_warmup}")
+    if not 0.0 <= args.shut_mouth_share < 1.0:
+        raise UserError(f"--shut-mouth-share is a share of the batch in [0, 1), got {args.shut_mouth_share}")
     if args.shut_mouth_weight < 0 or not 0.0 < args.shut_mouth_below <= 1.0:
         raise UserError("--shut-mouth-weight is >= 0 (0 = off) and --shut-mouth-below an openness label in (0, 1], "
                         f"got {args.shut_mouth_weight}, {args.shut_mouth_below}")
@@ -730,7 +746,7 @@ def run(args: argparse.Namespace) -> int:
         picks = load_picks(args.decoder_tokens, tok, train, mouth_cells(cfg), device, out / CACHE)
     sampler = FrameSampler(train, args.seed + step, real, args.real_weight, args.blink_share, args.ref_blink_share,
                            args.ref_eye_mask, args.ref_mouth_mask, picks, args.decoder_token_share,
-                           args.blink_share_min)
+                           args.blink_share_min, args.shut_mouth_share, args.shut_mouth_below)
     weights = region_weights(cfg.tokenizer.image_size, device, args.eye_weight)
     eye_box = eye_boxes(cfg.tokenizer.image_size, device)
     if eye_code:

@@ -862,3 +862,42 @@ def test_mouth_hide_flag_is_checked_trains_and_is_recorded(tokenizer_runs, corpu
     tok = Tokenizer(t)
     tok.load_state_dict(load_file(str(out / "tokenizer.safetensors")))
     assert float(tok.portrait_mouth.sum()) > 0
+
+
+def test_shut_mouth_share_draws_frames_labelled_shut():
+    """--shut-mouth-share P: that share of the batch (plus the natural rate in the rest) is drawn from frames whose
+    openness label is below --shut-mouth-below; unknown openness never counts as shut; without it shut frames come
+    at their natural rate; a corpus with no shut frame is refused by name, as is a share outside [0, 1)."""
+    import numpy as np
+
+    from eartalking.cli import UserError
+    from eartalking.config import CONTROL_NAMES
+    from eartalking.train.common import MemClip
+    from eartalking.train.tokenizer import FrameSampler
+
+    rng = np.random.default_rng()
+    T = 40
+    frames = np.zeros((T, 8, 8, 3), np.uint8)
+    frames[..., 0] = np.arange(T)[:, None, None]
+    opening = rng.uniform(0.3, 1.0, T).astype(np.float32)
+    shut = rng.choice(np.arange(1, T), size=3, replace=False)
+    opening[shut] = rng.uniform(0.0, 0.1, 3)
+    unknown = rng.choice(np.setdiff1d(np.arange(1, T), shut))
+    opening[unknown] = np.nan
+    c = MemClip("c", frames, np.zeros(0, np.float32), np.zeros((T, len(CONTROL_NAMES)), np.float32), opening,
+                frames[0].copy(), "p")
+    imgs, _, _, opens, _ = FrameSampler([c], 1, p_shut=0.5, shut_below=0.15).labeled_batch(600)
+    share = float(np.isin(imgs[:, 0, 0, 0], shut).mean())  # 0.5 + 0.5 * 3/40 = 0.54
+    assert 0.46 < share < 0.62, share
+    assert (opens[np.isin(imgs[:, 0, 0, 0], shut)] < 0.15).all()
+    imgs, _ = FrameSampler([c], 1).batch(600)
+    assert float(np.isin(imgs[:, 0, 0, 0], shut).mean()) < 0.15
+    with pytest.raises(UserError, match="shut-mouth-share"):
+        FrameSampler([c], 1, p_shut=0.5, shut_below=0.0)
+
+
+def test_shut_mouth_share_flag_is_checked(corpus_dir, tmp_path, capsys):
+    """train-tokenizer --shut-mouth-share outside [0, 1) is refused by name before anything is written."""
+    for bad in ("1.0", "-0.1"):
+        assert main(_tok_args(corpus_dir, tmp_path / "bad", 1) + ["--shut-mouth-share", bad]) == 2
+        assert "--shut-mouth-share" in capsys.readouterr().err and not (tmp_path / "bad" / "config.json").exists()
