@@ -65,6 +65,29 @@ def openness_r(model, case) -> float | None:
     return float(r) if r is not None and math.isfinite(r) else None
 
 
+def join_cases(cases: list, k: int) -> list:
+    """Human prompt cases -> long ones: each person's cases (in order) joined ``k`` at a time (the last, shorter
+    group too when it has 2 or more) into one case whose pcm and per-frame labels are the parts' end to end
+    (each part's pcm is a whole number of frames, ``human_utterances``). Named ``long_<i>@<portrait>``."""
+    import dataclasses
+
+    import numpy as np
+
+    by_person: dict[str, list] = {}
+    for c in cases:
+        by_person.setdefault(c.portrait_key, []).append(c)
+    out = []
+    for key, cs in by_person.items():
+        for j in range(0, len(cs), k):
+            part = cs[j:j + k]
+            if len(part) < 2:
+                continue
+            labels = {n: np.concatenate([np.asarray(c.labels[n])[:c.n_frames] for c in part]) for n in part[0].labels}
+            out.append(dataclasses.replace(part[0], name=f"long_{len(out)}@{key}", pcm=np.concatenate(
+                [c.pcm[:c.n_frames * 640] for c in part]), labels=labels, text=" / ".join(c.text for c in part)))
+    return out
+
+
 def paired(a: dict[int, float | None], b: dict[int, float | None], cases: list) -> str:
     """'+d +- se, median +m (n)' of b - a over ``cases`` (keyed by id) that both measured ('+d (1)' for one, '-'
     for none). The median is printed because a one-word prompt can swing r from +1 to -1 (a difference of 2)
@@ -100,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--human-prompts", type=int, default=24,
                    help="held-out human-voice prompts that evaluate does not report, printed beside them (needs the "
                         "asset cache; 0 = none)")
+    p.add_argument("--human-long", type=int, default=0, metavar="K",
+                   help="also measure long human recordings made of those prompts: each held-out person's prompts "
+                        "joined K at a time into one continuous utterance, generated in one stream (group "
+                        "human_long; evaluate's human recordings are long, the prompts mostly a few words; 0 = none)")
     p.add_argument("--train-clips", type=int, default=8, help="training clips printed beside them (0 = none)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default="", metavar="OUT",
@@ -116,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--paired-with {args.paired_with}: not a --json file of this script ({type(e).__name__}: {e})")
     temps = parse_positive_list(args.temperatures)
     gains = parse_positive_list(args.mouth_gains, "--mouth-gains") if args.mouth_gains else None
+    if args.human_long < 0 or (args.human_long and not args.human_prompts):
+        p.error(f"--human-long K joins K of the --human-prompts per person: give K >= 2 and --human-prompts, got "
+                f"--human-long {args.human_long} --human-prompts {args.human_prompts}")
     if args.clips < 1 or args.train_clips < 0 or args.human_prompts < 0:
         p.error(f"--clips must be >= 1, --train-clips and --human-prompts >= 0, got {args.clips}, "
                 f"{args.train_clips} and {args.human_prompts}")
@@ -151,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.human_prompts and not prompts:
         print("note: no held-out human prompts (no asset cache with the allison recordings); --human-prompts skipped",
               file=sys.stderr)
+    longs = join_cases(prompts, args.human_long) if args.human_long else []
     groups = {"validation": held, "validation_tts": [c for c in held if not c.human],
               "validation_human": human_clips, "human_prompts": prompts,
-              "human_all": human_clips + prompts, "train": corpus.train_cases(args.train_clips)}
+              "human_all": human_clips + prompts, "human_long": longs, "train": corpus.train_cases(args.train_clips)}
     groups = {k: v for k, v in groups.items() if v}
     print("clips: " + ", ".join(f"{k} {len(v)}" for k, v in groups.items()), flush=True)
     table: dict[tuple[float, float], dict[str, float]] = {}
@@ -164,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         row, rs = {}, {}
         name = f"T={t:g}" + (f" gain {gain:g}" if len(gains) > 1 else "")
-        for c in tqdm(held + prompts + groups.get("train", []), desc=name, unit="clip", leave=False):
+        for c in tqdm(held + prompts + longs + groups.get("train", []), desc=name, unit="clip", leave=False):
             rs[id(c)] = openness_r(model, c)
         for group, cases in groups.items():
             m = report._mean(rs[id(c)] for c in cases)  # evaluate's mean: unmeasured clips left out
@@ -195,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         for k in settings[1:]:
             print(f"  T={k[0]:g} gain {k[1]:g}: " + "  ".join(
                 f"{g} {paired(per_case[settings[0]], per_case[k], groups[g])}" for g in groups))
-    by_name = {k: {c.name: rs[id(c)] for c in held + prompts + groups.get("train", [])} for k, rs in per_case.items()}
+    by_name = {k: {c.name: rs[id(c)] for c in held + prompts + longs + groups.get("train", [])}
+               for k, rs in per_case.items()}
     if prev is not None:
         print(f"\npaired against {args.paired_with} (mean per-case difference +- its standard error):")
         for k in settings:

@@ -563,3 +563,33 @@ def test_token_lipsync_readout_scores_tokens_that_follow_the_labels_and_not_rand
     monkeypatch.setattr(Corpus, "heldout_cases", lambda self, n, human=None: [case, case])
     assert mod.main(args) == 0
     assert "| voices | clips scored | token lip-sync r |" in capsys.readouterr().out
+
+
+def test_code_mean_sweep_joins_each_persons_prompts_into_long_recordings():
+    """code_mean_sweep --human-long K (join_cases): each person's prompt cases, in order, joined K at a time into
+    one case whose pcm and openness labels are the parts' end to end (frame counts add up, labels stay aligned
+    with their audio); a last group of one is left out; people are never mixed."""
+    import importlib.util
+
+    from eartalking.evaluate.cases import Case
+
+    spec = importlib.util.spec_from_file_location(
+        "code_mean_sweep", Path(__file__).resolve().parents[2] / "scripts" / "code_mean_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    rng = np.random.default_rng()
+    cases = []
+    for i in range(7):  # people a, b, a, b, ...: a has 4 prompts, b has 3
+        T = int(rng.integers(5, 30))
+        cases.append(Case(name=f"allison_val_{i}", clip=None, portrait_key="ab"[i % 2], portrait=np.zeros((4, 4, 3)),
+                          identity="ab"[i % 2], source="allison", voice_key="v", heldout_voice=False, human=True,
+                          text=f"t{i}", pcm=rng.standard_normal(T * 640).astype(np.float32),
+                          labels={"openness": rng.uniform(0, 1, T).astype(np.float32)}, video=None))
+    longs = sweep.join_cases(cases, 2)
+    a, b = [c for c in cases if c.portrait_key == "a"], [c for c in cases if c.portrait_key == "b"]
+    groups = [a[0:2], a[2:4], b[0:2]]  # b's third prompt alone is left out
+    assert [c.portrait_key for c in longs] == ["a", "a", "b"] and len({c.name for c in longs}) == 3
+    for got, parts in zip(longs, groups, strict=True):
+        assert np.array_equal(got.pcm, np.concatenate([p.pcm for p in parts]))
+        assert np.array_equal(got.labels["openness"], np.concatenate([p.labels["openness"] for p in parts]))
+        assert got.n_frames == sum(p.n_frames for p in parts) == len(got.labels["openness"])
