@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--paired-with {args.paired_with}: not a --json file of this script ({type(e).__name__}: {e})")
     temps = parse_positive_list(args.temperatures)
     gains = parse_positive_list(args.mouth_gains, "--mouth-gains") if args.mouth_gains else None
-    if args.human_long < 0 or (args.human_long and not args.human_prompts):
+    if args.human_long < 0 or args.human_long == 1 or (args.human_long and not args.human_prompts):
         p.error(f"--human-long K joins K of the --human-prompts per person: give K >= 2 and --human-prompts, got "
                 f"--human-long {args.human_long} --human-prompts {args.human_prompts}")
     if args.clips < 1 or args.train_clips < 0 or args.human_prompts < 0:
@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
               "validation_human": human_clips, "human_prompts": prompts,
               "human_all": human_clips + prompts, "human_long": longs, "train": corpus.train_cases(args.train_clips)}
     groups = {k: v for k, v in groups.items() if v}
+    measured = held + prompts + longs + groups.get("train", [])  # each case once per setting
     print("clips: " + ", ".join(f"{k} {len(v)}" for k, v in groups.items()), flush=True)
     table: dict[tuple[float, float], dict[str, float]] = {}
     per_case: dict[tuple[float, float], dict[int, float | None]] = {}
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         row, rs = {}, {}
         name = f"T={t:g}" + (f" gain {gain:g}" if len(gains) > 1 else "")
-        for c in tqdm(held + prompts + longs + groups.get("train", []), desc=name, unit="clip", leave=False):
+        for c in tqdm(measured, desc=name, unit="clip", leave=False):
             rs[id(c)] = openness_r(model, c)
         for group, cases in groups.items():
             m = report._mean(rs[id(c)] for c in cases)  # evaluate's mean: unmeasured clips left out
@@ -226,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in settings[1:]:
             print(f"  T={k[0]:g} gain {k[1]:g}: " + "  ".join(
                 f"{g} {paired(per_case[settings[0]], per_case[k], groups[g])}" for g in groups))
-    by_name = {k: {c.name: rs[id(c)] for c in held + prompts + longs + groups.get("train", [])}
-               for k, rs in per_case.items()}
+    by_name = {k: {c.name: rs[id(c)] for c in measured} for k, rs in per_case.items()}
     if prev is not None:
         print(f"\npaired against {args.paired_with} (mean per-case difference +- its standard error):")
         for k in settings:

@@ -218,26 +218,36 @@ PORTRAIT_EYE_CENTRES = ((0.39, 0.40), (0.61, 0.40))
 PORTRAIT_EYE_AXES = (0.08, 0.05)
 
 
-def check_eye_axes(axes) -> tuple[float, float]:
-    """``tokenizer.eye_unblend_axes`` -> (ax, ay) floats; anything but two semi-axes in (0, 0.25) of the side is
-    refused (ValueError naming the setting). The one check for the model and ``scripts/ship_checkpoint.py``."""
+def check_axes(axes, setting: str = "eye_unblend_axes") -> tuple[float, float]:
+    """Semi-axes of a held-back ellipse -> (ax, ay) floats; anything but two semi-axes in (0, 0.25) of the side is
+    refused (ValueError naming ``setting``). The one check for ``tokenizer.eye_unblend_axes`` and
+    ``tokenizer.mouth_hide_axes``, in the model, ``train-tokenizer`` and ``scripts/ship_checkpoint.py``."""
     if len(axes) != 2 or not all(0.0 < float(a) < 0.25 for a in axes):
-        raise ValueError(f"eye_unblend_axes must be two semi-axes (x, y) in (0, 0.25) of the side, got {tuple(axes)}")
+        raise ValueError(f"{setting} must be two semi-axes (x, y) in (0, 0.25) of the side, got {tuple(axes)}")
     return float(axes[0]), float(axes[1])
 
 
-def portrait_eyes(size: int, axes: tuple[float, ...] = PORTRAIT_EYE_AXES) -> torch.Tensor:
-    """[1,1,S,S] in 0..1: soft ellipses around the aligned portrait's eyes (``PORTRAIT_EYE_CENTRES``, semi-axes
-    ``axes`` (x, y) as fractions of the side, ``check_eye_axes``; 1 inside 3/4 of the normalised radius^2, ramping
-    to 0 at the ellipse). ``tokenizer.eye_unblend_axes`` sets ``axes``."""
-    ax, ay = check_eye_axes(axes)
+def check_eye_axes(axes) -> tuple[float, float]:
+    """``check_axes`` for ``tokenizer.eye_unblend_axes``."""
+    return check_axes(axes, "eye_unblend_axes")
+
+
+def soft_ellipses(size: int, centres, ax: float, ay: float) -> torch.Tensor:
+    """[1,1,S,S] in 0..1: soft ellipses at ``centres`` ((x, y) fractions of the side) with semi-axes ``ax``, ``ay``
+    (fractions of the side): 1 inside 3/4 of the normalised radius^2, ramping to 0 at the ellipse."""
     c = (torch.arange(size, dtype=torch.float32) + 0.5) / size
     yy, xx = torch.meshgrid(c, c, indexing="ij")
     out = torch.zeros(size, size)
-    for cx, cy in PORTRAIT_EYE_CENTRES:
+    for cx, cy in centres:
         d = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2
         out = torch.maximum(out, torch.clamp((1.0 - d) * 4.0, 0.0, 1.0))
     return out[None, None]
+
+
+def portrait_eyes(size: int, axes: tuple[float, ...] = PORTRAIT_EYE_AXES) -> torch.Tensor:
+    """[1,1,S,S] in 0..1: ``soft_ellipses`` around the aligned portrait's eyes (``PORTRAIT_EYE_CENTRES``, semi-axes
+    ``axes`` (x, y) as fractions of the side, ``check_eye_axes``). ``tokenizer.eye_unblend_axes`` sets ``axes``."""
+    return soft_ellipses(size, PORTRAIT_EYE_CENTRES, *check_eye_axes(axes))
 
 
 #: where the aligned portrait's mouth centre is (``data/faces.py`` TEMPLATE) as (x, y) fractions of the side
@@ -245,17 +255,10 @@ PORTRAIT_MOUTH_CENTRE = (0.5, 0.645)
 
 
 def portrait_mouth(size: int, axes: tuple[float, ...]) -> torch.Tensor:
-    """[1,1,S,S] in 0..1: a soft ellipse around the aligned portrait's mouth (``PORTRAIT_MOUTH_CENTRE``, semi-axes
-    ``axes`` (x, y) as fractions of the side, each in (0, 0.25); 1 inside 3/4 of the normalised radius^2, ramping to
-    0 at the ellipse): what ``tokenizer.mouth_hide`` hides from the image side. Sized with margin for the
-    training references' jitter (up to 6 px) and the alignment of real photos."""
-    if len(axes) != 2 or not all(0.0 < float(a) < 0.25 for a in axes):
-        raise ValueError(f"mouth_hide_axes must be two semi-axes (x, y) in (0, 0.25) of the side, got {tuple(axes)}")
-    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size
-    yy, xx = torch.meshgrid(c, c, indexing="ij")
-    cx, cy = PORTRAIT_MOUTH_CENTRE
-    d = ((xx - cx) / float(axes[0])) ** 2 + ((yy - cy) / float(axes[1])) ** 2
-    return torch.clamp((1.0 - d) * 4.0, 0.0, 1.0)[None, None]
+    """[1,1,S,S] in 0..1: a ``soft_ellipses`` around the aligned portrait's mouth (``PORTRAIT_MOUTH_CENTRE``, semi-axes
+    ``axes`` (x, y) as fractions of the side, ``check_axes``): what ``tokenizer.mouth_hide`` hides from the image
+    side. Sized with margin for the training references' jitter (up to 6 px) and the alignment of real photos."""
+    return soft_ellipses(size, (PORTRAIT_MOUTH_CENTRE,), *check_axes(axes, "mouth_hide_axes"))
 
 
 def hide_mouth(image: torch.Tensor, mouth: torch.Tensor) -> torch.Tensor:

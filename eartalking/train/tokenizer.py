@@ -657,12 +657,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--mouth-hide hides the portrait's mouth from the pixel path: preset {args.preset} has none")
     cfg.tokenizer.mouth_hide = bool(args.mouth_hide)
     if args.mouth_hide_axes is not None:
-        from eartalking.model.tokenizer import portrait_mouth
+        from eartalking.model.tokenizer import check_axes
         try:
-            portrait_mouth(8, tuple(args.mouth_hide_axes))
+            cfg.tokenizer.mouth_hide_axes = check_axes(args.mouth_hide_axes, "mouth_hide_axes")
         except ValueError as e:
             raise UserError(f"--mouth-hide-axes: {e}") from None
-        cfg.tokenizer.mouth_hide_axes = tuple(float(a) for a in args.mouth_hide_axes)
     if args.mouth_read_weight < 0 or (args.mouth_read_weight > 0) != bool(args.mouth_reader):
         raise UserError("--mouth-read-weight W > 0 and --mouth-reader DIR go together (a reader to judge by and "
                         f"its weight), got --mouth-reader {args.mouth_reader!r} --mouth-read-weight "

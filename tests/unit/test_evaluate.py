@@ -593,3 +593,5 @@ def test_code_mean_sweep_joins_each_persons_prompts_into_long_recordings():
         assert np.array_equal(got.pcm, np.concatenate([p.pcm for p in parts]))
         assert np.array_equal(got.labels["openness"], np.concatenate([p.labels["openness"] for p in parts]))
         assert got.n_frames == sum(p.n_frames for p in parts) == len(got.labels["openness"])
+    with pytest.raises(SystemExit):  # K 1 would join nothing: refused by name before anything loads
+        sweep.main(["--human-long", "1", "--human-prompts", "8"])
